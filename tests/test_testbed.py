@@ -1,0 +1,221 @@
+"""Tests of the testbed: scene generator, question validity, scoring, and a tiny build."""
+
+from __future__ import annotations
+
+import re
+from itertools import islice
+
+import numpy as np
+import pytest
+import torch
+
+from vlprune.testbed import FAMILIES, boxes_to_patch_mask, is_correct, load_split, normalize_answer, prompt_for
+from vlprune.testbed import scenes
+from vlprune.testbed.scenes import COLORS, COUNT_WORDS, PLURAL, SHAPES, iter_train_samples
+
+
+def _same(a, b) -> bool:
+    return (a.question, a.answer, a.family, a.boxes, a.scene_id) == (b.question, b.answer, b.family, b.boxes,
+                                                                       b.scene_id) and \
+        np.array_equal(np.asarray(a.image), np.asarray(b.image))
+
+
+# ----------------------------------------------------------------------- generator
+def test_load_split_is_deterministic():
+    a, b = load_split("val", 10), load_split("val", 10)
+    assert all(_same(x, y) for x, y in zip(a, b))
+    c, d = load_split("test", 5, seed=3), load_split("test", 5, seed=3)
+    assert all(_same(x, y) for x, y in zip(c, d))
+    # a prefix of a longer split is the shorter split
+    assert all(_same(x, y) for x, y in zip(load_split("test", 3), load_split("test", 7)))
+
+
+def test_splits_are_disjoint():
+    ids = {
+        "train": {s.scene_id for s in islice(iter_train_samples(), 20)},
+        "val": {s.scene_id for s in load_split("val", 20)},
+        "test": {s.scene_id for s in load_split("test", 20)},
+        "test1": {s.scene_id for s in load_split("test", 20, seed=1)},
+        "val1": {s.scene_id for s in load_split("val", 20, seed=1)},
+        "test2": {s.scene_id for s in load_split("test", 20, seed=2)},
+    }
+    names = list(ids)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not ids[a] & ids[b], (a, b)
+    # the id blocks themselves never meet (each split may hold up to 1e9 scenes)
+    bases = [scenes._base(s, k) for s in ("train", "val", "test") for k in (None, 0, 1, 2)]
+    assert len(set(b // scenes._BLOCK for b in bases)) == len(bases)
+    imgs = [np.asarray(s.image) for s in load_split("val", 3) + load_split("test", 3)]
+    assert not any(np.array_equal(imgs[i], imgs[j]) for i in range(6) for j in range(i + 1, 6))
+
+
+def test_sample_fields_and_families():
+    samples = load_split("test", 20)
+    assert [s.family for s in samples] == [FAMILIES[i % 5] for i in range(20)]
+    for s in samples:
+        assert s.image.size == (96, 96) and s.image.mode == "RGB"
+        assert s.answer == normalize_answer(s.answer) and " " not in s.answer
+        assert s.answer in scenes.ANSWERS[s.family]
+        for x0, y0, x1, y1 in s.boxes:
+            assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 96
+    assert load_split("val", 2, image_size=192)[0].image.size == (192, 192)
+
+
+def _find(obs, words: str):
+    """Objects matching a referring expression ('triangle', 'red object', 'red triangle')."""
+    w = words.split()
+    if len(w) == 1:
+        return [o for o in obs if o.shape == w[0]]
+    if w[1] == "object":
+        return [o for o in obs if o.color == w[0]]
+    return [o for o in obs if o.color == w[0] and o.shape == w[1]]
+
+
+def _check(s) -> None:
+    obs = s.objects
+    q = s.question
+    boxes = {o.box for o in obs}
+    assert set(s.boxes) <= boxes
+    if s.family == "attribute":
+        shape = re.fullmatch(r"What color is the (\w+) \?", q).group(1)
+        hit = [o for o in obs if o.shape == shape]
+        assert len(hit) == 1 and hit[0].color == s.answer and s.boxes == [hit[0].box]
+    elif s.family == "identity":
+        color = re.fullmatch(r"What shape is the (\w+) object \?", q).group(1)
+        hit = [o for o in obs if o.color == color]
+        assert len(hit) == 1 and hit[0].shape == s.answer and s.boxes == [hit[0].box]
+    elif s.family == "existence":
+        color, shape = re.fullmatch(r"Is there a (\w+) (\w+) \?", q).groups()
+        hit = [o for o in obs if o.color == color and o.shape == shape]
+        assert s.answer == ("yes" if hit else "no")
+        if hit:
+            assert len(s.boxes) == 1 and s.boxes[0] in {o.box for o in hit}
+        else:  # adversarial negative: the colour or the shape is in the scene
+            assert s.boxes == [] and any(o.color == color or o.shape == shape for o in obs)
+    elif s.family == "counting":
+        m = re.fullmatch(r"How many (\w+) objects are there \?", q)
+        if m:
+            hit = [o for o in obs if o.color == m.group(1)]
+        else:
+            plural = re.fullmatch(r"How many (\w+) are there \?", q).group(1)
+            hit = [o for o in obs if PLURAL[o.shape] == plural]
+        assert COUNT_WORDS[len(hit)] == s.answer and sorted(s.boxes) == sorted(o.box for o in hit)
+    elif s.family == "spatial":
+        m = re.fullmatch(r"Is the (\w+(?: \w+)?) (left or right of|above or below) the (\w+(?: \w+)?) \?", q)
+        a, b = _find(obs, m.group(1)), _find(obs, m.group(3))
+        assert len(a) == 1 and len(b) == 1 and a[0] is not b[0]
+        (ax, ay), (bx, by) = a[0].center, b[0].center
+        if m.group(2).startswith("left"):
+            assert abs(ax - bx) >= scenes.MIN_GAP * 96
+            assert s.answer == ("left" if ax < bx else "right")
+        else:
+            assert abs(ay - by) >= scenes.MIN_GAP * 96
+            assert s.answer == ("above" if ay < by else "below")
+        assert s.boxes == [a[0].box, b[0].box]
+    else:  # pragma: no cover
+        raise AssertionError(s.family)
+
+
+def test_questions_match_their_scenes():
+    samples = load_split("val", 150) + list(islice(iter_train_samples(), 100))
+    for s in samples:
+        _check(s)
+        # objects never overlap, so a box names one object
+        for i, a in enumerate(s.objects):
+            for b in s.objects[i + 1:]:
+                assert scenes._overlaps(a.box, b.box, 0) is False
+
+
+def test_answers_are_balanced():
+    samples = load_split("test", 1000)
+    for fam in FAMILIES:
+        answers = [s.answer for s in samples if s.family == fam]
+        counts = np.array([answers.count(a) for a in scenes.ANSWERS[fam]])
+        if fam == "spatial":  # left/right and above/below are each balanced
+            assert abs(counts[0] - counts[1]) < 0.35 * (counts[0] + counts[1])
+            assert abs(counts[2] - counts[3]) < 0.35 * (counts[2] + counts[3])
+        else:
+            assert counts.min() > 0.5 * len(answers) / len(counts), (fam, counts)
+
+
+def test_small_objects_are_small():
+    areas = [(o.box[2] - o.box[0]) for s in load_split("val", 100) for o in s.objects if o.size == "small"]
+    assert areas and max(areas) <= 15  # at most 2-3 patches across at 96 px / 8 px patches
+
+
+def test_prompt_and_vocabulary():
+    assert prompt_for("What color is the circle ?") == "USER: <image>\nWhat color is the circle ? ASSISTANT:"
+    vocab = set(scenes.vocabulary())
+    for s in load_split("val", 50):
+        assert set(s.question.lower().split()) <= vocab and s.answer in vocab
+
+
+# ------------------------------------------------------------------------- scoring
+def test_normalize_and_is_correct():
+    assert normalize_answer("  Red.") == "red"
+    assert normalize_answer("Yes, it is") == "yes"
+    assert normalize_answer("...") == "" and normalize_answer("") == ""
+    assert is_correct("Two objects", "two") and not is_correct("three", "two")
+    assert not is_correct("", "")
+
+
+def test_boxes_to_patch_mask():
+    m = boxes_to_patch_mask([(0, 0, 8, 8)], 96, 12)
+    assert m.shape == (144,) and m.dtype == torch.bool and m.sum() == 1 and m[0]
+    m = boxes_to_patch_mask([(4, 4, 12, 12)], 96, 12)  # touches 4 patches
+    assert m.nonzero().flatten().tolist() == [0, 1, 12, 13]
+    m = boxes_to_patch_mask([(4, 4, 12, 12)], 96, 12, min_fraction=0.2)  # 25 % each: still 4
+    assert m.sum() == 4
+    m = boxes_to_patch_mask([(7, 7, 12, 12)], 96, 12, min_fraction=0.2)  # 1/64 of patch 0 dropped
+    assert m.nonzero().flatten().tolist() == [1, 12, 13]
+    assert boxes_to_patch_mask([], 96, 12).sum() == 0
+    m = boxes_to_patch_mask([(90, 90, 96, 96), (0, 90, 3, 96)], (96, 96), 24)
+    assert m.view(24, 24)[23, 23] and m.view(24, 24)[22, 0] and m.sum() == 6
+
+
+# ------------------------------------------------------------------------ training
+TINY = dict(patch_size=8, vision_width=32, vision_layers=2, vision_heads=2, text_width=32, text_layers=1,
+            text_heads=2, projection_dim=16, llm_width=32, llm_layers=2, llm_heads=2, llm_ffn=64,
+            clip_batch=8, llava_batch=4, warmup=2)
+
+
+def test_tiny_build_roundtrip(tmp_path):
+    from transformers import AutoProcessor, AutoTokenizer, CLIPModel, LlavaForConditionalGeneration
+
+    from vlprune.testbed.evaluate import evaluate
+    from vlprune.testbed.train import TestbedSpec, build
+
+    grid = 4
+    res = build(tmp_path, grid=grid, clip_steps=3, llava_steps=3, progress=False, val_n=5,
+                spec=TestbedSpec(**TINY), threads=None)
+    assert {"time_clip_s", "time_llava_s", "time_total_s", "val"} <= set(res)
+    assert 0.0 <= res["val"]["acc"] <= 1.0
+
+    model = LlavaForConditionalGeneration.from_pretrained(tmp_path)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    clip = CLIPModel.from_pretrained(tmp_path / "clip")
+    clip_tok = AutoTokenizer.from_pretrained(tmp_path / "clip")
+    assert model.config.vision_feature_layer == -2
+    assert model.config.vision_feature_select_strategy == "default"
+
+    s = load_split("test", 2, image_size=grid * 8)
+    enc = processor(images=[x.image for x in s], text=[prompt_for(x.question) for x in s], return_tensors="pt",
+                    padding=True)
+    assert ((enc["input_ids"] == model.config.image_token_id).sum(1) == grid * grid).all()
+    with torch.no_grad():
+        feats = model.model.get_image_features(pixel_values=enc["pixel_values"]).pooler_output
+    assert len(feats) == 2 and feats[0].shape == (grid * grid, 32)
+    # the LLaVA vision tower is the trained CLIP vision tower
+    for k, v in clip.vision_model.state_dict().items():
+        assert torch.equal(v, model.model.vision_tower.vision_model.state_dict()[k]), k
+
+    # CLIP text pools at the EOS we appended
+    t = clip_tok(["what color is the triangle ?"], return_tensors="pt")
+    assert t["input_ids"][0, -1].item() == clip.config.text_config.eos_token_id != 2
+    with torch.no_grad():
+        out = clip.text_model(**t)
+    assert torch.allclose(out.pooler_output[0], out.last_hidden_state[0, -1])
+    # the reloaded model scores the same as the one build() evaluated
+    again = evaluate(model, processor, load_split("val", 5, image_size=grid * 8))
+    assert again == res["val"]

@@ -1,0 +1,278 @@
+"""The front door: ``apply`` patches ONE model instance, ``remove`` restores it exactly."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from dataclasses import dataclass, field, fields
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from .llm_pruning import LLMPruner
+from .methods.base import Selection, check_keep
+from .models import Adapter, get_adapter
+from .registry import MethodSpec, get_method
+from .splice import PER_TOKEN_INPUTS, apply_columns, shrink_prompt
+from .text import ClipText, load_clip_text, questions_from_ids
+
+_STATE = "_vlprune_state"
+
+
+@dataclass
+class KeptTokens:
+    """What the last call kept, per image (prompt order): patch indices in raster order on that image's grid.
+
+    ``assign[i]`` (optional) maps every patch of image i to the kept token it was merged into (-1: dropped).
+    """
+
+    method: str
+    keep: int
+    indices: list[torch.Tensor]
+    grids: list[tuple[int, int]]
+    assign: list[torch.Tensor | None] = field(default_factory=list)
+    questions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """Per-call context handed to an adapter's ``prune_images``."""
+
+    select: Any
+    image_questions: list[str] | None
+    clip_text: ClipText | None
+
+
+@dataclass
+class _State:
+    adapter: Adapter
+    spec: MethodSpec
+    config: Any
+    keep: int
+    clip_text: ClipText | None
+    tokenizer: Any
+    question: str | list[str] | None
+    pruner: LLMPruner | None
+    last: KeptTokens | None = None
+
+
+def _state(model: nn.Module) -> _State | None:
+    return model.__dict__.get(_STATE)
+
+
+def _make_config(spec: MethodSpec, options: dict[str, Any]) -> Any:
+    names = {f.name for f in fields(spec.config_cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"{spec.name} has no option(s) {unknown}; its options are {sorted(names)}")
+    return spec.config_cls(**options)
+
+
+def apply(
+    model: nn.Module,
+    method: str,
+    keep: int,
+    *,
+    processor: Any = None,
+    clip: Any = None,
+    clip_tokenizer: Any = None,
+    question: str | list[str] | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Prune the visual tokens of ``model`` (patched in place, reversibly) with ``method`` to ``keep`` per image.
+
+    processor: the model's processor or tokenizer; DeSAP decodes the question from ``input_ids`` with it.
+    clip: DeSAP's CLIP text tower + visual projection (hub id, local path, loaded ``CLIPModel`` with
+        ``clip_tokenizer``); llava-hf checkpoints lack ``visual_projection``, so load the matching CLIP.
+    question: overrides the question found in ``input_ids`` (one string, or one per sample).
+    options: the method's config fields (see ``vlprune.methods()``).
+    Applying again replaces the previous patch. Returns the same model.
+    """
+    if _state(model) is not None:
+        remove(model)
+    adapter = get_adapter(model)
+    spec = get_method(method)
+    config = _make_config(spec, options)
+    check_keep(keep, adapter.tokens_per_image())
+    clip_text = tokenizer = None
+    if spec.name == "desap":
+        if clip is None:
+            raise ValueError(
+                "DeSAP needs a CLIP text tower and visual projection: pass clip='openai/clip-vit-large-patch14-336' "
+                "(the CLIP the LVLM's vision tower came from), a local path, or a loaded CLIPModel"
+            )
+        clip_text = load_clip_text(clip, clip_tokenizer)
+        tokenizer = getattr(processor, "tokenizer", processor)
+        if tokenizer is None and question is None:
+            raise ValueError("DeSAP reads the question from input_ids: pass processor=... (or question=...)")
+    pruner = None
+    if spec.stage == "llm":
+        layers = adapter.llm_layers()
+        pruner = LLMPruner(layers, spec.select(keep, len(layers), config), adapter.rope())
+    state = _State(adapter, spec, config, keep, clip_text, tokenizer, question, pruner)
+    model.__dict__[_STATE] = state
+    _patch(model, state)
+    return model
+
+
+def remove(model: nn.Module) -> nn.Module:
+    """Undo ``apply``: hooks removed, instance attributes deleted; the model is exactly the original again."""
+    state = model.__dict__.pop(_STATE, None)
+    if state is None:
+        return model
+    if state.pruner is not None:
+        state.pruner.remove()
+    for name in ("forward", "generate"):
+        model.__dict__.pop(name, None)
+    return model
+
+
+def last_selection(model: nn.Module) -> KeptTokens | None:
+    """What the most recent forward/generate kept (per image), or None before the first call."""
+    state = _state(model)
+    if state is None:
+        raise ValueError("this model is not patched: call vlprune.apply(model, ...) first")
+    return state.last
+
+
+@contextlib.contextmanager
+def pruned(model: nn.Module, method: str, keep: int, **kwargs: Any) -> Iterator[nn.Module]:
+    """``with vlprune.pruned(model, "desap", 64, ...):`` — patched inside the block, original after it."""
+    apply(model, method, keep, **kwargs)
+    try:
+        yield model
+    finally:
+        remove(model)
+
+
+# -- the patch -------------------------------------------------------------------------------------------
+def _bind(fn: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    out = dict(bound.arguments)
+    out.update(out.pop("kwargs", {}))
+    return out
+
+
+def _patch(model: nn.Module, state: _State) -> None:
+    orig_forward = model.forward
+    orig_generate = model.generate
+
+    @functools.wraps(orig_forward)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        call = _bind(orig_forward, args, kwargs)
+        if state.spec.stage == "encoder" and call.get("pixel_values") is not None:
+            call = _prune_encoder(state, call)
+        elif state.pruner is not None:
+            _begin_llm_pass(state, call)
+        out = orig_forward(**call)
+        if state.pruner is not None and not state.pruner.decoding and state.pruner.last_kept is not None:
+            _record_llm_selection(state)
+        return out
+
+    @functools.wraps(orig_generate)
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        call = _bind(orig_generate, args, kwargs)
+        if state.spec.stage != "encoder" or call.get("pixel_values") is None:
+            return orig_generate(**call)
+        prompt = call["input_ids"]
+        call = _prune_encoder(state, call)
+        out = orig_generate(**call)
+        short = call["input_ids"].shape[1]
+        # give the user back their own prompt in front of the new tokens
+        if isinstance(out, torch.Tensor):
+            return torch.cat([prompt, out[:, short:]], dim=1)
+        out.sequences = torch.cat([prompt, out.sequences[:, short:]], dim=1)
+        return out
+
+    model.__dict__["forward"] = forward
+    model.__dict__["generate"] = generate
+
+
+def _questions(state: _State, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[str]:
+    b = input_ids.shape[0]
+    if state.question is not None:
+        qs = [state.question] * b if isinstance(state.question, str) else list(state.question)
+        if len(qs) != b:
+            raise ValueError(f"question= has {len(qs)} entries for a batch of {b}")
+        return qs
+    return questions_from_ids(input_ids, attention_mask, state.adapter.image_token_id, state.tokenizer)
+
+
+def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
+    adapter = state.adapter
+    input_ids = call.get("input_ids")
+    if input_ids is None:
+        raise ValueError("encoder-side pruning needs input_ids (to shrink the image placeholders)")
+    mask = call.get("attention_mask")
+    per_sample = adapter.images_per_sample(input_ids)
+    image_questions = None
+    if state.clip_text is not None:
+        qs = _questions(state, input_ids, mask)
+        image_questions = [q for q, n in zip(qs, per_sample) for _ in range(n)]
+
+    def select(source: Any) -> Selection:
+        keep = min(state.keep, source.features().shape[1])
+        return state.spec.select(source, keep, state.config)
+
+    with torch.no_grad():
+        result = adapter.prune_images(call, _Run(select, image_questions, state.clip_text))
+    cols, valid = shrink_prompt(
+        input_ids, mask, adapter.image_token_id, result.tokens_per_image, [f.shape[0] for f in result.features]
+    )
+    pad = _pad_id(input_ids, mask, adapter)
+    call = dict(call)
+    call["input_ids"] = apply_columns(input_ids, cols, valid, pad)
+    for name, fill in PER_TOKEN_INPUTS.items():
+        x = call.get(name)
+        if isinstance(x, torch.Tensor) and x.shape == input_ids.shape:
+            call[name] = apply_columns(x, cols, valid, fill)
+    call.pop("pixel_values")
+    call["mm_encoder_outputs"] = adapter.mm_outputs(result.features)
+    state.last = KeptTokens(
+        method=state.spec.name, keep=state.keep, indices=result.indices, grids=result.grids,
+        assign=result.assign, questions=image_questions or [],
+    )
+    return call
+
+
+def _pad_id(input_ids: torch.Tensor, mask: torch.Tensor | None, adapter: Adapter) -> int:
+    if mask is not None and bool((mask == 0).any()):
+        return int(input_ids[mask == 0][0])
+    pad = getattr(adapter.model.config, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(getattr(adapter.model.config, "text_config", None), "pad_token_id", None)
+    return int(pad) if pad is not None else 0
+
+
+def _begin_llm_pass(state: _State, call: dict[str, Any]) -> None:
+    cache = call.get("past_key_values")
+    prefill = cache is None or cache.get_seq_length() == 0
+    if not prefill:
+        state.pruner.begin_decode()
+        return
+    input_ids = call.get("input_ids")
+    if input_ids is None:
+        raise ValueError("in-LLM pruning needs input_ids to find the visual tokens")
+    image_mask = input_ids == state.adapter.image_token_id
+    state.pruner.begin_prefill(image_mask, state.adapter.images_per_sample(input_ids))
+    state.pruner.last_kept = None
+
+
+def _record_llm_selection(state: _State) -> None:
+    """Turn the prompt positions kept by the last stage into per-image patch indices."""
+    pruner = state.pruner
+    p = pruner.current
+    n = state.adapter.tokens_per_image()
+    side = int(round(n**0.5))
+    indices = []
+    for row in range(pruner.last_kept.shape[0]):
+        rank = torch.searchsorted(p.orig_image_pos[row], pruner.last_kept[row])
+        for img in range(p.n_images):
+            lo, hi = img * n, (img + 1) * n
+            indices.append(rank[(rank >= lo) & (rank < hi)] - lo)
+    state.last = KeptTokens(
+        method=state.spec.name, keep=state.keep, indices=indices,
+        grids=[(side, side)] * len(indices), assign=[None] * len(indices),
+    )
+    pruner.last_kept = None

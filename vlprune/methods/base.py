@@ -1,0 +1,65 @@
+"""Types shared by all methods: what a selection returns and the signals a method may ask for."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Selection:
+    """Result of an encoder-side selection for a batch of B images.
+
+    ``features`` (B, K, D) are the vision features handed to the projector, in the order the LLM sees them.
+    ``indices`` (B, K_p) are the patch positions (raster order on the grid) that kept tokens stand for.
+    ``assign`` (B, N), optional: for merging methods, the kept token (0..K-1) each patch was merged into,
+    -1 for patches that were dropped without merging.
+    """
+
+    features: torch.Tensor
+    indices: torch.Tensor
+    assign: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class SignalSource(Protocol):
+    """Lazily computed signals of one vision forward pass; provided by a model adapter.
+
+    Every tensor is batched over images (B). N is the number of patch tokens (no [CLS]).
+    """
+
+    grid: tuple[int, int]
+
+    def features(self) -> torch.Tensor:  # (B, N, D): features the LLaVA projector consumes
+        ...
+
+    def cls_attention(self) -> torch.Tensor:  # (B, N): head-mean [CLS]->patch attention (feature layer)
+        ...
+
+    def keys(self) -> torch.Tensor:  # (B, N, Dk): keys of the feature layer's attention
+        ...
+
+    def cls_feature(self) -> torch.Tensor | None:  # (B, D): the [CLS] row of the feature layer, if any
+        ...
+
+    def decoupled(self, mode: str) -> torch.Tensor:  # (B, 1+N, e): DeSAP eq. 2 in the joint space
+        ...
+
+    def image_keys(self) -> list[int]:  # a stable integer per image (hash of its pixels), for seeded methods
+        ...
+
+    def question(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token CLIP text embeddings (B, T, e), their mask (B, T), and the EOS embedding (B, e)."""
+        ...
+
+
+def check_keep(keep: int, n: int, *, minimum: int = 1) -> None:
+    """Raise a clear error for a budget that cannot be honoured."""
+    if not isinstance(keep, int) or isinstance(keep, bool):
+        raise TypeError(f"keep must be an int (number of visual tokens), got {keep!r}")
+    if keep < minimum or keep > n:
+        raise ValueError(
+            f"keep={keep} is out of range: this model has {n} visual tokens per image, "
+            f"so choose {minimum} <= keep <= {n}"
+        )

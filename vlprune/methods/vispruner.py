@@ -1,0 +1,63 @@
+"""VisPruner (Zhang et al., 2025, "Beyond Text-Visual Attention: Exploiting Visual Cues for Effective Token
+Pruning in VLMs"): important tokens by [CLS] attention, then diverse tokens from the rest by repeated
+ToMe-style bipartite removal of near-duplicates (official code: at most 8 removals per round)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..ops import gather_rows, mask_from_indices, spatial_sort, topk_indices
+from ..registry import register_method
+from .base import Selection, SignalSource
+
+
+@dataclass
+class VisPrunerConfig:
+    """important_ratio: share of the budget taken by [CLS] attention (official code 0.5; README: 0.75 at 64).
+    removals_per_round: near-duplicates removed per bipartite round (official: 8)."""
+
+    important_ratio: float = 0.5
+    removals_per_round: int = 8
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.important_ratio <= 1.0:
+            raise ValueError(f"important_ratio must be in [0, 1], got {self.important_ratio}")
+        if self.removals_per_round < 1:
+            raise ValueError("removals_per_round must be >= 1")
+
+
+def remove_duplicates(features: torch.Tensor, candidates: torch.Tensor, target: int, per_round: int = 8) -> torch.Tensor:
+    """Shrink ``candidates`` (B, M) to ``target`` indices by bipartite duplicate removal.
+
+    Each round splits the remaining tokens alternately into sets a/b, scores every ``a`` token by its highest
+    cosine similarity to ``b`` and removes the (at most ``per_round``) most redundant ``a`` tokens.
+    """
+    unit = F.normalize(features.float(), dim=-1)
+    remaining = candidates
+    while remaining.shape[1] > target:
+        r = min(per_round, remaining.shape[1] - target, (remaining.shape[1] + 1) // 2)
+        a, b = remaining[:, 0::2], remaining[:, 1::2]
+        if b.shape[1] == 0:  # a single token left in a: nothing to compare with
+            return remaining[:, :target]
+        sim = gather_rows(unit, a) @ gather_rows(unit, b).transpose(1, 2)
+        redundancy = sim.max(dim=-1).values  # (B, |a|)
+        drop = topk_indices(redundancy, r)
+        keep_a = ~mask_from_indices(drop, a.shape[1])
+        kept_a = a[keep_a].view(a.shape[0], a.shape[1] - r)
+        remaining = torch.sort(torch.cat([kept_a, b], dim=1), dim=1).values
+    return remaining
+
+
+@register_method("vispruner", config=VisPrunerConfig, stage="encoder", paper="VisPruner (ICCV 2025)")
+def select(source: SignalSource, keep: int, cfg: VisPrunerConfig) -> Selection:
+    feats = source.features()
+    n = feats.shape[1]
+    n_important = int(round(keep * cfg.important_ratio))
+    important = topk_indices(source.cls_attention(), n_important)
+    rest_mask = ~mask_from_indices(important, n)
+    rest = torch.arange(n, device=feats.device).expand(feats.shape[0], n)[rest_mask].view(feats.shape[0], -1)
+    diverse = remove_duplicates(feats, rest, keep - n_important, cfg.removals_per_round)
+    kept = spatial_sort(torch.cat([important, diverse], dim=1))
+    return Selection(features=gather_rows(feats, kept), indices=kept)

@@ -1,0 +1,18 @@
+"""Model-family adapters, matched by class name so no transformers class is imported or patched."""
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Adapter
+from .llava import LlavaAdapter
+
+ADAPTERS: list[type[Adapter]] = [LlavaAdapter]
+
+
+def get_adapter(model: nn.Module) -> Adapter:
+    name = type(model).__name__
+    for cls in ADAPTERS:
+        if name in cls.class_names:
+            return cls(model)
+    supported = sorted(n for cls in ADAPTERS for n in cls.class_names)
+    raise NotImplementedError(f"vlprune does not support {name}; supported model classes: {', '.join(supported)}")

@@ -1,0 +1,67 @@
+"""What every model-family adapter provides to the pruning runtime."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class PrunedImages:
+    """Encoder-side result for all images of a batch, in prompt order."""
+
+    features: list[torch.Tensor]  # per image (K_i, D_llm), already projected into the LLM space
+    tokens_per_image: list[int]  # placeholders each image had before pruning
+    indices: list[torch.Tensor]  # per image, kept patch indices on its grid
+    assign: list[torch.Tensor | None]  # per image, merge target of every patch (or None)
+    grids: list[tuple[int, int]]
+
+
+class Adapter:
+    """Base class: one subclass per model family, matched by class name (tomesd's ``isinstance_str``)."""
+
+    class_names: ClassVar[tuple[str, ...]] = ()
+    family: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    # -- prompt layout -------------------------------------------------------------------------------------
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+    def tokens_per_image(self) -> int:
+        """Visual tokens of one image (LLaVA-1.5) or one tile (LLaVA-NeXT): the range of ``keep``."""
+        raise NotImplementedError
+
+    def images_per_sample(self, input_ids: torch.Tensor, tokens_per_image: list[int] | None = None) -> list[int]:
+        counts = (input_ids == self.image_token_id).sum(-1).tolist()
+        n = self.tokens_per_image()
+        return [c // n for c in counts]
+
+    # -- encoder side --------------------------------------------------------------------------------------
+    def prune_images(self, kwargs: dict[str, Any], run: Any) -> PrunedImages:
+        raise NotImplementedError
+
+    def mm_outputs(self, features: list[torch.Tensor]) -> dict[str, Any]:
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        return {"image": BaseModelOutputWithPooling(pooler_output=features)}
+
+    # -- LLM side ------------------------------------------------------------------------------------------
+    def llm_layers(self) -> nn.ModuleList:
+        return self.model.model.language_model.layers
+
+    def rope(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """``rope(x, cos, sin)`` for x (B, H, L, d) with the LLM's own ``apply_rotary_pos_emb``."""
+        module = sys.modules[type(self.llm_layers()[0].self_attn).__module__]
+        apply = module.apply_rotary_pos_emb
+
+        def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+            return apply(x, x, cos, sin)[0]
+
+        return rope

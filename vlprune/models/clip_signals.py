@@ -1,0 +1,93 @@
+"""Signals of one CLIP vision forward pass (LLaVA-1.5 / LLaVA-NeXT towers), computed lazily and cached."""
+from __future__ import annotations
+
+import zlib
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from ..attention import decoupled_attention, vit_attention_probs, vit_keys
+from ..text import ClipText
+
+
+class ClipVisionSignals:
+    """Implements ``methods.base.SignalSource`` for a ``CLIPVisionTransformer``.
+
+    One vision forward with ``output_hidden_states``; the feature layer f (LLaVA: -2) gives the features
+    (``hidden_states[f]`` without [CLS]); [CLS] attention and keys are recomputed from the projections of
+    the block that produced them (its input is ``hidden_states[f-1]``); DeSAP's decoupled attention runs the
+    NEXT block's attention on ``hidden_states[f]`` (eq. 2), then ``post_layernorm`` + ``visual_projection``.
+    """
+
+    def __init__(
+        self,
+        vision_model: nn.Module,
+        pixel_values: torch.Tensor,
+        feature_layer: int,
+        questions: list[str] | None = None,
+        clip_text: ClipText | None = None,
+        grid: tuple[int, int] | None = None,
+    ) -> None:
+        self.vision_model = vision_model
+        self.pixel_values = pixel_values
+        out = vision_model(pixel_values=pixel_values, output_hidden_states=True)
+        self.hidden_states = out.hidden_states
+        layers = vision_model.encoder.layers
+        self.f = feature_layer % len(self.hidden_states)
+        if self.f == 0:
+            raise ValueError("the feature layer is the patch embedding: there is no attention to read")
+        self.block = layers[self.f - 1]  # produced hidden_states[f]
+        self.next_block = layers[self.f] if self.f < len(layers) else None
+        self.questions = questions
+        self.clip_text = clip_text
+        n = self.hidden_states[self.f].shape[1] - 1
+        side = int(round(n**0.5))
+        self.grid = grid or (side, side)
+
+    def features(self) -> torch.Tensor:
+        return self.hidden_states[self.f][:, 1:]
+
+    def cls_feature(self) -> torch.Tensor:
+        return self.hidden_states[self.f][:, 0]
+
+    @cached_property
+    def _normed(self) -> torch.Tensor:
+        return self.block.layer_norm1(self.hidden_states[self.f - 1])
+
+    @cached_property
+    def _cls_attention(self) -> torch.Tensor:
+        probs = vit_attention_probs(self.block.self_attn, self._normed, slice(0, 1))  # (B, H, 1, 1+N)
+        return probs.mean(dim=1)[:, 0, 1:]
+
+    def cls_attention(self) -> torch.Tensor:
+        return self._cls_attention
+
+    @cached_property
+    def _keys(self) -> torch.Tensor:
+        return vit_keys(self.block.self_attn, self._normed)[:, 1:]
+
+    def keys(self) -> torch.Tensor:
+        return self._keys
+
+    def decoupled(self, mode: str) -> torch.Tensor:
+        if self.clip_text is None:
+            raise ValueError("decoupled attention needs the CLIP visual projection: pass clip=... to vlprune.apply")
+        if self.next_block is None:
+            raise ValueError("the feature layer is the last block: there is no next block for decoupled attention")
+        s = self.hidden_states[self.f]
+        a_d = decoupled_attention(self.next_block.self_attn, self.next_block.layer_norm1(s), mode)
+        a_d = self.vision_model.post_layernorm(a_d)
+        proj = self.clip_text.visual_projection
+        return proj(a_d.to(device=proj.weight.device, dtype=proj.weight.dtype)).to(s.device)
+
+    def question(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.clip_text is None or self.questions is None:
+            raise ValueError("no question encoder: pass clip=... (and processor=...) to vlprune.apply")
+        tokens, mask, eos = self.clip_text.encode(self.questions)
+        dev = self.pixel_values.device
+        return tokens.to(dev), mask.to(dev), eos.to(dev)
+
+    def image_keys(self) -> list[int]:
+        flat = self.pixel_values.detach().float().cpu().reshape(self.pixel_values.shape[0], -1)
+        return [zlib.crc32(row.numpy().tobytes()) for row in flat]

@@ -1,0 +1,46 @@
+"""LLaVA-1.5 (``LlavaForConditionalGeneration``): CLIP tower, feature layer -2, [CLS] dropped, 2-layer MLP."""
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Adapter, PrunedImages
+from .clip_signals import ClipVisionSignals
+
+
+class LlavaAdapter(Adapter):
+    class_names = ("LlavaForConditionalGeneration",)
+    family = "llava"
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        cfg = model.config
+        if not isinstance(cfg.vision_feature_layer, int):
+            raise NotImplementedError("vlprune supports one vision_feature_layer (an int), as LLaVA-1.5 uses")
+        if cfg.vision_feature_select_strategy != "default":
+            raise NotImplementedError(
+                f"vision_feature_select_strategy={cfg.vision_feature_select_strategy!r}: vlprune expects 'default' "
+                "([CLS] dropped), as LLaVA-1.5 uses"
+            )
+        vc = cfg.vision_config
+        self.side = vc.image_size // vc.patch_size
+
+    def tokens_per_image(self) -> int:
+        return self.side * self.side
+
+    def prune_images(self, kwargs: dict[str, Any], run: Any) -> PrunedImages:
+        pixel_values = kwargs["pixel_values"]
+        tower = self.model.model.vision_tower
+        source = ClipVisionSignals(
+            tower, pixel_values.to(tower.dtype), self.model.config.vision_feature_layer,
+            questions=run.image_questions, clip_text=run.clip_text, grid=(self.side, self.side),
+        )
+        sel = run.select(source)
+        feats = self.model.model.multi_modal_projector(sel.features)
+        n = pixel_values.shape[0]
+        return PrunedImages(
+            features=list(feats),
+            tokens_per_image=[self.tokens_per_image()] * n,
+            indices=list(sel.indices),
+            assign=list(sel.assign) if sel.assign is not None else [None] * n,
+            grids=[(self.side, self.side)] * n,
+        )

@@ -1,0 +1,60 @@
+"""Pure tensor helpers shared by the selection functions (no model knowledge)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b]]`` for a batch: x (B, N, D), index (B, K) -> (B, K, D)."""
+    return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def topk_indices(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices of the ``k`` highest ``scores`` per row (B, N), optionally outside ``exclude`` (bool, B x N).
+
+    Ties are broken towards the lower index so the result is deterministic. Returns (B, k), unsorted.
+    """
+    s = scores.float()
+    if exclude is not None:
+        s = s.masked_fill(exclude, float("-inf"))
+    # stable tie-break: a tiny decreasing ramp would change real scores; sort instead.
+    order = torch.sort(s, dim=-1, descending=True, stable=True).indices
+    return order[:, :k]
+
+
+def spatial_sort(index: torch.Tensor) -> torch.Tensor:
+    """Sort kept indices so the LLM sees tokens in raster (spatial) order."""
+    return torch.sort(index, dim=-1).values
+
+
+def mask_from_indices(index: torch.Tensor, n: int) -> torch.Tensor:
+    """Boolean (B, N) mask with True at ``index`` (B, K)."""
+    mask = torch.zeros(index.shape[0], n, dtype=torch.bool, device=index.device)
+    return mask.scatter_(1, index, True)
+
+
+def nearest_centre_merge(
+    features: torch.Tensor, keep: torch.Tensor, metric: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average-merge every dropped token into its most cosine-similar kept token (DeSAP §4.3, "Token Merging").
+
+    features (B, N, D); keep (B, K) kept indices (the cluster centres); metric (B, N, Dm) the space in which
+    similarity is measured (defaults to ``features``). Each centre becomes the mean of itself and the tokens
+    assigned to it, so the token count stays K. Returns ``(merged (B, K, D), assign (B, N))`` where
+    ``assign[b, i]`` is the position in ``keep[b]`` of the centre that token i ended up in.
+    """
+    b, n, d = features.shape
+    k = keep.shape[1]
+    metric = features if metric is None else metric
+    unit = F.normalize(metric.float(), dim=-1)
+    sim = unit @ gather_rows(unit, keep).transpose(1, 2)  # (B, N, K)
+    assign = sim.argmax(dim=-1)
+    # a kept token always belongs to its own cluster
+    assign.scatter_(1, keep, torch.arange(k, device=keep.device).expand(b, k))
+    sums = torch.zeros(b, k, d, dtype=torch.float32, device=features.device)
+    sums.scatter_add_(1, assign.unsqueeze(-1).expand(-1, -1, d), features.float())
+    counts = torch.zeros(b, k, dtype=torch.float32, device=features.device)
+    counts.scatter_add_(1, assign, torch.ones(b, n, device=features.device))
+    merged = (sums / counts.unsqueeze(-1)).to(features.dtype)
+    return merged, assign

@@ -1,0 +1,104 @@
+"""The question DeSAP aligns with: found in ``input_ids`` and encoded by a CLIP text tower."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+# Role markers and answer-format boilerplate of common chat templates (LLaVA-1.5 "USER: ... ASSISTANT:",
+# Vicuna, Llama-2 [INST], ChatML, Qwen, Mistral) and of the LLaVA evaluation prompts.
+_TEMPLATE_PATTERNS = [
+    r"<\|im_end\|>", r"<\|im_start\|>\s*(assistant|user|system)", r"<\|vision_(start|end)\|>",
+    r"<\|endoftext\|>", r"\[/?INST\]", r"</?s>", r"<<SYS>>.*?<</SYS>>",
+    r"(^|\s)(###\s*)?(ASSISTANT|Assistant|assistant|USER|User|user|GPT|Human)\s*:",
+    r"\n(assistant|user)\s*$",
+]
+_BOILERPLATE = [
+    "Answer the question using a single word or phrase.",
+    "Answer with the option's letter from the given choices directly.",
+    "Please answer yes or no.",
+    "Answer the question directly.",
+]
+_OPTION_LINE = re.compile(r"^\s*[A-H][\.\):]\s.*$", re.MULTILINE)
+
+
+def strip_chat_template(text: str) -> str:
+    """Remove chat-template role markers, multiple-choice option lines and answer-format boilerplate.
+
+    Long prompts (MMBench/ScienceQA): DeSAP keeps only informative tokens (the paper uses CalibCLIP); our
+    rule is simpler and documented: option lines ("A. ...") and format instructions are dropped, then
+    the CLIP tokenizer truncates to its context length.
+    """
+    for pat in _TEMPLATE_PATTERNS:
+        text = re.sub(pat, " ", text, flags=re.DOTALL)
+    for phrase in _BOILERPLATE:
+        text = text.replace(phrase, " ")
+    text = _OPTION_LINE.sub(" ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def questions_from_ids(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image_token_id: int, tokenizer: Any
+) -> list[str]:
+    """Per sample: the text after its last image token, decoded, chat template removed ('' if none)."""
+    out = []
+    for b in range(input_ids.shape[0]):
+        ids = input_ids[b] if attention_mask is None else input_ids[b][attention_mask[b].bool()]
+        img = torch.nonzero(ids == image_token_id)
+        after = ids[int(img[-1]) + 1 :] if len(img) else ids
+        out.append(strip_chat_template(tokenizer.decode(after.tolist(), skip_special_tokens=True)))
+    return out
+
+
+@dataclass
+class ClipText:
+    """CLIP text tower + projections (the parts DeSAP needs beyond the LVLM's own vision tower)."""
+
+    text_model: nn.Module
+    text_projection: nn.Module
+    visual_projection: nn.Module
+    tokenizer: Any
+    max_length: int = 77
+
+    @torch.no_grad()
+    def encode(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token embeddings S_q (B, T, e) = text_projection(last_hidden_state), mask (B, T), EOS row q_t (B, e).
+
+        An empty question gets an all-False mask (DeSAP then falls back to the visual cue).
+        """
+        device = self.text_projection.weight.device
+        batch = self.tokenizer(
+            [q if q else "." for q in questions], padding=True, truncation=True,
+            max_length=self.max_length, return_tensors="pt",
+        ).to(device)
+        out = self.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        tokens = self.text_projection(out.last_hidden_state)
+        eos = self.text_projection(out.pooler_output)
+        mask = batch["attention_mask"].bool()
+        empty = torch.tensor([not q for q in questions], device=device)
+        mask = mask & ~empty.unsqueeze(-1)
+        return tokens, mask, eos
+
+
+def load_clip_text(clip: Any, tokenizer: Any = None) -> ClipText:
+    """Accept a hub id / local path, a loaded ``CLIPModel`` (+ ``clip_tokenizer``), or a ``ClipText``."""
+    if isinstance(clip, ClipText):
+        return clip
+    if isinstance(clip, (str, Path)):
+        from transformers import AutoTokenizer, CLIPModel
+
+        model = CLIPModel.from_pretrained(str(clip))
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(clip))
+    elif type(clip).__name__ == "CLIPModel":
+        model = clip
+        if tokenizer is None:
+            raise ValueError("a loaded CLIPModel needs its tokenizer too: pass clip_tokenizer=CLIPTokenizer(...)")
+    else:
+        raise TypeError(f"clip must be a hub id, a path, a CLIPModel or a ClipText, got {type(clip).__name__}")
+    model.eval()
+    limit = getattr(model.config.text_config, "max_position_embeddings", 77)
+    return ClipText(model.text_model, model.text_projection, model.visual_projection, tokenizer, limit)
