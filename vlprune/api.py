@@ -55,6 +55,7 @@ class _State:
     question: str | list[str] | None
     pruner: LLMPruner | None
     last: KeptTokens | None = None
+    images_per_sample: list[int] | None = None  # set by the encoder step, read by the in-LLM step
 
 
 def _state(model: nn.Module) -> _State | None:
@@ -107,9 +108,9 @@ def apply(
         if tokenizer is None and question is None:
             raise ValueError("DeSAP reads the question from input_ids: pass processor=... (or question=...)")
     pruner = None
-    if spec.stage == "llm":
+    if spec.plan is not None:
         layers = adapter.llm_layers()
-        pruner = LLMPruner(layers, spec.select(keep, len(layers), config), adapter.rope())
+        pruner = LLMPruner(layers, spec.plan(keep, len(layers), config), adapter.rope())
     state = _State(adapter, spec, config, keep, clip_text, tokenizer, question, pruner)
     model.__dict__[_STATE] = state
     _patch(model, state)
@@ -161,9 +162,9 @@ def _patch(model: nn.Module, state: _State) -> None:
     @functools.wraps(orig_forward)
     def forward(*args: Any, **kwargs: Any) -> Any:
         call = _bind(orig_forward, args, kwargs)
-        if state.spec.stage == "encoder" and call.get("pixel_values") is not None:
+        if state.spec.encoder is not None and call.get("pixel_values") is not None:
             call = _prune_encoder(state, call)
-        elif state.pruner is not None:
+        if state.pruner is not None:
             _begin_llm_pass(state, call)
         out = orig_forward(**call)
         if state.pruner is not None and not state.pruner.decoding and state.pruner.last_kept is not None:
@@ -173,7 +174,7 @@ def _patch(model: nn.Module, state: _State) -> None:
     @functools.wraps(orig_generate)
     def generate(*args: Any, **kwargs: Any) -> Any:
         call = _bind(orig_generate, args, kwargs)
-        if state.spec.stage != "encoder" or call.get("pixel_values") is None:
+        if state.spec.encoder is None or call.get("pixel_values") is None:
             return orig_generate(**call)
         prompt = call["input_ids"]
         call = _prune_encoder(state, call)
@@ -206,6 +207,7 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("encoder-side pruning needs input_ids (to shrink the image placeholders)")
     mask = call.get("attention_mask")
     per_sample = adapter.images_per_sample(input_ids)
+    state.images_per_sample = per_sample
     image_questions = None
     if state.clip_text is not None:
         qs = _questions(state, input_ids, mask)
@@ -213,7 +215,7 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
 
     def select(source: Any) -> Selection:
         keep = min(state.keep, source.features().shape[1])
-        return state.spec.select(source, keep, state.config)
+        return state.spec.encoder(source, keep, state.config)
 
     with torch.no_grad():
         result = adapter.prune_images(call, _Run(select, image_questions, state.clip_text))
@@ -255,7 +257,11 @@ def _begin_llm_pass(state: _State, call: dict[str, Any]) -> None:
     if input_ids is None:
         raise ValueError("in-LLM pruning needs input_ids to find the visual tokens")
     image_mask = input_ids == state.adapter.image_token_id
-    state.pruner.begin_prefill(image_mask, state.adapter.images_per_sample(input_ids))
+    if state.spec.encoder is not None and state.images_per_sample is not None:
+        per_sample = state.images_per_sample  # the encoder step already shrank the image spans
+    else:
+        per_sample = state.adapter.images_per_sample(input_ids)
+    state.pruner.begin_prefill(image_mask, per_sample)
     state.pruner.last_kept = None
 
 

@@ -1,10 +1,13 @@
-"""Registry of pruning methods, looked up by name (peft/llmc style)."""
+"""Registry of pruning methods, looked up by name (peft/llmc style).
+
+A method has an encoder-side part (``encoder(source, keep, cfg) -> Selection``), an in-LLM part
+(``plan(keep, num_layers, cfg) -> list[LLMStage]``), or both (VisionDrop prunes at the encoder output and
+inside the LLM).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Literal
-
-Stage = Literal["encoder", "llm"]
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -13,9 +16,14 @@ class MethodSpec:
 
     name: str
     config_cls: type
-    stage: Stage  # "encoder": prunes vision features before the LLM; "llm": prunes inside decoder layers
     paper: str
-    select: Callable[..., Any]  # encoder: select(source, keep, cfg) -> Selection; llm: a scorer factory
+    encoder: Callable[..., Any] | None = None
+    plan: Callable[..., Any] | None = None
+
+    @property
+    def stage(self) -> str:
+        """"encoder", "llm" or "encoder+llm"."""
+        return "+".join(s for s, f in (("encoder", self.encoder), ("llm", self.plan)) if f is not None)
 
     def defaults(self) -> dict[str, Any]:
         cfg = self.config_cls()
@@ -25,16 +33,17 @@ class MethodSpec:
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, *, config: type, stage: Stage, paper: str) -> Callable:
-    """Decorator registering ``select`` (or an LLM scorer) under ``name``."""
-
-    def wrap(fn: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} is already registered")
-        _REGISTRY[name] = MethodSpec(name=name, config_cls=config, stage=stage, paper=paper, select=fn)
-        return fn
-
-    return wrap
+def register_method(
+    name: str, *, config: type, paper: str, encoder: Callable | None = None, plan: Callable | None = None
+) -> MethodSpec:
+    """Register a method under ``name``; at least one of ``encoder`` / ``plan`` is required."""
+    if name in _REGISTRY:
+        raise ValueError(f"method {name!r} is already registered")
+    if encoder is None and plan is None:
+        raise ValueError("a method needs an encoder-side selection, an in-LLM plan, or both")
+    spec = MethodSpec(name=name, config_cls=config, paper=paper, encoder=encoder, plan=plan)
+    _REGISTRY[name] = spec
+    return spec
 
 
 def get_method(name: str) -> MethodSpec:

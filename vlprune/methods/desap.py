@@ -96,7 +96,6 @@ def rank_and_prune(task: torch.Tensor, salient: torch.Tensor, k1: int, k2: int) 
     return spatial_sort(torch.cat([first, second], dim=1))
 
 
-@register_method("desap", config=DesapConfig, stage="encoder", paper="DeSAP (arXiv:2604.11240, 2026)")
 def select(source: SignalSource, keep: int, cfg: DesapConfig) -> Selection:
     """DeSAP on one batch of images: decoupled similarity + [CLS] saliency, rank & prune, merge."""
     feats = source.features()
@@ -120,3 +119,6 @@ def select(source: SignalSource, keep: int, cfg: DesapConfig) -> Selection:
         merged, assign = nearest_centre_merge(feats, kept)
         return Selection(features=merged, indices=kept, assign=assign, extras={"task": task})
     return Selection(features=gather_rows(feats, kept), indices=kept, extras={"task": task})
+
+
+register_method("desap", config=DesapConfig, paper="DeSAP (arXiv:2604.11240, 2026)", encoder=select)

@@ -27,7 +27,9 @@ def last_token_scores(inputs: StageInputs) -> torch.Tensor:
     return torch.gather(probs, 1, inputs.image_pos)
 
 
-@register_method("fastv", config=FastVConfig, stage="llm", paper="FastV (ECCV 2024)")
 def plan(keep: int, num_layers: int, cfg: FastVConfig) -> list[LLMStage]:
     """One stage: score with layer K-1's attention, drop before layer K."""
     return [LLMStage(layer=cfg.layer, keep=keep, score=last_token_scores, score_layer=cfg.layer - 1)]
+
+
+register_method("fastv", config=FastVConfig, paper="FastV (ECCV 2024)", plan=plan)

@@ -27,8 +27,10 @@ def random_indices(image_keys: list[int], n: int, keep: int, seed: int) -> torch
     return spatial_sort(torch.stack(rows))
 
 
-@register_method("random", config=RandomConfig, stage="encoder", paper="baseline")
 def select(source: SignalSource, keep: int, cfg: RandomConfig) -> Selection:
     feats = source.features()
     kept = random_indices(source.image_keys(), feats.shape[1], keep, cfg.seed).to(feats.device)
     return Selection(features=gather_rows(feats, kept), indices=kept)
+
+
+register_method("random", config=RandomConfig, paper="baseline", encoder=select)

@@ -54,7 +54,6 @@ def contextual_merge(
     return tokens.to(features.dtype), rest[:, is_target], assign
 
 
-@register_method("visionzip", config=VisionZipConfig, stage="encoder", paper="VisionZip (CVPR 2025)")
 def select(source: SignalSource, keep: int, cfg: VisionZipConfig) -> Selection:
     feats = source.features()
     b, n, _ = feats.shape
@@ -81,3 +80,6 @@ def select(source: SignalSource, keep: int, cfg: VisionZipConfig) -> Selection:
     if cls is not None:
         parts.insert(0, cls.unsqueeze(1))
     return Selection(features=torch.cat(parts, 1), indices=torch.cat(indices, 1), assign=assign)
+
+
+register_method("visionzip", config=VisionZipConfig, paper="VisionZip (CVPR 2025)", encoder=select)

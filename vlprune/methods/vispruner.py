@@ -50,7 +50,6 @@ def remove_duplicates(features: torch.Tensor, candidates: torch.Tensor, target: 
     return remaining
 
 
-@register_method("vispruner", config=VisPrunerConfig, stage="encoder", paper="VisPruner (ICCV 2025)")
 def select(source: SignalSource, keep: int, cfg: VisPrunerConfig) -> Selection:
     feats = source.features()
     n = feats.shape[1]
@@ -61,3 +60,6 @@ def select(source: SignalSource, keep: int, cfg: VisPrunerConfig) -> Selection:
     diverse = remove_duplicates(feats, rest, keep - n_important, cfg.removals_per_round)
     kept = spatial_sort(torch.cat([important, diverse], dim=1))
     return Selection(features=gather_rows(feats, kept), indices=kept)
+
+
+register_method("vispruner", config=VisPrunerConfig, paper="VisPruner (ICCV 2025)", encoder=select)
