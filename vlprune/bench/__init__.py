@@ -1,0 +1,25 @@
+"""Benchmark readers and official-equivalent scorers (LLaVA evaluation layouts).
+
+>>> from vlprune.bench import read, score
+>>> for item in read("pope", "playground/data/eval/pope"):   # doctest: +SKIP
+...     text = model_answer(item.load_image(), item.prompt)
+...     line = item.answer_record(text)                       # LLaVA answer line
+>>> score("pope", "playground/data/eval/pope", "answers.jsonl")["score"]  # doctest: +SKIP
+"""
+
+from .answers import load_answers, write_answers
+from .readers import BENCHMARKS, BenchItem, ImageRef, canonical_bench, read
+from .score import HEADLINES, score, score_items
+
+__all__ = [
+    "BENCHMARKS",
+    "HEADLINES",
+    "BenchItem",
+    "ImageRef",
+    "canonical_bench",
+    "load_answers",
+    "read",
+    "score",
+    "score_items",
+    "write_answers",
+]

@@ -1,0 +1,87 @@
+"""``vlprune score``: score a LLaVA answers file (registered by the main app as
+``app.command("score")(score_command)``)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .score import score
+
+__all__ = ["BenchChoice", "render_table", "score_command"]
+
+
+class BenchChoice(str, Enum):
+    pope = "pope"
+    gqa = "gqa"
+    mme = "mme"
+    textvqa = "textvqa"
+    vqav2 = "vqav2"
+    sqa = "sqa"
+    mmbench = "mmbench"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def render_table(result: dict[str, Any]) -> Table:
+    """A rich table: headline first, then scalar metrics, then one row per
+    entry of the nested breakdowns (splits, subtasks, types, categories)."""
+    table = Table(title=f"{result['bench']} — {result['headline']} = {result['score']:.2f}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row(f"[bold]score ({result['headline']})[/bold]", f"[bold]{result['score']:.2f}[/bold]")
+    skip = {"bench", "score", "headline", "answers_file", "data_dir"}
+    nested = []
+    for key, value in result.items():
+        if key in skip:
+            continue
+        if isinstance(value, dict):
+            nested.append((key, value))
+        else:
+            table.add_row(key, _fmt(value))
+    for key, value in nested:
+        for sub, sub_value in value.items():
+            if isinstance(sub_value, dict):
+                shown = ", ".join(f"{k}={_fmt(v)}" for k, v in sub_value.items())
+                table.add_row(f"{key}/{sub}", shown)
+            else:
+                table.add_row(f"{key}/{sub}", _fmt(sub_value))
+    return table
+
+
+def score_command(
+    bench: Annotated[BenchChoice, typer.Option("--bench", help="Benchmark to score.", case_sensitive=False)],
+    data: Annotated[
+        Path,
+        typer.Option("--data", help="Benchmark folder in LLaVA's layout (see docs/benchmarks.md).", exists=True),
+    ],
+    answers: Annotated[
+        Path,
+        typer.Option("--answers", help="Answers file: JSON lines with question_id, prompt, text.", exists=True, dir_okay=False),
+    ],
+    json_path: Annotated[
+        Optional[Path],  # noqa: UP045 - typer needs Optional here
+        typer.Option("--json", help="Also write the full result as JSON to this path."),
+    ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail if some question has no answer.")] = False,
+) -> None:
+    """Score a LLaVA-format answers file with the official benchmark rules."""
+    try:
+        result = score(bench.value, data, answers, strict=strict)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(code=1) from exc
+    Console().print(render_table(result))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n", encoding="utf-8")

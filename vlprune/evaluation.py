@@ -1,0 +1,170 @@
+"""Accuracy-retention benchmark on the bundled testbed: methods x budgets, per-family accuracy, object recall."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import api
+from .flops import method_tflops
+from .presets import ModelShape
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    processor: Any
+    clip: Any  # path or object for DeSAP
+    name: str
+
+
+def resolve_model(name: str) -> Path | str:
+    """``testbed`` names the bundled checkpoint; anything else is a hub id or local path."""
+    if name == "testbed":
+        from .testbed import checkpoint_dir
+
+        path = checkpoint_dir()
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"the testbed checkpoint is missing at {path}; run `vlprune testbed build`")
+        return path
+    return name
+
+
+def load_model(name: str, clip: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    path = resolve_model(name)
+    model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype).eval()
+    processor = AutoProcessor.from_pretrained(str(path))
+    if clip is None and name == "testbed":
+        clip = str(Path(path) / "clip")
+    return LoadedModel(model, processor, clip, name)
+
+
+def shape_of(model: Any, visual_tokens: int) -> ModelShape:
+    """A FLOPs shape read off a loaded model's LLM config."""
+    tc = model.config.text_config
+    return ModelShape(
+        name=type(model).__name__, hf_id="", layers=tc.num_hidden_layers, hidden=tc.hidden_size,
+        ffn=tc.intermediate_size, heads=tc.num_attention_heads,
+        kv_heads=getattr(tc, "num_key_value_heads", tc.num_attention_heads), visual_tokens=visual_tokens,
+    )
+
+
+def method_kwargs(method: str, loaded: LoadedModel) -> dict[str, Any]:
+    if method == "desap":
+        return {"processor": loaded.processor, "clip": loaded.clip}
+    return {}
+
+
+@torch.no_grad()
+def answer(loaded: LoadedModel, samples: list, batch_size: int = 32, max_new_tokens: int = 3,
+           on_batch: Callable[[list, list[str], Any], None] | None = None) -> list[str]:
+    """Greedy answers for ``samples`` (batched, left-padded); ``on_batch`` sees each batch's selection."""
+    proc = loaded.processor
+    proc.tokenizer.padding_side = "left"
+    outs: list[str] = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        inputs = proc(images=[s.image for s in chunk], text=[s.prompt for s in chunk], return_tensors="pt",
+                      padding=True)
+        gen = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        texts = proc.tokenizer.batch_decode(gen[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        outs.extend(texts)
+        if on_batch is not None:
+            on_batch(chunk, texts, api._state(loaded.model).last if api._state(loaded.model) else None)
+    return outs
+
+
+def object_recall(samples: list, kept: Any, grid: int, image_size: int) -> tuple[list[float], list[float]]:
+    """Per sample with an asked-about object: share of its patches kept (strict), and kept-or-merged.
+
+    "Merged" counts a dropped patch whose information went into a kept token that itself lies on the
+    object (a merge into an off-object token does not preserve the object as a token).
+    """
+    from .testbed import boxes_to_patch_mask
+
+    strict, merged = [], []
+    for i, s in enumerate(samples):
+        if not s.boxes:
+            continue
+        on = boxes_to_patch_mask(s.boxes, image_size, grid)
+        idx = kept.indices[i].cpu()
+        keep_mask = torch.zeros_like(on)
+        keep_mask[idx[idx >= 0]] = True
+        strict.append(float((on & keep_mask).sum()) / float(on.sum()))
+        assign = kept.assign[i] if kept.assign else None
+        if assign is None:
+            merged.append(strict[-1])
+            continue
+        assign = assign.cpu()
+        slot_on = torch.zeros(int(assign.max()) + 2, dtype=torch.bool)
+        # a kept token's slot is on the object if its own patch is
+        slot_patch = {int(assign[p]): p for p in idx.tolist() if 0 <= p < len(assign) and assign[p] >= 0}
+        for slot, patch in slot_patch.items():
+            slot_on[slot] = bool(on[patch])
+        covered = on & ((keep_mask) | ((assign >= 0) & slot_on[assign.clamp(min=0)]))
+        merged.append(float(covered.sum()) / float(on.sum()))
+    return strict, merged
+
+
+def evaluate(loaded: LoadedModel, samples: list, methods: list[str], keeps: list[int], batch_size: int = 32,
+             progress: Callable[[str, int], None] | None = None, options: dict[str, dict] | None = None) -> dict:
+    """Full-budget accuracy, then every (method, keep): accuracy, % of full, per family, recall, TFLOPs."""
+    from .testbed import is_correct
+
+    model = loaded.model
+    vc = model.config.vision_config
+    grid = vc.image_size // vc.patch_size
+    shape = shape_of(model, grid * grid)
+    options = options or {}
+
+    def score(preds: list[str]) -> tuple[float, dict[str, float]]:
+        fam: dict[str, list[bool]] = defaultdict(list)
+        for s, p in zip(samples, preds):
+            fam[s.family].append(is_correct(p, s.answer))
+        flat = [x for v in fam.values() for x in v]
+        return sum(flat) / len(flat), {k: sum(v) / len(v) for k, v in sorted(fam.items())}
+
+    def tick(label: str) -> Callable:
+        def cb(chunk, texts, kept):
+            if progress:
+                progress(label, len(chunk))
+        return cb
+
+    api.remove(model)
+    full_acc, full_fam = score(answer(loaded, samples, batch_size, on_batch=tick("full")))
+    report: dict[str, Any] = {
+        "model": loaded.name, "n": len(samples),
+        "full": {"accuracy": full_acc, "per_family": full_fam, "tflops": method_tflops(None, None, shape)},
+        "results": [],
+    }
+    for method in methods:
+        for keep in keeps:
+            strict: list[float] = []
+            merged: list[float] = []
+
+            def on_batch(chunk, texts, kept, label=f"{method}@{keep}"):
+                if kept is not None:
+                    a, b = object_recall(chunk, kept, grid, vc.image_size)
+                    strict.extend(a)
+                    merged.extend(b)
+                tick(label)(chunk, texts, kept)
+
+            api.apply(model, method, keep, **method_kwargs(method, loaded), **options.get(method, {}))
+            try:
+                acc, fam = score(answer(loaded, samples, batch_size, on_batch=on_batch))
+            finally:
+                api.remove(model)
+            report["results"].append({
+                "method": method, "keep": keep, "accuracy": acc,
+                "relative": acc / full_acc if full_acc else float("nan"),
+                "object_recall": sum(strict) / len(strict) if strict else None,
+                "object_recall_merged": sum(merged) / len(merged) if merged else None,
+                "tflops": method_tflops(method, keep, shape, **options.get(method, {})),
+                "per_family": fam,
+            })
+    return report

@@ -1,0 +1,47 @@
+"""Analytic LLM-side FLOPs of the visual tokens (desap.txt appendix B.2, eqs. 6-7; FastV/PyramidDrop)."""
+from __future__ import annotations
+
+from typing import Any
+
+from .presets import ModelShape
+from .registry import get_method
+
+
+def layer_flops(n: int, d: int, m: int) -> float:
+    """One decoder layer over n visual tokens: 4 n d^2 + 2 n^2 d + 3 n d m (eq. 6)."""
+    return 4 * n * d * d + 2 * n * n * d + 3 * n * d * m
+
+
+def visual_flops(tokens_per_layer: list[int], d: int, m: int) -> float:
+    """Sum of eq. 6 over the layers, each with its own visual-token count (eq. 7)."""
+    return float(sum(layer_flops(n, d, m) for n in tokens_per_layer))
+
+
+def tokens_per_layer(method: str | None, keep: int | None, shape: ModelShape, n_tokens: int | None = None,
+                     **options: Any) -> list[int]:
+    """Visual tokens each LLM layer processes under ``method`` at budget ``keep`` (None: the full model).
+
+    Encoder-side methods give every layer ``keep``; in-LLM methods count layer by layer: the layers before a
+    stage see the previous count (FastV's first K layers see every token).
+    """
+    n = n_tokens or shape.visual_tokens
+    if method in (None, "none", "full") or keep is None:
+        return [n] * shape.layers
+    spec = get_method(method)
+    cfg = spec.config_cls(**options)
+    if spec.encoder is not None:
+        enc = getattr(__import__(spec.encoder.__module__, fromlist=["_"]), "encoder_tokens", None)
+        current = enc(keep, cfg) if (enc is not None and spec.plan is not None) else keep
+    else:
+        current = n
+    counts = [current] * shape.layers
+    if spec.plan is not None:
+        for stage in sorted(spec.plan(keep, shape.layers, cfg), key=lambda s: s.layer):
+            for layer in range(stage.layer, shape.layers):
+                counts[layer] = min(stage.keep, counts[layer])
+    return counts
+
+
+def method_tflops(method: str | None, keep: int | None, shape: ModelShape, n_tokens: int | None = None,
+                  **options: Any) -> float:
+    return visual_flops(tokens_per_layer(method, keep, shape, n_tokens, **options), shape.hidden, shape.ffn) / 1e12
