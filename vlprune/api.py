@@ -79,6 +79,8 @@ def apply(
     clip: Any = None,
     clip_tokenizer: Any = None,
     question: str | list[str] | None = None,
+    budget: str | None = None,
+    adapter_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> nn.Module:
     """Prune the visual tokens of ``model`` (patched in place, reversibly) with ``method`` to ``keep`` per image.
@@ -87,24 +89,29 @@ def apply(
     clip: DeSAP's CLIP text tower + visual projection (hub id, local path, loaded ``CLIPModel`` with
         ``clip_tokenizer``); llava-hf checkpoints lack ``visual_projection``, so load the matching CLIP.
     question: overrides the question found in ``input_ids`` (one string, or one per sample).
+    budget: how ``keep`` is counted on tiled families (LLaVA-NeXT: "global" per image, or "tile"); see docs/models.md.
+    adapter_options: further options of the model-family adapter (``budget=`` is a shorthand for one of them).
     options: the method's config fields (see ``vlprune.methods()``).
     Applying again replaces the previous patch. Returns the same model.
     """
     if _state(model) is not None:
         remove(model)
-    adapter = get_adapter(model)
+    adapter_options = dict(adapter_options or {})
+    if budget is not None:
+        adapter_options["budget"] = budget
+    adapter = get_adapter(model, adapter_options)
     spec = get_method(method)
     config = _make_config(spec, options)
     check_keep(keep, adapter.tokens_per_image())
     clip_text = tokenizer = None
     if spec.name == "desap":
-        if clip is None:
+        tokenizer = getattr(processor, "tokenizer", processor)
+        clip_text = load_clip_text(clip, clip_tokenizer) if clip is not None else adapter.question_encoder(tokenizer)
+        if clip_text is None:
             raise ValueError(
                 "DeSAP needs a CLIP text tower and visual projection: pass clip='openai/clip-vit-large-patch14-336' "
                 "(the CLIP the LVLM's vision tower came from), a local path, or a loaded CLIPModel"
             )
-        clip_text = load_clip_text(clip, clip_tokenizer)
-        tokenizer = getattr(processor, "tokenizer", processor)
         if tokenizer is None and question is None:
             raise ValueError("DeSAP reads the question from input_ids: pass processor=... (or question=...)")
     pruner = None
@@ -162,6 +169,7 @@ def _patch(model: nn.Module, state: _State) -> None:
     @functools.wraps(orig_forward)
     def forward(*args: Any, **kwargs: Any) -> Any:
         call = _bind(orig_forward, args, kwargs)
+        state.adapter.observe(call)
         if state.spec.encoder is not None and call.get("pixel_values") is not None:
             call = _prune_encoder(state, call)
         if state.pruner is not None:
@@ -174,6 +182,7 @@ def _patch(model: nn.Module, state: _State) -> None:
     @functools.wraps(orig_generate)
     def generate(*args: Any, **kwargs: Any) -> Any:
         call = _bind(orig_generate, args, kwargs)
+        state.adapter.observe(call)
         if state.spec.encoder is None or call.get("pixel_values") is None:
             return orig_generate(**call)
         prompt = call["input_ids"]
@@ -223,6 +232,7 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
         input_ids, mask, adapter.image_token_id, result.tokens_per_image, [f.shape[0] for f in result.features]
     )
     pad = _pad_id(input_ids, mask, adapter)
+    original = call
     call = dict(call)
     call["input_ids"] = apply_columns(input_ids, cols, valid, pad)
     for name, fill in PER_TOKEN_INPUTS.items():
@@ -231,6 +241,7 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
             call[name] = apply_columns(x, cols, valid, fill)
     call.pop("pixel_values")
     call["mm_encoder_outputs"] = adapter.mm_outputs(result.features)
+    call = adapter.finish_call(original, call, cols, valid)
     state.last = KeptTokens(
         method=state.spec.name, keep=state.keep, indices=result.indices, grids=result.grids,
         assign=result.assign, questions=image_questions or [],
@@ -271,14 +282,21 @@ def _record_llm_selection(state: _State) -> None:
     p = pruner.current
     n = state.adapter.tokens_per_image()
     side = int(round(n**0.5))
-    indices = []
+    layout = state.adapter.llm_layout()  # per image: (LLM tokens, grid, LLM position -> patch index)
+    indices, grids = [], []
     for row in range(pruner.last_kept.shape[0]):
         rank = torch.searchsorted(p.orig_image_pos[row], pruner.last_kept[row])
+        lo = 0
         for img in range(p.n_images):
-            lo, hi = img * n, (img + 1) * n
-            indices.append(rank[(rank >= lo) & (rank < hi)] - lo)
+            size, grid, to_patch = layout[row * p.n_images + img] if layout else (n, (side, side), None)
+            idx = rank[(rank >= lo) & (rank < lo + size)] - lo
+            if to_patch is not None:
+                idx = to_patch.to(idx.device)[idx]
+                idx = idx[idx >= 0]
+            indices.append(idx)
+            grids.append(grid)
+            lo += size
     state.last = KeptTokens(
-        method=state.spec.name, keep=state.keep, indices=indices,
-        grids=[(side, side)] * len(indices), assign=[None] * len(indices),
+        method=state.spec.name, keep=state.keep, indices=indices, grids=grids, assign=[None] * len(indices),
     )
     pruner.last_kept = None

@@ -56,6 +56,43 @@ def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
+def decoder_attention_logits(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    query_pos: torch.Tensor,
+    rope,
+) -> torch.Tensor:
+    """Scaled pre-softmax logits ``Q K^T * scaling`` of a decoder layer, NO mask applied: (B, H, q, L) float32.
+
+    ``hidden`` is the layer input (before ``input_layernorm``); ``cos``/``sin`` the rotary tables of the
+    current sequence (B or 1, L, d); ``query_pos`` (B, q) the query rows; ``rope(x, cos, sin)`` applies the
+    family's rotary embedding. Grouped-query heads are repeated, so H is the number of query heads.
+    """
+    attn = layer.self_attn
+    b = hidden.shape[0]
+    normed = layer.input_layernorm(hidden)
+    rows = query_pos.unsqueeze(-1).expand(-1, -1, normed.shape[-1])
+    q = split_heads(attn.q_proj(torch.gather(normed, 1, rows)), attn.config.num_attention_heads)
+    k = split_heads(attn.k_proj(normed), attn.config.num_key_value_heads)
+    cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)
+    pick = query_pos.unsqueeze(-1).expand(-1, -1, cos.shape[-1])
+    q = rope(q, torch.gather(cos, 1, pick), torch.gather(sin, 1, pick))
+    k = repeat_kv(rope(k, cos, sin), q.shape[1] // k.shape[1])
+    return (q.float() @ k.float().transpose(-1, -2)) * attn.scaling
+
+
+def mask_logits(logits: torch.Tensor, mask: torch.Tensor | None, query_pos: torch.Tensor) -> torch.Tensor:
+    """Apply the layer's 4-D mask (bool or additive; None: causal) to logits (B, H, q, L) of rows ``query_pos``."""
+    b, n = logits.shape[0], logits.shape[-1]
+    if mask is None:
+        allowed = torch.arange(n, device=logits.device).view(1, 1, n) <= query_pos.unsqueeze(-1)
+        return logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
+    rows_mask = torch.gather(mask, 2, query_pos.view(b, 1, -1, 1).expand(-1, mask.shape[1], -1, mask.shape[-1]))
+    return logits.masked_fill(~rows_mask, float("-inf")) if rows_mask.dtype == torch.bool else logits + rows_mask
+
+
 def decoder_attention_probs(
     layer: nn.Module,
     hidden: torch.Tensor,
@@ -71,21 +108,5 @@ def decoder_attention_probs(
     current sequence (B or 1, L, d); ``mask`` the layer's 4-D mask (bool or additive) or None for causal;
     ``query_pos`` (B, q) the query rows; ``rope(x, cos, sin)`` applies the family's rotary embedding.
     """
-    attn = layer.self_attn
-    b, n, _ = hidden.shape
-    normed = layer.input_layernorm(hidden)
-    rows = query_pos.unsqueeze(-1).expand(-1, -1, normed.shape[-1])
-    q = split_heads(attn.q_proj(torch.gather(normed, 1, rows)), attn.config.num_attention_heads)
-    k = split_heads(attn.k_proj(normed), attn.config.num_key_value_heads)
-    cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)
-    pick = query_pos.unsqueeze(-1).expand(-1, -1, cos.shape[-1])
-    q = rope(q, torch.gather(cos, 1, pick), torch.gather(sin, 1, pick))
-    k = repeat_kv(rope(k, cos, sin), q.shape[1] // k.shape[1])
-    logits = (q.float() @ k.float().transpose(-1, -2)) * attn.scaling
-    if mask is None:
-        allowed = torch.arange(n, device=hidden.device).view(1, 1, n) <= query_pos.unsqueeze(-1)
-        logits = logits.masked_fill(~allowed.unsqueeze(1), float("-inf"))
-    else:
-        rows_mask = torch.gather(mask, 2, query_pos.view(b, 1, -1, 1).expand(-1, mask.shape[1], -1, mask.shape[-1]))
-        logits = logits.masked_fill(~rows_mask, float("-inf")) if rows_mask.dtype == torch.bool else logits + rows_mask
-    return torch.softmax(logits, dim=-1)
+    logits = decoder_attention_logits(layer, hidden, cos, sin, query_pos, rope)
+    return torch.softmax(mask_logits(logits, mask, query_pos), dim=-1)

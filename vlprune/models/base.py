@@ -25,9 +25,30 @@ class Adapter:
 
     class_names: ClassVar[tuple[str, ...]] = ()
     family: ClassVar[str] = ""
+    options: ClassVar[tuple[str, ...]] = ()  # keyword options the adapter takes (``vlprune.apply(adapter_options=)``)
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, **options: Any) -> None:
+        if options:
+            raise TypeError(f"the {self.family or type(self).__name__} adapter takes no options, got {sorted(options)}")
         self.model = model
+
+    def observe(self, call: dict[str, Any]) -> None:
+        """Sees the bound arguments of every patched forward/generate call first (e.g. image sizes); default: no-op."""
+
+    def finish_call(
+        self, original: dict[str, Any], call: dict[str, Any], cols: torch.Tensor, valid: torch.Tensor
+    ) -> dict[str, Any]:
+        """Last edit of a shrunk call (``cols``/``valid`` from ``splice.shrink_prompt``); default: unchanged."""
+        return call
+
+    def llm_layout(self) -> list[tuple[int, tuple[int, int], torch.Tensor | None]] | None:
+        """Per image of the last observed call (prompt order): (LLM tokens, grid, LLM position -> patch index or
+        None for identity). None: every image has ``tokens_per_image()`` tokens on a square grid."""
+        return None
+
+    def question_encoder(self, tokenizer: Any) -> Any:
+        """DeSAP's text side when no CLIP is given (an object with ``encode(questions)``), or None if a CLIP is needed."""
+        return None
 
     # -- prompt layout -------------------------------------------------------------------------------------
     @property

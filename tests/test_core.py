@@ -1,0 +1,183 @@
+"""apply/remove on a tiny random LLaVA-1.5: identity, restore, cache == no-cache, batch == per-sample."""
+import pytest
+import torch
+
+import vlprune
+from vlprune.api import _state
+
+ENCODER = ["desap", "vispruner", "visionzip", "random"]
+ALL = ENCODER + ["fastv"]
+QUESTIONS = ["what color is the circle ?", "how many star are there in this image ?"]
+
+
+def extra(tiny, method):
+    if method == "desap":
+        return dict(processor=tiny.tokenizer, clip=tiny.clip, clip_tokenizer=tiny.clip_tokenizer)
+    return {}
+
+
+@pytest.fixture(autouse=True)
+def _clean(tiny):
+    yield
+    vlprune.remove(tiny.model)
+
+
+@torch.no_grad()
+def logits(model, inputs, pixels):
+    return model(**inputs, pixel_values=pixels).logits
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_full_budget_reproduces_unpatched_model(tiny, pixels, method):
+    inputs = tiny.prompt_ids(QUESTIONS)
+    ref = logits(tiny.model, inputs, pixels)
+    vlprune.apply(tiny.model, method, 16, **extra(tiny, method))
+    out = logits(tiny.model, inputs, pixels)
+    torch.testing.assert_close(out[:, -1], ref[:, -1], rtol=0, atol=1e-5)
+    if method != "fastv":  # encoder-side methods keep the sequence length
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_remove_restores_bit_identical_model(tiny, pixels, method):
+    model = tiny.model
+    inputs = tiny.prompt_ids(QUESTIONS)
+    ref = logits(model, inputs, pixels)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    vlprune.apply(model, method, 5, **extra(tiny, method))
+    pruned = logits(model, inputs, pixels)
+    assert not torch.equal(pruned[:, -1], ref[:, -1])
+    vlprune.remove(model)
+    assert "forward" not in model.__dict__ and "generate" not in model.__dict__ and _state(model) is None
+    assert all(not layer._forward_pre_hooks for layer in model.model.language_model.layers)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert torch.equal(logits(model, inputs, pixels), ref)
+
+
+def test_apply_twice_replaces_previous_patch(tiny, pixels):
+    model = tiny.model
+    inputs = tiny.prompt_ids(QUESTIONS)
+    vlprune.apply(model, "random", 4)
+    once = logits(model, inputs, pixels)
+    vlprune.apply(model, "fastv", 6)
+    vlprune.apply(model, "random", 4)
+    assert sum(1 for layer in model.model.language_model.layers if layer._forward_pre_hooks) == 0
+    assert torch.equal(logits(model, inputs, pixels), once)
+
+
+def test_context_manager(tiny, pixels):
+    inputs = tiny.prompt_ids(QUESTIONS)
+    ref = logits(tiny.model, inputs, pixels)
+    with vlprune.pruned(tiny.model, "vispruner", 6):
+        assert not torch.equal(logits(tiny.model, inputs, pixels)[:, -1], ref[:, -1])
+    assert torch.equal(logits(tiny.model, inputs, pixels), ref)
+
+
+def _freeze_llm_selection(model):
+    """Make the in-LLM stages replay the cached run's kept set (a no-cache loop would re-rank every step)."""
+    state = _state(model)
+    if state.pruner is None:
+        return
+    kept = state.pruner.history[-1]  # (B, k) prompt positions kept by the stage
+
+    def replay(inputs, kept=kept, pruner=state.pruner):
+        ids = pruner.current.image_ids  # prompt positions of surviving visual tokens
+        return (ids.unsqueeze(-1) == kept.unsqueeze(1)).any(-1).float()
+
+    for stage in state.pruner.stages:
+        stage.score = replay
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_cached_generate_equals_no_cache_reference(tiny, pixels, method):
+    model = tiny.model
+    inputs = tiny.prompt_ids(QUESTIONS, left_pad=True)
+    assert (inputs["attention_mask"][:, 0] == 0).any(), "the batch must be left-padded"
+    kw = extra(tiny, method)
+    if method == "desap":  # the reference loop appends tokens after the question: pin the question
+        kw["question"] = [q.replace(" ?", "?") for q in QUESTIONS]
+    vlprune.apply(model, method, 5, **kw)
+    steps = 6
+    with torch.no_grad():
+        cached = model.generate(**inputs, pixel_values=pixels, max_new_tokens=steps, do_sample=False,
+                                min_new_tokens=steps)
+        kept_cached = [t.clone() for t in vlprune.last_selection(model).indices]
+        _freeze_llm_selection(model)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        for _ in range(steps):
+            out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, use_cache=False)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], 1)
+            mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+    assert cached.shape == ids.shape
+    assert torch.equal(cached, ids)
+    for a, b in zip(kept_cached, vlprune.last_selection(model).indices):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", ALL)
+def test_batch_equals_per_sample(tiny, pixels, method):
+    model = tiny.model
+    vlprune.apply(model, method, 5, **extra(tiny, method))
+    batch = tiny.prompt_ids(QUESTIONS)
+    with torch.no_grad():
+        out_b = model.generate(**batch, pixel_values=pixels, max_new_tokens=4, do_sample=False)
+        kept_b = vlprune.last_selection(model).indices
+        last_b = model(**batch, pixel_values=pixels).logits[:, -1]
+        for i, q in enumerate(QUESTIONS):
+            single = tiny.prompt_ids([q])
+            out_s = model.generate(**single, pixel_values=pixels[i : i + 1], max_new_tokens=4, do_sample=False)
+            assert torch.equal(out_s[0, -4:], out_b[i, -4:])
+            assert torch.equal(vlprune.last_selection(model).indices[0], kept_b[i])
+            last_s = model(**single, pixel_values=pixels[i : i + 1]).logits[:, -1]
+            torch.testing.assert_close(last_s[0], last_b[i], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ALL)
+@pytest.mark.parametrize("keep", [1, 5, 11])
+def test_llm_receives_k_visual_tokens(tiny, pixels, method, keep):
+    model = tiny.model
+    inputs = tiny.prompt_ids(QUESTIONS)
+    full_len = inputs["input_ids"].shape[1]
+    n = 16
+    seen = {}
+    layers = model.model.language_model.layers
+    vlprune.apply(model, method, keep, **extra(tiny, method))  # its hooks run before the counting hooks
+    handles = [layer.register_forward_pre_hook(
+        lambda m, a, kw, i=i: seen.__setitem__(i, (a[0] if a else kw["hidden_states"]).shape[1]), with_kwargs=True)
+        for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            model(**inputs, pixel_values=pixels)
+    finally:
+        for h in handles:
+            h.remove()
+    expected = full_len - n + keep
+    if method == "fastv":
+        assert seen[0] == seen[1] == full_len and all(seen[i] == expected for i in range(2, len(layers)))
+    else:
+        assert all(v == expected for v in seen.values())
+    # VisionZip spends one token on [CLS] (official), so it stands for one patch fewer
+    patches = keep - 1 if method == "visionzip" and keep >= 3 else keep
+    for idx in vlprune.last_selection(model).indices:
+        assert len(idx) == patches and len(set(idx.tolist())) == patches
+
+
+def test_selection_reports_questions_and_grid(tiny, pixels):
+    vlprune.apply(tiny.model, "desap", 6, **extra(tiny, "desap"))
+    with torch.no_grad():
+        tiny.model(**tiny.prompt_ids(QUESTIONS), pixel_values=pixels)
+    kept = vlprune.last_selection(tiny.model)
+    assert kept.questions == ["what color is the circle?", "how many star are there in this image?"]
+    assert kept.grids == [(4, 4), (4, 4)] and kept.method == "desap" and kept.keep == 6
+    assert all(a.shape == (16,) and int(a.max()) < 6 for a in kept.assign)
+
+
+def test_multi_image_prompt(tiny, pixels):
+    model = tiny.model
+    inputs = tiny.prompt_ids(["what color is the circle ?"], n_images=2)
+    vlprune.apply(model, "desap", 4, **extra(tiny, "desap"))
+    with torch.no_grad():
+        out = model.generate(**inputs, pixel_values=pixels, max_new_tokens=3, do_sample=False)
+    kept = vlprune.last_selection(model)
+    assert len(kept.indices) == 2 and out.shape[1] == inputs["input_ids"].shape[1] + 3

@@ -1,0 +1,298 @@
+"""LLaVA-NeXT (``LlavaNextForConditionalGeneration``): anyres tiles, unpadding and ``image_newline``.
+
+One image = a base tile (the whole image at the tower's resolution, ``side x side`` patches) + ``nph x npw`` grid
+tiles. The model packs them as: the base tile's patches (raster), then the grid tiles stitched into one
+``(nph*side) x (npw*side)`` grid, unpadded (rows or columns that only hold letterbox padding are cut), flattened
+row by row with one ``image_newline`` token after every row.
+
+We call the patches an image shows the LLM its *patch space*: index ``i < S = side*side`` is patch i of the base
+tile, index ``S + r*Wu + c`` is row r, column c of the unpadded ``Hu x Wu`` grid. Every signal (features, [CLS]
+attention, keys, DeSAP's decoupled attention) is gathered from the tile that owns the patch, so scores stay aligned
+with features through the same stitching and unpadding the model does.
+
+Budgets (``vlprune.apply(..., budget=...)``):
+  "global" (default): ``keep`` patches per image, chosen among all ``S + Hu*Wu`` patches of the base tile and the
+     unpadded grid with ONE call of the method (scores of different tiles compete directly). An image with fewer
+     patches than ``keep`` keeps them all. Range: ``1 <= keep <= S + S*max_tiles`` (``tokens_per_image()``).
+  "tile": ``keep`` patches per tile (VisionZip/VisPruner's LLaVA-NeXT setting; their "640 tokens" = 5 x 128): the
+     base tile and every grid tile are pruned separately; a grid tile is restricted to its patches that survive
+     unpadding (a tile with fewer keeps them all; a tile cut away entirely gives nothing). Range: ``1 <= keep <= S``.
+Newlines are not counted in ``keep`` (the papers' token counts leave them out too): after pruning, the kept grid
+patches are laid out in raster order and one ``image_newline`` follows every grid row that kept at least one patch,
+exactly the packed layout restricted to the survivors (at full budget: the model's own layout, token for token).
+Tokens that do not stand for one patch in raster order (VisionZip's [CLS] and contextual tokens, i.e. rows before
+``Selection.indices`` or after its increasing run) follow the grid, as in VisionZip's official LLaVA-NeXT code.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .base import Adapter, PrunedImages
+from .clip_signals import ClipVisionSignals
+
+
+@dataclass
+class _Layout:
+    """Where the patches and LLM tokens of one image come from."""
+
+    n_tiles: int
+    grid: tuple[int, int]  # (Hu, Wu): unpadded grid of the grid tiles
+    tile: torch.Tensor  # (N,) tile (0 = base) of each patch-space index
+    patch: torch.Tensor  # (N,) patch index inside that tile
+    tokens: int  # LLM placeholders of the unpruned image (patches + newlines)
+    llm_to_patch: torch.Tensor  # (tokens,) patch-space index of every LLM token, -1 for a newline
+
+
+def _best_resolution(size: tuple[int, int], pinpoints: list) -> tuple[int, int]:
+    from transformers.image_processing_utils import select_best_resolution
+
+    return select_best_resolution(size, pinpoints)
+
+
+def _unpadded_rows_cols(size: tuple[int, int], cur_h: int, cur_w: int) -> tuple[int, int, int, int]:
+    """The rows [r0, r1) and columns [c0, c1) that ``unpad_image`` keeps of a (cur_h, cur_w) feature grid."""
+    oh, ow = size
+    if ow / oh > cur_w / cur_h:
+        new_h = int(round(oh * (cur_w / ow), 7))
+        pad = (cur_h - new_h) // 2
+        return pad, cur_h - pad, 0, cur_w
+    new_w = int(round(ow * (cur_h / oh), 7))
+    pad = (cur_w - new_w) // 2
+    return 0, cur_h, pad, cur_w - pad
+
+
+def images_from_counts(input_ids: torch.Tensor, image_token_id: int, sizes: list[int]) -> list[int]:
+    """Images per sample, walking the per-image placeholder counts ``sizes`` (prompt order) over the rows."""
+    out, i = [], 0
+    for c in (input_ids == image_token_id).sum(-1).tolist():
+        n = total = 0
+        while total < c and i < len(sizes):
+            total, i, n = total + sizes[i], i + 1, n + 1
+        if total != c:
+            raise ValueError(f"a sample holds {c} image tokens, which does not match its images ({sizes})")
+        out.append(n)
+    return out
+
+
+class _PatchSubset:
+    """A ``SignalSource`` over chosen (tile, patch) pairs of a batch of CLIP tiles (one image, or one tile)."""
+
+    def __init__(self, tiles: ClipVisionSignals, tile: torch.Tensor, patch: torch.Tensor, cls_tile: int,
+                 question: str | None, encoder: Any, cache: dict, key: int, grid: tuple[int, int]) -> None:
+        self.tiles, self.tile, self.patch, self.cls_tile = tiles, tile, patch, cls_tile
+        self._question, self.encoder, self._cache, self.key, self.grid = question, encoder, cache, key, grid
+
+    def _pick(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.tile.to(x.device), self.patch.to(x.device)].unsqueeze(0)
+
+    def features(self) -> torch.Tensor:
+        return self._pick(self.tiles.features())
+
+    def cls_attention(self) -> torch.Tensor:
+        return self._pick(self.tiles.cls_attention())
+
+    def keys(self) -> torch.Tensor:
+        return self._pick(self.tiles.keys())
+
+    def cls_feature(self) -> torch.Tensor:
+        return self.tiles.cls_feature()[self.cls_tile].unsqueeze(0)
+
+    def decoupled(self, mode: str) -> torch.Tensor:
+        if mode not in self._cache:
+            self._cache[mode] = self.tiles.decoupled(mode)  # (tiles, 1+S, e), shared by every subset
+        d = self._cache[mode]
+        rows = d[self.tile.to(d.device), self.patch.to(d.device) + 1]
+        return torch.cat([d[self.cls_tile, :1], rows], 0).unsqueeze(0)
+
+    def question(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.encoder is None or self._question is None:
+            raise ValueError("no question encoder: pass clip=... (and processor=...) to vlprune.apply")
+        tokens, mask, eos = self.encoder.encode([self._question])
+        dev = self.tiles.pixel_values.device
+        return tokens.to(dev), mask.to(dev), eos.to(dev)
+
+    def image_keys(self) -> list[int]:
+        return [self.key]
+
+
+def pack(pieces: list[dict], n_base: int, grid: tuple[int, int], n_patches: int,
+         newline: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lay out the selections of one image like ``pack_image_features`` does, restricted to the survivors.
+
+    pieces: per selection call, ``feats`` (k, D) projected tokens, ``index`` (m,) patch-space indices aligned with
+    the last m rows, ``assign`` (M,) slot of each member patch or None, ``members`` (M,) their patch-space indices.
+    Returns (tokens (L, D), kept patch-space indices (sorted), assign (n_patches,) LLM position or -1).
+    """
+    hu, wu = grid
+    sp_feats, sp_index, sp_ref, tail_ref = [], [], [], []
+    for p_i, piece in enumerate(pieces):
+        k, m = piece["feats"].shape[0], piece["index"].shape[0]
+        v = piece["index"]
+        run = m
+        if m > 1:
+            bad = torch.nonzero(v[1:] <= v[:-1])
+            run = int(bad[0]) + 1 if len(bad) else m
+        extra = k - m
+        tail_ref += [(p_i, j) for j in range(extra)]
+        for j in range(run):
+            sp_feats.append((p_i, extra + j))
+            sp_index.append(int(v[j]))
+        tail_ref += [(p_i, extra + j) for j in range(run, m)]
+    order = sorted(range(len(sp_index)), key=lambda i: sp_index[i])
+    rows: list[torch.Tensor] = []
+    position: dict[tuple[int, int], int] = {}
+    for o, i in enumerate(order):
+        p_i, j = sp_feats[i]
+        position[(p_i, j)] = len(rows)
+        rows.append(pieces[p_i]["feats"][j])
+        v = sp_index[i]
+        if v >= n_base:
+            nxt = sp_index[order[o + 1]] if o + 1 < len(order) else None
+            if nxt is None or (nxt - n_base) // wu != (v - n_base) // wu:
+                rows.append(newline)
+    for p_i, j in tail_ref:
+        position[(p_i, j)] = len(rows)
+        rows.append(pieces[p_i]["feats"][j])
+    if hu == 0:  # no grid tiles: the model appends one newline after the base tile
+        rows.append(newline)
+    assign = torch.full((n_patches,), -1, dtype=torch.long)
+    for p_i, piece in enumerate(pieces):
+        k, m = piece["feats"].shape[0], piece["index"].shape[0]
+        slot_pos = torch.tensor([position[(p_i, j)] for j in range(k)], dtype=torch.long)
+        if piece["assign"] is not None:
+            a = piece["assign"].cpu()
+            assign[piece["members"].cpu()] = torch.where(a >= 0, slot_pos[a.clamp(min=0)], torch.full_like(a, -1))
+        else:
+            assign[piece["index"].cpu()] = slot_pos[k - m:]
+    kept = torch.unique(torch.tensor(sp_index + [int(piece["index"][j]) for p_i, piece in enumerate(pieces)
+                                                 for j in range(piece["index"].shape[0])], dtype=torch.long))
+    return torch.stack(rows), kept, assign
+
+
+class LlavaNextAdapter(Adapter):
+    class_names = ("LlavaNextForConditionalGeneration",)
+    family = "llava_next"
+    options = ("budget",)
+
+    def __init__(self, model, budget: str = "global") -> None:
+        super().__init__(model)
+        cfg = model.config
+        if not isinstance(cfg.vision_feature_layer, int):
+            raise NotImplementedError("vlprune supports one vision_feature_layer (an int), as LLaVA-NeXT uses")
+        if cfg.vision_feature_select_strategy != "default":
+            raise NotImplementedError(
+                f"vision_feature_select_strategy={cfg.vision_feature_select_strategy!r}: vlprune expects 'default' "
+                "([CLS] dropped), as LLaVA-NeXT uses"
+            )
+        if budget not in ("global", "tile"):
+            raise ValueError(f"budget must be 'global' (keep per image) or 'tile' (keep per tile), got {budget!r}")
+        self.budget = budget
+        vc = cfg.vision_config
+        self.tile_px = vc.image_size
+        self.side = vc.image_size // vc.patch_size
+        self.pinpoints = [list(p) for p in cfg.image_grid_pinpoints]
+        self._layouts: list[_Layout] | None = None
+
+    # -- layout ----------------------------------------------------------------------------------------------
+    def tokens_per_image(self) -> int:
+        s2 = self.side * self.side
+        if self.budget == "tile":
+            return s2
+        most = max((h // self.tile_px) * (w // self.tile_px) for h, w in self.pinpoints)
+        return s2 * (1 + most)
+
+    def layout(self, image_size: Any) -> _Layout:
+        size = [int(x) for x in (image_size.tolist() if hasattr(image_size, "tolist") else image_size)]
+        h, w = _best_resolution(size, self.pinpoints)
+        nph, npw = h // self.tile_px, w // self.tile_px
+        s = self.side
+        s2 = s * s
+        r0, r1, c0, c1 = _unpadded_rows_cols(size, nph * s, npw * s)
+        rr = torch.arange(r0, r1).view(-1, 1)
+        cc = torch.arange(c0, c1).view(1, -1)
+        tile = (1 + (rr // s) * npw + cc // s).flatten()
+        patch = ((rr % s) * s + cc % s).flatten()
+        hu, wu = r1 - r0, c1 - c0
+        grid_ids = (s2 + torch.arange(hu * wu).view(hu, wu))
+        llm = torch.cat([grid_ids, torch.full((hu, 1), -1)], 1).flatten()
+        return _Layout(
+            n_tiles=1 + nph * npw, grid=(hu, wu),
+            tile=torch.cat([torch.zeros(s2, dtype=torch.long), tile]),
+            patch=torch.cat([torch.arange(s2), patch]),
+            tokens=s2 + hu * (wu + 1), llm_to_patch=torch.cat([torch.arange(s2), llm]),
+        )
+
+    def observe(self, call: dict[str, Any]) -> None:
+        sizes = call.get("image_sizes")
+        if sizes is not None and (call.get("pixel_values") is not None or call.get("past_key_values") is None):
+            self._layouts = [self.layout(sz) for sz in sizes]
+
+    def images_per_sample(self, input_ids: torch.Tensor, tokens_per_image: list[int] | None = None) -> list[int]:
+        if not bool((input_ids == self.image_token_id).any()):
+            return [0] * input_ids.shape[0]
+        if self._layouts is None:
+            raise ValueError("LLaVA-NeXT needs image_sizes (from its processor) to lay out the image tokens")
+        return images_from_counts(input_ids, self.image_token_id, [lay.tokens for lay in self._layouts])
+
+    def llm_layout(self):
+        if self._layouts is None:
+            return None
+        return [(lay.tokens, lay.grid, lay.llm_to_patch) for lay in self._layouts]
+
+    # -- encoder side ----------------------------------------------------------------------------------------
+    def prune_images(self, kwargs: dict[str, Any], run: Any) -> PrunedImages:
+        pixel_values, sizes = kwargs["pixel_values"], kwargs.get("image_sizes")
+        if sizes is None:
+            raise ValueError("LLaVA-NeXT needs image_sizes (from its processor)")
+        layouts = [self.layout(sz) for sz in sizes]
+        if pixel_values.dim() == 5:
+            pixel_values = torch.cat([pv[: lay.n_tiles] for pv, lay in zip(pixel_values, layouts)], 0)
+        elif pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}: expected 4 or 5 dimensions")
+        model = self.model.model
+        tower = model.vision_tower
+        tiles = ClipVisionSignals(tower, pixel_values.to(tower.dtype), self.model.config.vision_feature_layer,
+                                  clip_text=run.clip_text, grid=(self.side, self.side))
+        tile_keys = tiles.image_keys()
+        cache: dict = {}
+        s2 = self.side * self.side
+        out = PrunedImages(features=[], tokens_per_image=[], indices=[], assign=[], grids=[])
+        first = 0
+        for i, lay in enumerate(layouts):
+            question = run.image_questions[i] if run.image_questions is not None else None
+            key = zlib.crc32(str(tile_keys[first: first + lay.n_tiles]).encode())
+            if self.budget == "global":
+                groups = [torch.arange(lay.tile.shape[0])]
+            else:
+                groups = [torch.nonzero(lay.tile == t)[:, 0] for t in range(lay.n_tiles)]
+                groups = [g for g in groups if len(g)]
+            pieces = []
+            for g_i, members in enumerate(groups):
+                cls_tile = first + int(lay.tile[members[0]])
+                sub = _PatchSubset(tiles, first + lay.tile[members], lay.patch[members], cls_tile, question,
+                                   run.clip_text, cache, zlib.crc32(f"{key}/{g_i}".encode()), lay.grid)
+                sel = run.select(sub)
+                pieces.append({
+                    "vis": sel.features[0], "index": members.to(sel.indices.device)[sel.indices[0]].cpu(),
+                    "assign": sel.assign[0] if sel.assign is not None else None, "members": members,
+                })
+            vis = torch.cat([p["vis"] for p in pieces], 0)
+            proj = model.multi_modal_projector(vis)
+            start = 0
+            for p in pieces:
+                n = p.pop("vis").shape[0]
+                p["feats"] = proj[start: start + n]
+                start += n
+            newline = model.image_newline.to(proj.device, proj.dtype)
+            feats, kept, assign = pack(pieces, s2, lay.grid, lay.tile.shape[0], newline)
+            out.features.append(feats)
+            out.tokens_per_image.append(lay.tokens)
+            out.indices.append(kept)
+            out.assign.append(assign)
+            out.grids.append(lay.grid)
+            first += lay.n_tiles
+        return out

@@ -1,0 +1,702 @@
+"""``vlprune bench``: prefill / TTFT / pruning-step time, memory, KV cache and FLOPs of every method.
+
+The model is the real transformers architecture at a preset's shape (``vlprune/presets.py``) with random
+weights, optionally trimmed in depth so it fits a CPU. What is measured (docs/speed.md has the details):
+
+- ``prefill_ms``: median wall time of ``model(**inputs, use_cache=True, logits_to_keep=1)`` (vision tower +
+  pruning + projector + LLM + last-token logits), after warm-up. CUDA: events + synchronize.
+- ``ttft_ms``: median of ``model.generate(**inputs, max_new_tokens=1, do_sample=False)``: everything up to and
+  including the first generated token.
+- ``prune_ms``: the pruning step alone, timed inside the prefill passes. Encoder-side methods: time from the
+  call to the LLM's entry minus the vision-tower forward minus the projector, minus the same quantity of the
+  unpruned model (input binding, embedding lookup, feature scatter), i.e. what the method adds before the
+  LLM: question decoding, CLIP text encoding, [CLS] attention / key / decoupled-attention recomputation,
+  alignment, ranking, merge, prompt shrinking. In-LLM methods: total time spent in the pruner's per-layer
+  prefill hook (score recomputation, ranking, gathering hidden states / rotary tables / masks).
+- ``peak_mem_mb``: CUDA: ``max_memory_allocated`` minus the allocation before the call. CPU: peak resident set
+  size during one prefill, sampled every 0.5 ms from ``/proc/self/statm`` after ``malloc_trim``, minus the
+  resident size before it (tracemalloc does not see torch's allocator; ``ru_maxrss`` is a lifetime maximum).
+- ``kv_cache_mb``: bytes of every key/value tensor in the cache after prefill.
+- ``tflops``: ``vlprune.flops.method_tflops`` (LLM FLOPs of the visual tokens, eq. 6-7) at the built depth.
+- ``flops_bound_speedup``: F(full) / F(method) with F the whole prefill: vision tower + projector + LLM over
+  visual and text tokens, counted at the depths actually built (see ``prefill_flops``).
+- ``speedup`` = prefill(none) / prefill(method); ``efficiency`` = speedup / flops_bound_speedup.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import gc
+import json
+import math
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import typer
+from torch import nn
+
+from .flops import layer_flops, method_tflops, tokens_per_layer
+from .presets import ModelShape, get_preset
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+ENCODER_LAYERS_FULL = None  # sentinel: --vision-layers default is proportional to --layers
+
+
+# -- building the model ------------------------------------------------------------------------------------
+@dataclass
+class BenchModel:
+    """A built model plus what the benchmark needs to drive it."""
+
+    model: nn.Module
+    tokenizer: Any
+    clip_text: Any  # vlprune.text.ClipText for DeSAP
+    shape: ModelShape  # preset shape at the BUILT depths (layers, vision_layers) and real widths
+    image_token_id: int
+    name: str
+    family: str = "llava"
+
+    @property
+    def patches(self) -> int:
+        side = self.shape.image_size // self.shape.patch_size
+        return side * side
+
+
+def _fill_random_(model: nn.Module, seed: int, std: float = 0.02) -> None:
+    """Cheap init: norm weights 1, biases 0, other weights uniform with standard deviation ``std``."""
+    gen = torch.Generator().manual_seed(seed)
+    bound = std * math.sqrt(3.0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.dim() == 1 and name.endswith("weight"):
+                p.fill_(1.0)
+            elif p.device.type == "cpu":
+                p.uniform_(-bound, bound, generator=gen)
+            else:
+                p.uniform_(-bound, bound)
+        for name, b in model.named_buffers():
+            if b.is_floating_point() and not torch.isfinite(b).all():
+                raise RuntimeError(f"buffer {name} was left uninitialised by the fast constructor")
+
+
+def _construct(cls: Any, config: Any, dtype: torch.dtype) -> nn.Module:
+    """Instantiate ``cls(config)`` in ``dtype`` without transformers' / torch's weight init (fast)."""
+    from transformers.initialization import no_init_weights
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.no_grad(), no_init_weights():
+            model = cls(config)
+    finally:
+        torch.set_default_dtype(old)
+    return model
+
+
+def vision_layers_for(shape: ModelShape, layers: int, vision_layers: Optional[int]) -> int:
+    """Default vision depth: the preset's tower scaled like the LLM (keeps the full model's FLOPs ratio),
+    at least 2 (the feature layer -2 and the block after it)."""
+    if vision_layers is not None:
+        return vision_layers
+    return max(2, round(shape.vision_layers * layers / shape.layers))
+
+
+def _clip_text(width: int, dtype: torch.dtype, device: torch.device, seed: int, text_hidden: int = 768,
+               text_layers: int = 12, text_heads: int = 12, text_ffn: int = 3072, projection: int = 768) -> Any:
+    """Random CLIP text tower (CLIP-L/336: 768 wide, 12 layers, projection 768) + visual projection."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    from .testing import SPECIALS, word_tokenizer
+    from .text import ClipText
+
+    tok = word_tokenizer(specials=SPECIALS[:4], bos=False)
+    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=text_hidden, intermediate_size=text_ffn,
+                         num_hidden_layers=text_layers, num_attention_heads=text_heads, max_position_embeddings=77,
+                         projection_dim=projection, eos_token_id=3, bos_token_id=2, pad_token_id=0)
+    cfg._attn_implementation = "sdpa"
+    text = _construct(CLIPTextModelWithProjection, cfg, dtype)
+    visual = nn.Linear(width, projection, bias=False, dtype=dtype)
+    holder = nn.ModuleDict({"text": text, "visual": visual})
+    _fill_random_(holder, seed + 1)
+    holder.to(device).eval()
+    return ClipText(text.text_model, text.text_projection, visual, tok, 77)
+
+
+def build_llava(shape: ModelShape, layers: int, vision_layers: int, dtype: torch.dtype, device: torch.device,
+                seed: int = 0) -> BenchModel:
+    """``LlavaForConditionalGeneration`` at ``shape``'s widths, ``layers`` decoder / ``vision_layers`` CLIP blocks."""
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from .testing import word_tokenizer
+
+    if not 1 <= layers <= shape.layers:
+        raise typer.BadParameter(f"--layers must be in 1..{shape.layers}", param_hint="--layers")
+    if not 2 <= vision_layers <= shape.vision_layers:
+        raise typer.BadParameter(f"--vision-layers must be in 2..{shape.vision_layers}", param_hint="--vision-layers")
+    tok = word_tokenizer()
+    text = LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.ffn,
+                       num_hidden_layers=layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+                       max_position_embeddings=4096, rms_norm_eps=1e-5, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    vision = dict(model_type="clip_vision_model", hidden_size=shape.vision_hidden, intermediate_size=shape.vision_ffn,
+                  num_hidden_layers=vision_layers, num_attention_heads=shape.vision_heads,
+                  image_size=shape.image_size, patch_size=shape.patch_size, projection_dim=768, hidden_act="quick_gelu")
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=4, vision_feature_layer=-2,
+                      vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    cfg._attn_implementation = "sdpa"
+    model = _construct(LlavaForConditionalGeneration, cfg, dtype)
+    _fill_random_(model, seed)
+    model.to(device).eval()
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = 3
+    clip_text = _clip_text(shape.vision_hidden, dtype, device, seed)
+    built = dataclasses.replace(shape, layers=layers, vision_layers=vision_layers)
+    return BenchModel(model, tok, clip_text, built, 4, shape.name)
+
+
+def build_tiny(dtype: torch.dtype, device: torch.device, seed: int = 0) -> BenchModel:
+    """The tiny test model of ``vlprune.testing`` (CPU tests: seconds, not minutes)."""
+    from .testing import tiny_llava
+    from .text import load_clip_text
+
+    t = tiny_llava(seed=seed, grid=6, layers=4)
+    model = t.model.to(device=device, dtype=dtype).eval()
+    clip = t.clip.to(device=device, dtype=dtype).eval()
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = 3
+    vc, tc = model.config.vision_config, model.config.text_config
+    shape = ModelShape("tiny", "vlprune.testing.tiny_llava", tc.num_hidden_layers, tc.hidden_size,
+                       tc.intermediate_size, tc.num_attention_heads, tc.num_key_value_heads, t.grid * t.grid,
+                       vocab=tc.vocab_size, vision_layers=vc.num_hidden_layers, vision_hidden=vc.hidden_size,
+                       vision_ffn=vc.intermediate_size, vision_heads=vc.num_attention_heads,
+                       image_size=vc.image_size, patch_size=vc.patch_size)
+    return BenchModel(model, t.tokenizer, load_clip_text(clip, t.clip_tokenizer), shape, 4, "tiny")
+
+
+def _adapter_present(class_name: str) -> bool:
+    from .models import ADAPTERS
+
+    return any(class_name in cls.class_names for cls in ADAPTERS)
+
+
+def build(model: str, layers: Optional[int], vision_layers: Optional[int], dtype: torch.dtype,
+          device: torch.device, seed: int = 0) -> BenchModel:
+    key = model.lower()
+    if key == "tiny":
+        return build_tiny(dtype, device, seed)
+    shape = get_preset(key)
+    n_layers = layers or shape.layers
+    v_layers = vision_layers_for(shape, n_layers, vision_layers)
+    if key.startswith("llava-1.5"):
+        return build_llava(shape, n_layers, v_layers, dtype, device, seed)
+    needs = {"llava-next": "LlavaNextForConditionalGeneration", "qwen2.5-vl": "Qwen2_5_VLForConditionalGeneration"}
+    for prefix, cls in needs.items():
+        if key.startswith(prefix):
+            if not _adapter_present(cls):
+                raise NotImplementedError(f"{model}: no vlprune adapter for {cls} in vlprune/models yet; skipped")
+            raise NotImplementedError(
+                f"{model}: an adapter for {cls} exists, but `vlprune bench` does not build this family yet "
+                "(inputs need image sizes / grid_thw); skipped"
+            )
+    raise NotImplementedError(f"{model}: no benchmark builder")
+
+
+QUESTION_WORDS = ("what color is the red circle left of the blue square how many green triangle are there above "
+                  "star below yes no one two three shape in picture").split()
+
+
+def make_inputs(bm: BenchModel, batch: int, prompt_tokens: int, device: torch.device, dtype: torch.dtype,
+                seed: int = 0) -> dict[str, torch.Tensor]:
+    """LLaVA-1.5 prompts "<s> user : <image>*N {question} assistant :" with ``prompt_tokens`` text tokens in all
+    (the question is padded/cut to fit), one random image per sample; no padding (every sample the same length)."""
+    tok = bm.tokenizer
+    head = tok("user :", add_special_tokens=True)["input_ids"]
+    tail_end = tok("assistant :", add_special_tokens=False)["input_ids"]
+    n_q = max(1, prompt_tokens - len(head) - len(tail_end))
+    words = [QUESTION_WORDS[i % len(QUESTION_WORDS)] for i in range(n_q)]
+    q = tok(" ".join(words), add_special_tokens=False)["input_ids"][:n_q]
+    row = head + [bm.image_token_id] * bm.patches + q + tail_end
+    ids = torch.tensor([row] * batch, device=device)
+    gen = torch.Generator().manual_seed(seed)
+    size = bm.shape.image_size
+    pixels = torch.randn(batch, 3, size, size, generator=gen).to(device=device, dtype=dtype)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+
+
+def method_kwargs(method: str, bm: BenchModel) -> dict[str, Any]:
+    if method == "desap":
+        return {"clip": bm.clip_text, "processor": bm.tokenizer}
+    return {}
+
+
+# -- FLOPs of the whole prefill ----------------------------------------------------------------------------
+def prefill_flops(shape: ModelShape, method: Optional[str], keep: Optional[int], text_tokens: int,
+                  batch: int = 1) -> float:
+    """FLOPs of one prefill at the built depths, in the papers' convention (eq. 6 counts a multiply-add once).
+
+    vision tower (per image, n = patches + 1 with [CLS]):
+        n * 3 p^2 * D_v  (patch embedding)  +  L_v * (4 n D_v^2 + 2 n^2 D_v + 2 n D_v M_v)   (CLIP MLP: 2 matrices)
+    projector (2-layer MLP on the k tokens handed to the LLM): k * (D_v d + d^2)
+    LLM: sum over layers l of eq. 6 with n_l = (visual tokens at layer l) + text tokens
+        (visual tokens per layer from ``flops.tokens_per_layer``: encoder methods k everywhere, FastV all
+        tokens before layer K).
+    The vision tower runs on every patch for every method (selection happens at its output), so it is the
+    same in the full and pruned counts; the cost of the selection itself is not counted (it is overhead the
+    measured speedup has to pay for). The depths are the built ones, so a trimmed LLM with a full vision
+    tower gets a correspondingly smaller bound.
+    """
+    n_patch = (shape.image_size // shape.patch_size) ** 2
+    n = n_patch + 1
+    dv, mv = shape.vision_hidden, shape.vision_ffn
+    vision = n * 3 * shape.patch_size**2 * dv + shape.vision_layers * (4 * n * dv * dv + 2 * n * n * dv + 2 * n * dv * mv)
+    counts = tokens_per_layer(method, keep, shape, n_patch)
+    projected = counts[0] if method not in (None, "none") and get_stage(method) != "llm" else n_patch
+    projector = projected * (dv * shape.hidden + shape.hidden * shape.hidden)
+    llm = sum(layer_flops(c + text_tokens, shape.hidden, shape.ffn) for c in counts)
+    return float(batch * (vision + projector + llm))
+
+
+def get_stage(method: str) -> str:
+    from .registry import get_method
+
+    return get_method(method).stage
+
+
+# -- measuring ---------------------------------------------------------------------------------------------
+class Clock:
+    """Wall time; on CUDA, synchronised (events for whole calls, synchronize + perf_counter inside hooks)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def time(self, fn: Callable[[], Any]) -> tuple[float, Any]:
+        """(milliseconds, result) of ``fn()``."""
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            out = fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end), out
+        t0 = time.perf_counter()
+        out = fn()
+        return 1e3 * (time.perf_counter() - t0), out
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover - no procfs: lifetime maximum only
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Peak memory (MB) that ``fn()`` needs above what was allocated before it, and its result."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        out = fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20, out
+    _malloc_trim()
+    before = _rss_bytes()
+    peak = [before]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        out = fn()
+        peak[0] = max(peak[0], _rss_bytes())
+    finally:
+        stop.set()
+        thread.join()
+    return (peak[0] - before) / 2**20, out
+
+
+def kv_cache_mb(cache: Any) -> float:
+    """Bytes of every key/value tensor held by a transformers cache (DynamicCache layers or legacy tuples)."""
+    if cache is None:
+        return 0.0
+    total = 0
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        for layer in layers:
+            for name in ("keys", "values"):
+                t = getattr(layer, name, None)
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+    else:
+        for pair in cache:
+            for t in pair:
+                total += t.numel() * t.element_size()
+    return total / 2**20
+
+
+class StepTimer:
+    """Times the parts of one prefill with hooks: vision tower, projector, entry into the LLM, in-LLM pruning."""
+
+    def __init__(self, model: nn.Module, clock: Clock) -> None:
+        self.clock = clock
+        inner = model.model
+        self.t0 = 0.0
+        self.vision = self.projector = self.llm_prune = 0.0
+        self.llm_entry: Optional[float] = None
+        self._handles = []
+        self._starts: dict[str, float] = {}
+        for name, mod in (("vision", inner.vision_tower), ("projector", inner.multi_modal_projector)):
+            self._handles.append(mod.register_forward_pre_hook(self._pre(name)))
+            self._handles.append(mod.register_forward_hook(self._post(name)))
+        self._handles.append(inner.language_model.register_forward_pre_hook(self._enter_llm))
+        self._wrapped = None
+
+    def _pre(self, name: str):
+        def hook(module, args):
+            self._starts[name] = self.clock.now()
+        return hook
+
+    def _post(self, name: str):
+        def hook(module, args, out):
+            setattr(self, name, getattr(self, name) + self.clock.now() - self._starts.pop(name))
+        return hook
+
+    def _enter_llm(self, module, args):
+        if self.llm_entry is None:
+            self.llm_entry = self.clock.now()
+
+    def wrap_pruner(self, pruner: Any) -> None:
+        """Accumulate the time of the in-LLM pruner's per-layer prefill step (an instance attribute, removed later)."""
+        orig = pruner._prefill
+
+        def timed(*args, **kwargs):
+            t = self.clock.now()
+            try:
+                return orig(*args, **kwargs)
+            finally:
+                self.llm_prune += self.clock.now() - t
+
+        pruner.__dict__["_prefill"] = timed
+        self._wrapped = pruner
+
+    def start(self) -> None:
+        self.vision = self.projector = self.llm_prune = 0.0
+        self.llm_entry = None
+        self.t0 = self.clock.now()
+
+    def pre_llm_overhead_ms(self) -> float:
+        """Time from the call to the LLM's entry that is neither vision tower nor projector."""
+        if self.llm_entry is None:
+            return 0.0
+        return 1e3 * (self.llm_entry - self.t0 - self.vision - self.projector)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        if self._wrapped is not None:
+            self._wrapped.__dict__.pop("_prefill", None)
+
+
+def _median(xs: list[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def measure(bm: BenchModel, inputs: dict[str, torch.Tensor], method: str, keep: Optional[int], repeats: int,
+            warmup: int, clock: Clock, device: torch.device, tick: Callable[[], None] = lambda: None) -> dict:
+    """One (method, keep) cell: raw medians, before speedups are computed."""
+    from . import api
+
+    model = bm.model
+    if method != "none":
+        api.apply(model, method, keep, **method_kwargs(method, bm))
+    timer = StepTimer(model, clock)
+    try:
+        state = model.__dict__.get("_vlprune_state")
+        if state is not None and state.pruner is not None:
+            timer.wrap_pruner(state.pruner)
+
+        def prefill():
+            with torch.inference_mode():
+                return model(**inputs, use_cache=True, logits_to_keep=1)
+
+        def first_token():
+            with torch.inference_mode():
+                return model.generate(**inputs, max_new_tokens=1, do_sample=False)
+
+        peak, kv = float("nan"), float("nan")
+        for i in range(max(1, warmup)):
+            timer.start()
+            if i == 0:
+                peak, out = peak_memory_mb(prefill, device)
+                kv = kv_cache_mb(out.past_key_values)
+                del out
+            else:
+                prefill()
+            tick()
+        prefills, pre_llm, llm_prune = [], [], []
+        for _ in range(repeats):
+            timer.start()
+            ms, out = clock.time(prefill)
+            del out
+            prefills.append(ms)
+            pre_llm.append(timer.pre_llm_overhead_ms())
+            llm_prune.append(1e3 * timer.llm_prune)
+            tick()
+        first_token()  # warm the generate path once
+        ttfts = []
+        for _ in range(repeats):
+            ms, _ = clock.time(first_token)
+            ttfts.append(ms)
+            tick()
+    finally:
+        timer.remove()
+        api.remove(model)
+    return {
+        "method": method, "keep": keep, "prefill_ms": _median(prefills), "ttft_ms": _median(ttfts),
+        "pre_llm_ms": _median(pre_llm), "llm_prune_ms": _median(llm_prune),
+        "peak_mem_mb": peak, "kv_cache_mb": kv,
+    }
+
+
+def run_bench(model: str = "llava-1.5-7b", layers: Optional[int] = None, vision_layers: Optional[int] = None,
+              batch: int = 1, dtype: str = "bf16", device: str = "cpu", methods: list[str] | None = None,
+              keeps: list[int] | None = None, repeats: int = 3, warmup: int = 1, prompt_tokens: int = 32,
+              seed: int = 0, progress: Optional[Callable[[str, int, int], None]] = None) -> dict:
+    """Build, measure every (method, keep), and return the JSON report (``results``: the ``none`` row first)."""
+    from .registry import get_method
+
+    methods = methods or ["none", "desap", "vispruner", "visionzip", "fastv", "random"]
+    keeps = keeps or [64, 128, 192]
+    if dtype not in DTYPES:
+        raise typer.BadParameter(f"--dtype must be one of {sorted(DTYPES)}", param_hint="--dtype")
+    torch_dtype = DTYPES[dtype]
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    t_build = time.perf_counter()
+    bm = build(model, layers, vision_layers, torch_dtype, dev, seed)
+    build_s = time.perf_counter() - t_build
+    inputs = make_inputs(bm, batch, prompt_tokens, dev, torch_dtype, seed)
+    text_tokens = int(inputs["input_ids"].shape[1]) - bm.patches
+    clock = Clock(dev)
+    cells: list[tuple[str, Optional[int]]] = [("none", None)] if "none" in methods else []
+    skipped: list[dict] = []
+    for name in methods:
+        if name == "none":
+            continue
+        try:
+            get_method(name)
+        except ValueError as e:
+            skipped.append({"method": name, "reason": str(e)})
+            continue
+        cells += [(name, k) for k in keeps]
+    passes_per_cell = max(1, warmup) + 2 * repeats + 1
+    total = passes_per_cell * len(cells)
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress:
+            progress(label, done[0], total)
+
+    raw = []
+    for name, k in cells:
+        label = f"{name} {k if k is not None else 'full'}"
+        try:
+            raw.append(measure(bm, inputs, name, k, repeats, warmup, clock, dev, tick))
+        except (ValueError, NotImplementedError) as e:
+            skipped.append({"method": name, "keep": k, "reason": str(e)})
+            done[0] += passes_per_cell
+        if progress:
+            progress(label, done[0], total)
+
+    full = next((r for r in raw if r["method"] == "none"), None)
+    base_overhead = full["pre_llm_ms"] if full else 0.0
+    full_flops = prefill_flops(bm.shape, None, None, text_tokens, batch)
+    results = []
+    for r in raw:
+        m, k = r["method"], r["keep"]
+        if m == "none":
+            prune = 0.0
+        else:
+            stage = get_method(m).stage
+            prune = 0.0
+            if "encoder" in stage:
+                prune += r["pre_llm_ms"] - base_overhead
+            if "llm" in stage:
+                prune += r["llm_prune_ms"]
+        flops = prefill_flops(bm.shape, None if m == "none" else m, k, text_tokens, batch)
+        bound = full_flops / flops
+        speedup = full["prefill_ms"] / r["prefill_ms"] if full else None
+        results.append({
+            "method": m, "keep": k if k is not None else bm.patches,
+            "prefill_ms": r["prefill_ms"], "prune_ms": prune, "ttft_ms": r["ttft_ms"],
+            "peak_mem_mb": r["peak_mem_mb"], "kv_cache_mb": r["kv_cache_mb"],
+            "tflops": method_tflops(None if m == "none" else m, k, bm.shape, bm.patches),
+            "prefill_tflops": flops / 1e12,
+            "speedup": speedup, "flops_bound_speedup": bound,
+            "efficiency": (speedup / bound) if speedup is not None else None,
+        })
+    report = {
+        "device": _device_name(dev), "model": bm.name, "layers": bm.shape.layers,
+        "vision_layers": bm.shape.vision_layers, "batch": batch, "dtype": dtype,
+        "visual_tokens": bm.patches, "text_tokens": text_tokens, "repeats": repeats, "warmup": warmup,
+        "threads": torch.get_num_threads(), "build_s": build_s, "torch": torch.__version__,
+        "results": results, "skipped": skipped,
+    }
+    report["targets"] = check_targets(report)
+    return report
+
+
+def _device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    name = "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:  # pragma: no cover
+        pass
+    return f"{name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+ENCODER_METHODS = ("desap", "vispruner", "visionzip", "random")
+
+
+def check_targets(report: dict) -> list[dict]:
+    """The issue's three targets, evaluated on this run's numbers (None when a needed row is missing)."""
+    rows = {(r["method"], r["keep"]): r for r in report["results"]}
+    full = next((r for r in report["results"] if r["method"] == "none"), None)
+    out = []
+    d64 = rows.get(("desap", 64))
+    out.append({
+        "target": "DeSAP@64 reaches >= 90% of its FLOPs-bound prefill speedup",
+        "held": None if d64 is None or d64["efficiency"] is None else d64["efficiency"] >= 0.9,
+        "detail": None if d64 is None or d64["efficiency"] is None else
+        f"speedup {d64['speedup']:.2f}x / bound {d64['flops_bound_speedup']:.2f}x = {100 * d64['efficiency']:.1f}%",
+    })
+    desap = [r for r in report["results"] if r["method"] == "desap"]
+    if full and desap:
+        shares = {r["keep"]: r["prune_ms"] / full["prefill_ms"] for r in desap}
+        out.append({"target": "DeSAP pruning step <= 3% of the full prefill", "held": max(shares.values()) <= 0.03,
+                    "detail": ", ".join(f"keep {k}: {100 * s:.2f}%" for k, s in shares.items())})
+    else:
+        out.append({"target": "DeSAP pruning step <= 3% of the full prefill", "held": None, "detail": None})
+    checks, details = [], []
+    for (m, k), r in rows.items():
+        f = rows.get(("fastv", k))
+        if m in ENCODER_METHODS and f is not None:
+            ok = r["prefill_ms"] <= f["prefill_ms"]
+            checks.append(ok)
+            if not ok:
+                details.append(f"{m}@{k} {r['prefill_ms']:.0f} ms > fastv {f['prefill_ms']:.0f} ms")
+    out.append({"target": "every encoder-side method at least as fast (prefill) as FastV at the same budget",
+                "held": all(checks) if checks else None,
+                "detail": "; ".join(details) if details else (f"{len(checks)} comparisons" if checks else None)})
+    return out
+
+
+# -- CLI ---------------------------------------------------------------------------------------------------
+def _fmt(x: Any, spec: str) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return format(x, spec)
+
+
+def print_report(report: dict, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=(f"{report['model']}: LLM {report['layers']} layers, vision {report['vision_layers']} layers, "
+                         f"batch {report['batch']}, {report['dtype']}, {report['visual_tokens']}+"
+                         f"{report['text_tokens']} tokens on {report['device']}"))
+    cols = ("method", "keep", "prefill ms", "prune ms", "prune %", "TTFT ms", "peak MB", "KV MB", "TFLOPs",
+            "speedup", "bound", "efficiency")
+    for c in cols:
+        table.add_column(c, justify="right")
+    full = next((r for r in report["results"] if r["method"] == "none"), None)
+    for r in report["results"]:
+        share = 100 * r["prune_ms"] / full["prefill_ms"] if full else None
+        table.add_row(r["method"], str(r["keep"]), _fmt(r["prefill_ms"], ".0f"), _fmt(r["prune_ms"], ".1f"),
+                      _fmt(share, ".2f"), _fmt(r["ttft_ms"], ".0f"), _fmt(r["peak_mem_mb"], ".0f"),
+                      _fmt(r["kv_cache_mb"], ".1f"), _fmt(r["tflops"], ".3f"), _fmt(r["speedup"], ".2f"),
+                      _fmt(r["flops_bound_speedup"], ".2f"), _fmt(r["efficiency"], ".2f"))
+    console.print(table)
+    for s in report.get("skipped", []):
+        console.print(f"[yellow]skipped[/yellow] {s['method']} {s.get('keep', '')}: {s['reason']}")
+    for t in report.get("targets", []):
+        mark = {True: "[green]held[/green]", False: "[red]NOT held[/red]", None: "[dim]n/a[/dim]"}[t["held"]]
+        console.print(f"{mark}  {t['target']}" + (f"  ({t['detail']})" if t["detail"] else ""))
+
+
+def bench_command(
+    model: str = typer.Option("llava-1.5-7b", help="Preset (llava-1.5-7b, llava-1.5-13b; llava-next-7b / "
+                              "qwen2.5-vl-7b once their adapters exist) or `tiny` (vlprune.testing)."),
+    layers: Optional[int] = typer.Option(None, help="LLM decoder layers to build (default: the preset's)."),
+    vision_layers: Optional[int] = typer.Option(None, help="CLIP blocks to build (default: the preset's scaled "
+                                                "like --layers, at least 2)."),
+    batch: int = typer.Option(1, help="Samples per call (one image each)."),
+    dtype: str = typer.Option("bf16", help="bf16 | fp16 | fp32."),
+    device: str = typer.Option("cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda."),
+    methods: str = typer.Option("none,desap,vispruner,visionzip,fastv,random", help="Comma-separated; `none` = full."),
+    keep: str = typer.Option("64,128,192", help="Visual-token budgets, comma separated."),
+    repeats: int = typer.Option(3, help="Timed repeats per cell (median reported)."),
+    warmup: int = typer.Option(1, help="Warm-up passes per cell (the first also measures memory and KV cache)."),
+    prompt_tokens: int = typer.Option(32, help="Text tokens in the prompt besides the image tokens."),
+    seed: int = typer.Option(0, help="Seed of the random weights and images."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+) -> None:
+    """Prefill / TTFT / pruning-step time, peak memory, KV cache and FLOPs-bound speedup per method and budget."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console()
+    names = [x.strip() for x in methods.split(",") if x.strip()]
+    keeps = [int(x) for x in keep.split(",") if x.strip()]
+    try:
+        with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as bar:
+            task = bar.add_task("building", total=None)
+
+            def progress(label: str, done: int, total: int) -> None:
+                bar.update(task, description=label, completed=done, total=total)
+
+            report = run_bench(model, layers, vision_layers, batch, dtype, device, names, keeps, repeats, warmup,
+                               prompt_tokens, seed, progress)
+    except NotImplementedError as e:
+        console.print(f"[yellow]skipped:[/yellow] {e}")
+        raise typer.Exit(code=0)
+    print_report(report, console)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2))
+        console.print(f"[dim]wrote {json_path}[/dim]")
