@@ -9,17 +9,23 @@ exact. StaticCache (one length for all layers) cannot hold this and is refused.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .attention import decoder_attention_probs
+from .attention import decoder_attention_logits, decoder_attention_probs, mask_logits
 
 
 @dataclass
 class StageInputs:
-    """What a stage's scorer sees, at the input of its score layer (current, already pruned, sequence)."""
+    """What a stage's callbacks see, at the input of a decoder layer (current, already pruned, sequence).
+
+    ``score`` sees the input of its score layer; ``select`` and ``merge`` the input of the drop layer (when the
+    two differ, no other stage drops in between, so slot indices agree). ``keep`` is the number of visual
+    tokens the stage keeps for each sample (stage.keep x n_images, at most the current count); ``scores`` and
+    ``aux`` carry what ``score`` (then ``select``) returned to the later callbacks of the same stage.
+    """
 
     layer: nn.Module
     hidden: torch.Tensor  # (B, L_cur, D)
@@ -28,10 +34,19 @@ class StageInputs:
     mask: torch.Tensor | None
     image_pos: torch.Tensor  # (B, n_img) positions of the surviving visual tokens in the current sequence
     rope: Callable
+    n_images: int = 1
+    keep: int = 0
+    scores: torch.Tensor | None = None
+    aux: Any = None
 
     def attention(self, query_pos: torch.Tensor) -> torch.Tensor:
-        """Recomputed attention probabilities (B, H, q, L_cur) of the score layer for the given queries."""
+        """Recomputed attention probabilities (B, H, q, L_cur) of this layer for the given queries."""
         return decoder_attention_probs(self.layer, self.hidden, self.cos, self.sin, self.mask, query_pos, self.rope)
+
+    def logits(self, query_pos: torch.Tensor, masked: bool = True) -> torch.Tensor:
+        """Recomputed pre-softmax logits (B, H, q, L_cur), float32; ``masked``: the layer's mask applied (-inf)."""
+        out = decoder_attention_logits(self.layer, self.hidden, self.cos, self.sin, query_pos, self.rope)
+        return mask_logits(out, self.mask, query_pos) if masked else out
 
     @property
     def last_pos(self) -> torch.Tensor:
@@ -44,17 +59,25 @@ class LLMStage:
 
     layer: visual tokens are dropped right before this decoder layer (its input and cache are shorter).
     keep: visual tokens that survive per image (per sample: keep x number of images).
-    score: StageInputs -> (B, n_img) importance of each surviving visual token (higher is kept).
-    score_layer: the layer whose attention feeds ``score`` (FastV: layer - 1; default: ``layer``).
+    score: StageInputs -> (B, n_img) importance of each surviving visual token (higher is kept), or a pair
+        ``(scores, aux)``; ``aux`` (anything) reaches ``select``/``merge`` as ``inputs.aux``.
+    score_layer: the layer whose input feeds ``score`` (FastV: layer - 1; default: ``layer``). It must not lie
+        before the previous stage's layer.
+    select: optional, called at the drop layer with ``inputs.scores``/``inputs.aux`` from ``score``: returns the
+        final ranking (B, n_img), or ``(ranking, aux)`` (ASAP re-ranks after consolidating the top-k).
     merge: optional (StageInputs, kept_slots (B, k), dropped_slots (B, n-k)) -> new hidden states (B, k, D)
         of the kept visual tokens, for methods that fold dropped tokens into kept ones.
+    The top ``keep`` slots of the ranking are kept (stable: ties go to the earlier token). A stage whose
+    ``keep`` covers every surviving visual token does nothing (no scoring, no merging).
+    Hidden states, positions, rotary tables and masks of the kept tokens are gathered, never renumbered.
     """
 
     layer: int
     keep: int
-    score: Callable[[StageInputs], torch.Tensor]
+    score: Callable[[StageInputs], Any]
     score_layer: int | None = None
     merge: Callable[[StageInputs, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    select: Callable[[StageInputs], Any] | None = None
 
     @property
     def scored_at(self) -> int:
@@ -96,7 +119,19 @@ class LLMPruner:
                     f"cannot prune before decoder layer {s.layer}: the LLM has {len(layers)} layers "
                     f"(choose 1 <= layer <= {len(layers) - 1})"
                 )
+            if s.keep < 1:
+                raise ValueError(f"a stage must keep at least one visual token per image, got keep={s.keep}")
         self.stages = sorted(stages, key=lambda s: s.layer)
+        for prev, s in zip(self.stages, self.stages[1:]):
+            if s.layer == prev.layer:
+                raise ValueError(f"two stages drop before the same decoder layer {s.layer}")
+        for i, s in enumerate(self.stages):
+            low = self.stages[i - 1].layer if i else 0
+            if not low <= s.scored_at <= s.layer:
+                raise ValueError(
+                    f"the stage at layer {s.layer} scores at layer {s.scored_at}: it must lie in [{low}, {s.layer}] "
+                    "(no other stage may drop tokens between scoring and dropping)"
+                )
         self.rope = rope
         self.current: _Pass | None = None
         self.decoding = False
@@ -171,26 +206,41 @@ class LLMPruner:
             out["position_ids"] = torch.gather(pos, -1, cols.expand(*pos.shape[:-2], *cols.shape))
         return out
 
+    def _stage_keep(self, stage: LLMStage) -> int:
+        return min(stage.keep * self.current.n_images, self.current.image_pos.shape[1])
+
     def _prefill(self, index: int, layer: nn.Module, hidden: torch.Tensor, kwargs: dict):
         p = self.current
         full = p.prompt_len
         kw = self._gather_kwargs(kwargs, p.cols, full)
-        for stage in self.stages:
-            if stage.scored_at == index:
-                p.scores[stage.layer] = stage.score(self._inputs(layer, hidden, kw))
-        for stage in self.stages:
+        for stage in self.stages:  # at most one stage drops here; it runs before later stages score
             if stage.layer != index:
                 continue
-            scores = p.scores.pop(stage.layer)
-            k = min(stage.keep * p.n_images, p.image_pos.shape[1])
-            order = torch.sort(scores.float(), dim=-1, descending=True, stable=True).indices
+            k = self._stage_keep(stage)
+            if k >= p.image_pos.shape[1]:  # keeps every surviving visual token: nothing to do
+                p.scores.pop(stage.layer, None)
+                self.history.append(p.image_ids.clone())
+                continue
+            inputs = self._inputs(layer, hidden, kw, k)
+            out = stage.score(inputs) if stage.scored_at == index else p.scores.pop(stage.layer)
+            inputs.scores, inputs.aux = out if isinstance(out, tuple) else (out, None)
+            if stage.select is not None:
+                out = stage.select(inputs)
+                inputs.scores, inputs.aux = out if isinstance(out, tuple) else (out, inputs.aux)
+            order = torch.sort(inputs.scores.float(), dim=-1, descending=True, stable=True).indices
             kept_slots = torch.sort(order[:, :k], dim=-1).values
             dropped_slots = torch.sort(order[:, k:], dim=-1).values
-            if stage.merge is not None and dropped_slots.shape[1] > 0:
-                new_img = stage.merge(self._inputs(layer, hidden, kw), kept_slots, dropped_slots)
-                hidden = hidden.scatter(1, torch.gather(p.image_pos, 1, kept_slots).unsqueeze(-1).expand_as(new_img), new_img)
+            if stage.merge is not None:
+                new_img = stage.merge(inputs, kept_slots, dropped_slots).to(hidden.dtype)
+                where = torch.gather(p.image_pos, 1, kept_slots).unsqueeze(-1).expand_as(new_img)
+                hidden = hidden.scatter(1, where, new_img)
             hidden, kw = self._drop(hidden, kwargs, dropped_slots)
             self.history.append(p.image_ids.clone())
+        for stage in self.stages:  # scores taken before a later drop layer (FastV: the layer before)
+            if stage.scored_at == index and stage.layer != index:
+                k = self._stage_keep(stage)
+                if k < p.image_pos.shape[1]:
+                    p.scores[stage.layer] = stage.score(self._inputs(layer, hidden, kw, k))
         p.layer_cols[index] = p.cols
         if index == len(self.layers) - 1:
             self.last_kept = p.image_ids
@@ -211,13 +261,13 @@ class LLMPruner:
         p.image_pos = torch.nonzero(kept_img)[:, 1].view(b, -1)
         return _gather_seq(hidden, rel, 1), self._gather_kwargs(kwargs, p.cols, p.prompt_len)
 
-    def _inputs(self, layer: nn.Module, hidden: torch.Tensor, kw: dict) -> StageInputs:
+    def _inputs(self, layer: nn.Module, hidden: torch.Tensor, kw: dict, keep: int) -> StageInputs:
         cos, sin = kw["position_embeddings"]
         mask = kw.get("attention_mask")
         return StageInputs(
             layer=layer, hidden=hidden, cos=cos, sin=sin,
             mask=mask if isinstance(mask, torch.Tensor) else None,
-            image_pos=self.current.image_pos, rope=self.rope,
+            image_pos=self.current.image_pos, rope=self.rope, n_images=self.current.n_images, keep=keep,
         )
 
     def _decode_kwargs(self, index: int, kwargs: dict) -> dict:

@@ -1,0 +1,235 @@
+"""Selection functions on random tensors: property tests, DeSAP eq. 3 against a loop, attention recompute."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import vlprune
+from vlprune.methods import desap, random_, visionzip, vispruner
+from vlprune.methods.base import check_keep
+from vlprune.ops import nearest_centre_merge
+
+
+class FakeSource:
+    """A SignalSource made of random tensors (no model)."""
+
+    def __init__(self, b, n, seed, d=8, e=6, t=5):
+        g = torch.Generator().manual_seed(seed)
+        self.grid = (int(math.isqrt(n)), int(math.isqrt(n)))
+        self._f = torch.randn(b, n, d, generator=g)
+        self._a = torch.softmax(torch.randn(b, n, generator=g), -1)
+        self._k = torch.randn(b, n, d, generator=g)
+        self._cls = torch.randn(b, d, generator=g)
+        self._dec = torch.randn(b, 1 + n, e, generator=g)
+        self._text = torch.randn(b, t, e, generator=g)
+        self._mask = torch.ones(b, t, dtype=torch.bool)
+        self._mask[0, t - 2 :] = False
+        self._eos = torch.randn(b, e, generator=g)
+        self._keys = [int(x) for x in torch.randint(0, 10**6, (b,), generator=g)]
+
+    def features(self):
+        return self._f
+
+    def cls_attention(self):
+        return self._a
+
+    def keys(self):
+        return self._k
+
+    def cls_feature(self):
+        return self._cls
+
+    def decoupled(self, mode):
+        return self._dec
+
+    def question(self):
+        return self._text, self._mask, self._eos
+
+    def image_keys(self):
+        return self._keys
+
+
+SELECTORS = {
+    "desap": (desap.select, desap.DesapConfig()),
+    "desap-nomerge": (desap.select, desap.DesapConfig(merge=False, fcma=False)),
+    "vispruner": (vispruner.select, vispruner.VisPrunerConfig()),
+    "visionzip-nocls": (visionzip.select, visionzip.VisionZipConfig(include_cls=False)),
+    "random": (random_.select, random_.RandomConfig(seed=3)),
+}
+
+
+@pytest.mark.parametrize("name", SELECTORS)
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 3), side=st.integers(2, 6), frac=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
+def test_k_unique_in_range_spatial_deterministic(name, b, side, frac, seed):
+    fn, cfg = SELECTORS[name]
+    n = side * side
+    k = max(1, min(n, int(round(frac * n))))
+    src = FakeSource(b, n, seed)
+    sel = fn(src, k, cfg)
+    assert sel.features.shape[:2] == (b, k)
+    idx = sel.indices
+    assert idx.shape == (b, k)
+    for row in idx:
+        assert len(set(row.tolist())) == k and int(row.min()) >= 0 and int(row.max()) < n
+        if not name.startswith("visionzip"):  # VisionZip appends contextual tokens after dominant ones
+            assert torch.equal(row, torch.sort(row).values)
+    again = fn(FakeSource(b, n, seed), k, cfg)
+    assert torch.equal(again.indices, idx) and torch.equal(again.features, sel.features)
+
+
+def test_visionzip_counts_cls_as_dominant_token():
+    src = FakeSource(2, 36, 0)
+    sel = visionzip.select(src, 16, visionzip.VisionZipConfig())
+    assert sel.features.shape[1] == 16 and sel.indices.shape[1] == 15
+    torch.testing.assert_close(sel.features[:, 0], src.cls_feature())
+    # official split at 64 tokens: 54 dominant (53 patches + [CLS]) + 10 contextual
+    sel = visionzip.select(FakeSource(1, 576, 0), 64, visionzip.VisionZipConfig())
+    assert sel.features.shape[1] == 64 and sel.indices.shape[1] == 63
+
+
+def test_vispruner_important_tokens_are_top_cls_attention():
+    src = FakeSource(1, 36, 7)
+    sel = vispruner.select(src, 10, vispruner.VisPrunerConfig(important_ratio=0.5))
+    top5 = set(torch.topk(src.cls_attention()[0], 5).indices.tolist())
+    assert top5 <= set(sel.indices[0].tolist())
+
+
+def loop_alignment(a, vs, s, qt, lam):
+    """Eq. 3 written with explicit loops over patches i and text tokens j."""
+    norm = lambda x: x / x.norm()
+    a = [norm(r) for r in a]
+    s = [norm(r) for r in s]
+    vs, qt = norm(vs), norm(qt)
+    d1, d2 = len(a), len(s)
+    m = [[float(a[i] @ s[j]) for j in range(d2)] for i in range(d1)]
+    alpha = [float(a[i] @ qt) for i in range(d1)]
+    beta = [float(s[j] @ vs) for j in range(d2)]
+    out = []
+    for i in range(d1):
+        total = 0.0
+        for j in range(d2):
+            mv = alpha[i] * math.exp(lam * beta[j] * m[i][j]) / (d1 * sum(math.exp(lam * beta[k] * m[i][k]) for k in range(d2)))
+            mt = beta[j] * math.exp(lam * alpha[i] * m[i][j]) / (d2 * sum(math.exp(lam * alpha[k] * m[k][j]) for k in range(d1)))
+            total += (mv + mt) * m[i][j]
+        out.append(total / d2)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("lam", [0.1, 2.0])
+def test_fine_grained_alignment_matches_loop_implementation(lam):
+    src = FakeSource(2, 9, 5, t=5)
+    text, mask, eos = src.question()
+    dec = src.decoupled("qq")
+    got = desap.fine_grained_alignment(dec[:, 1:], dec[:, 0], text, eos, mask, lam)
+    for b in range(2):
+        valid = mask[b]
+        want = loop_alignment(dec[b, 1:].double(), dec[b, 0].double(), text[b][valid].double(), eos[b].double(), lam)
+        torch.testing.assert_close(got[b].double(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_rank_and_prune_follows_eq5():
+    task = torch.tensor([[0.9, 0.8, 0.1, 0.0, 0.2, 0.3]])
+    sal = torch.tensor([[1.0, 0.0, 0.9, 0.1, 0.8, 0.0]])
+    # top-2 by task: {0, 1}; then top-2 by saliency among the rest: {2, 4}
+    assert desap.rank_and_prune(task, sal, 2, 2).tolist() == [[0, 1, 2, 4]]
+
+
+def test_desap_without_question_uses_visual_cue_only():
+    src = FakeSource(1, 16, 2)
+    src._mask[:] = False
+    sel = desap.select(src, 6, desap.DesapConfig(merge=False))
+    want = torch.sort(torch.topk(src.cls_attention()[0], 6).indices).values
+    assert sel.indices[0].tolist() == want.tolist()
+
+
+def test_nearest_centre_merge_is_average_of_clusters():
+    feats = torch.tensor([[[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]])
+    merged, assign = nearest_centre_merge(feats, torch.tensor([[0, 2]]))
+    assert assign.tolist() == [[0, 0, 1, 1]]
+    torch.testing.assert_close(merged, torch.tensor([[[0.95, 0.05], [0.05, 0.95]]]))
+    all_kept, _ = nearest_centre_merge(feats, torch.arange(4).unsqueeze(0))
+    assert torch.equal(all_kept, feats)
+
+
+def test_recomputed_cls_attention_equals_eager(tiny, pixels):
+    from vlprune.models.clip_signals import ClipVisionSignals
+
+    model = tiny.model
+    tower = model.model.vision_tower
+    src = ClipVisionSignals(tower, pixels, model.config.vision_feature_layer)
+    model.set_attn_implementation({"vision_config": "eager"})
+    try:
+        with torch.no_grad():
+            att = tower(pixel_values=pixels, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation({"vision_config": "sdpa"})
+    want = att[src.f - 1][:, :, 0, 1:].mean(1)  # the block that produced hidden_states[-2]
+    torch.testing.assert_close(src.cls_attention(), want, rtol=0, atol=1e-5)
+
+
+def test_recomputed_llm_attention_equals_eager(tiny):
+    from vlprune.attention import decoder_attention_probs
+    from vlprune.models.llava import LlavaAdapter
+
+    model = tiny.model
+    lm = model.model.language_model
+    inputs = tiny.prompt_ids(["what color is the circle ?", "how many star are there in this image ?"])
+    captured = {}
+    hook = lm.layers[1].register_forward_pre_hook(
+        lambda m, a, kw: captured.update(h=a[0] if a else kw["hidden_states"], kw=kw), with_kwargs=True)
+    model.set_attn_implementation({"text_config": "eager"})
+    try:
+        with torch.no_grad():
+            out = lm(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], output_attentions=True)
+    finally:
+        hook.remove()
+        model.set_attn_implementation({"text_config": "sdpa"})
+    cos, sin = captured["kw"]["position_embeddings"]
+    q = torch.arange(inputs["input_ids"].shape[1]).expand(2, -1)
+    got = decoder_attention_probs(lm.layers[1], captured["h"], cos, sin, captured["kw"]["attention_mask"], q,
+                                  LlavaAdapter(model).rope())
+    want = out.attentions[1]
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(got[real.view(2, 1, -1, 1).expand_as(got) & real.view(2, 1, 1, -1).expand_as(got)],
+                               want[real.view(2, 1, -1, 1).expand_as(want) & real.view(2, 1, 1, -1).expand_as(want)],
+                               rtol=0, atol=1e-5)
+
+
+# -- bad input ------------------------------------------------------------------------------------------
+def test_keep_out_of_range(tiny):
+    for bad in (0, -3, 17):
+        with pytest.raises(ValueError, match="keep=.* out of range.*1 <= keep <= 16"):
+            vlprune.apply(tiny.model, "random", bad)
+    with pytest.raises(TypeError, match="keep must be an int"):
+        check_keep(3.5, 16)
+
+
+def test_unknown_method_and_option(tiny):
+    with pytest.raises(ValueError, match="unknown pruning method 'nope'.*desap"):
+        vlprune.apply(tiny.model, "nope", 4)
+    with pytest.raises(TypeError, match="has no option.*'ratio'.*task_ratio"):
+        vlprune.apply(tiny.model, "desap", 4, ratio=0.3, clip=tiny.clip, clip_tokenizer=tiny.clip_tokenizer)
+    with pytest.raises(ValueError, match="task_ratio must be in"):
+        desap.DesapConfig(task_ratio=1.5)
+
+
+def test_unsupported_model_lists_supported():
+    with pytest.raises(NotImplementedError, match="does not support Linear.*LlavaForConditionalGeneration"):
+        vlprune.apply(torch.nn.Linear(2, 2), "random", 4)
+
+
+def test_desap_without_clip_says_what_to_do(tiny):
+    with pytest.raises(ValueError, match="DeSAP needs a CLIP text tower.*clip="):
+        vlprune.apply(tiny.model, "desap", 4, processor=tiny.tokenizer)
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        vlprune.apply(tiny.model, "desap", 4, processor=tiny.tokenizer, clip=tiny.clip)
+    assert "forward" not in tiny.model.__dict__
+
+
+def test_methods_listing():
+    listed = vlprune.methods()
+    assert {"desap", "vispruner", "visionzip", "fastv", "random"} <= set(listed)
+    assert listed["desap"].defaults()["task_ratio"] == 0.5 and listed["fastv"].stage == "llm"
