@@ -115,6 +115,8 @@ def apply(
         if tokenizer is None and question is None:
             raise ValueError("DeSAP reads the question from input_ids: pass processor=... (or question=...)")
     pruner = None
+    if spec.plan is not None and getattr(adapter, "budget", "global") != "global":
+        raise ValueError(f"{spec.name} prunes inside the LLM, where keep counts per image: use budget='global'")
     if spec.plan is not None:
         layers = adapter.llm_layers()
         pruner = LLMPruner(layers, spec.plan(keep, len(layers), config), adapter.rope())

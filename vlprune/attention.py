@@ -56,19 +56,19 @@ def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
-def decoder_attention_logits(
+def decoder_qk(
     layer: nn.Module,
     hidden: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     query_pos: torch.Tensor,
     rope,
-) -> torch.Tensor:
-    """Scaled pre-softmax logits ``Q K^T * scaling`` of a decoder layer, NO mask applied: (B, H, q, L) float32.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries (B, H, q, d) of rows ``query_pos`` and keys (B, H, L, d) of a decoder layer, RoPE applied.
 
     ``hidden`` is the layer input (before ``input_layernorm``); ``cos``/``sin`` the rotary tables of the
-    current sequence (B or 1, L, d); ``query_pos`` (B, q) the query rows; ``rope(x, cos, sin)`` applies the
-    family's rotary embedding. Grouped-query heads are repeated, so H is the number of query heads.
+    current sequence (B or 1, L, d); ``rope(x, cos, sin)`` applies the family's rotary embedding.
+    Grouped-query key heads are repeated, so both have H = the number of query heads.
     """
     attn = layer.self_attn
     b = hidden.shape[0]
@@ -79,8 +79,21 @@ def decoder_attention_logits(
     cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)
     pick = query_pos.unsqueeze(-1).expand(-1, -1, cos.shape[-1])
     q = rope(q, torch.gather(cos, 1, pick), torch.gather(sin, 1, pick))
-    k = repeat_kv(rope(k, cos, sin), q.shape[1] // k.shape[1])
-    return (q.float() @ k.float().transpose(-1, -2)) * attn.scaling
+    return q, repeat_kv(rope(k, cos, sin), q.shape[1] // k.shape[1])
+
+
+def decoder_attention_logits(
+    layer: nn.Module,
+    hidden: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    query_pos: torch.Tensor,
+    rope,
+) -> torch.Tensor:
+    """Scaled pre-softmax logits ``Q K^T * scaling`` of a decoder layer, NO mask applied: (B, H, q, L) float32
+    (arguments as :func:`decoder_qk`)."""
+    q, k = decoder_qk(layer, hidden, cos, sin, query_pos, rope)
+    return (q.float() @ k.float().transpose(-1, -2)) * layer.self_attn.scaling
 
 
 def mask_logits(logits: torch.Tensor, mask: torch.Tensor | None, query_pos: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,7 @@ def flops_command(
 @app.command("eval")
 def eval_command(
     model: str = typer.Option("testbed", help="`testbed` or a LLaVA checkpoint (hub id / path)."),
-    bench: str = typer.Option("testbed", help="`testbed` (bundled scenes)."),
+    bench: str = typer.Option("testbed", help="`testbed` (bundled scenes) or NAME:DIR, NAME in pope, gqa, mme, textvqa, vqav2, sqa, mmbench (LLaVA layout)."),
     methods: str = typer.Option("desap,vispruner,visionzip,fastv,random", help="Comma-separated methods."),
     keep: str = typer.Option("16,32,48", help="Budgets, comma separated."),
     seed: Optional[int] = typer.Option(None, help="Draw a new test split with this seed (default: the canonical one)."),
@@ -83,20 +83,40 @@ def eval_command(
     limit: Optional[int] = typer.Option(None, help="Evaluate the first N samples only."),
     batch_size: int = typer.Option(50, help="Samples per generate() batch."),
     clip: Optional[str] = typer.Option(None, help="CLIP for DeSAP (default for the testbed: its own)."),
+    out_dir: Path = typer.Option(Path("out/answers"), help="Answers files for real benchmarks (resumable)."),
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16."),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cpu)."),
+    max_new_tokens: int = typer.Option(128, help="Generation length for real benchmarks."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON here."),
 ) -> None:
-    """Accuracy per question family, % of full, object recall and FLOPs for methods x budgets."""
+    """Accuracy (testbed: per question family, object recall) or the benchmark's official score, % of full, FLOPs."""
+    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .evaluation import evaluate, load_model
+    from .evaluation import evaluate, load_model, method_kwargs
 
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    loaded = load_model(model, clip, torch_dtype, device)
+    names, keeps = _names(methods), _ints(keep)
     if bench != "testbed":
-        raise typer.BadParameter("only --bench testbed is available in this build", param_hint="--bench")
+        from .bench.readers import canonical_bench, read
+        from .bench.runner import run_benchmark
+
+        name, _, data = bench.partition(":")
+        n_items = len(list(read(canonical_bench(name), data))) if data else 0
+        n_items = min(n_items, limit) if limit else n_items
+        with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as bar:
+            task = bar.add_task("full", total=n_items * (1 + len(names) * len(keeps)))
+            report = run_benchmark(loaded, bench, names, keeps, out_dir, limit, batch_size, max_new_tokens,
+                                   lambda label, n: bar.update(task, advance=n, description=label),
+                                   lambda m: method_kwargs(m, loaded))
+        print_bench_report(report)
+        _write_json(json_path, report)
+        return
     from .testbed import load_split
 
     samples = load_split(split, limit, seed)
-    loaded = load_model(model, clip)
-    names, keeps = _names(methods), _ints(keep)
     total = len(samples) * (1 + len(names) * len(keeps))
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
@@ -123,6 +143,17 @@ def print_report(report: dict) -> None:
         rec = "-" if r["object_recall"] is None else f"{r['object_recall']:.2f}"
         table.add_row(r["method"], str(r["keep"]), *(f"{100 * r['per_family'].get(f, 0):.1f}" for f in fams),
                       f"{100 * r['accuracy']:.1f}", f"{100 * r['relative']:.1f}", rec, f"{r['tflops']:.4f}")
+    console.print(table)
+
+
+def print_bench_report(report: dict) -> None:
+    full = report["full"]
+    table = Table(title=f"{report['model']} on {report['bench']} ({report['n']} questions; score = {full['headline']})")
+    for col in ("method", "keep", "score", "% of full", "missing"):
+        table.add_column(col, justify="right")
+    table.add_row("full", "all", f"{full['score']:.4g}", "100.0", str(full["n_missing"]))
+    for r in report["results"]:
+        table.add_row(r["method"], str(r["keep"]), f"{r['score']:.4g}", f"{100 * r['relative']:.1f}", str(r["n_missing"]))
     console.print(table)
 
 

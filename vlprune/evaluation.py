@@ -33,11 +33,15 @@ def resolve_model(name: str) -> Path | str:
     return name
 
 
-def load_model(name: str, clip: str | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+def load_model(name: str, clip: str | None = None, dtype: torch.dtype = torch.float32,
+               device: str | None = None) -> LoadedModel:
+    """Load the testbed or any image-text-to-text checkpoint (LLaVA-1.5 / LLaVA-NeXT / Qwen2.5-VL) + processor."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = resolve_model(name)
-    model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype).eval()
+    model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype).eval()
+    if device:
+        model.to(device)
     processor = AutoProcessor.from_pretrained(str(path))
     if clip is None and name == "testbed":
         clip = str(Path(path) / "clip")

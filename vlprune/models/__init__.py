@@ -7,8 +7,10 @@ from torch import nn
 
 from .base import Adapter
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter
+from .qwen2_5_vl import Qwen2_5_VLAdapter
 
-ADAPTERS: list[type[Adapter]] = [LlavaAdapter]
+ADAPTERS: list[type[Adapter]] = [LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter]
 
 
 def get_adapter(model: nn.Module, options: dict[str, Any] | None = None) -> Adapter:
@@ -24,3 +26,7 @@ def get_adapter(model: nn.Module, options: dict[str, Any] | None = None) -> Adap
             return cls(model, **options)
     supported = sorted(n for cls in ADAPTERS for n in cls.class_names)
     raise NotImplementedError(f"vlprune does not support {name}; supported model classes: {', '.join(supported)}")
+
+
+# lmms-eval's LMMS_EVAL_PLUGINS=vlprune looks here: model name -> class in vlprune.models.<name>
+AVAILABLE_MODELS = {"vlprune": "VlpruneLMM"}
