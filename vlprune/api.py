@@ -119,7 +119,10 @@ def apply(
         raise ValueError(f"{spec.name} prunes inside the LLM, where keep counts per image: use budget='global'")
     if spec.plan is not None:
         layers = adapter.llm_layers()
-        pruner = LLMPruner(layers, spec.plan(keep, len(layers), config), adapter.rope())
+        plan_kw = {}
+        if "tokens_per_image" in inspect.signature(spec.plan).parameters:  # schedules capped by the image size
+            plan_kw["tokens_per_image"] = adapter.tokens_per_image()
+        pruner = LLMPruner(layers, spec.plan(keep, len(layers), config, **plan_kw), adapter.rope())
     state = _State(adapter, spec, config, keep, clip_text, tokenizer, question, pruner)
     model.__dict__[_STATE] = state
     _patch(model, state)
@@ -278,10 +281,50 @@ def _begin_llm_pass(state: _State, call: dict[str, Any]) -> None:
     state.pruner.last_kept = None
 
 
+def _compose_with_encoder(state: _State) -> None:
+    """Hybrid methods (encoder step, then LLM stages): ``state.last`` holds the encoder's selection; keep the
+    patches whose LLM token survived the last stage. A token stands for the patch of ``indices`` whose
+    ``assign`` is that token's slot (for VisionZip-style selections: dominant patches and contextual targets;
+    [CLS] stands for no patch). ``assign`` is restricted to the surviving tokens (renumbered); merges made
+    inside the LLM are not tracked (their patches read as dropped)."""
+    pruner, enc = state.pruner, state.last
+    p = pruner.current
+    span = p.orig_image_pos.shape[1] // max(p.n_images, 1)  # LLM tokens per image after the encoder step
+    indices, assign = [], []
+    for row in range(pruner.last_kept.shape[0]):
+        rank = torch.searchsorted(p.orig_image_pos[row], pruner.last_kept[row])
+        for img in range(p.n_images):
+            i = row * p.n_images + img
+            slots = rank[(rank >= img * span) & (rank < (img + 1) * span)] - img * span
+            idx, a = enc.indices[i], enc.assign[i] if i < len(enc.assign) else None
+            if a is None:  # no slot map: tokens stand for ``indices`` in order
+                slot_patch = torch.full((span,), -1, dtype=torch.long, device=idx.device)
+                slot_patch[: len(idx)] = idx[:span]
+                new_assign = None
+            else:
+                slot_patch = torch.full((span,), -1, dtype=torch.long, device=idx.device)
+                ok = a[idx] >= 0
+                slot_patch[a[idx][ok]] = idx[ok]
+                remap = torch.full((span + 1,), -1, dtype=torch.long, device=a.device)
+                remap[slots.to(a.device)] = torch.arange(len(slots), device=a.device)
+                new_assign = remap[torch.where(a >= 0, a, span)]
+            kept = slot_patch[slots.to(slot_patch.device)]
+            indices.append(kept[kept >= 0])
+            assign.append(new_assign)
+    state.last = KeptTokens(
+        method=state.spec.name, keep=state.keep, indices=indices, grids=enc.grids, assign=assign,
+        questions=enc.questions,
+    )
+    pruner.last_kept = None
+
+
 def _record_llm_selection(state: _State) -> None:
     """Turn the prompt positions kept by the last stage into per-image patch indices."""
     pruner = state.pruner
     p = pruner.current
+    if state.spec.encoder is not None and state.last is not None:  # hybrid: map through the encoder's choice
+        _compose_with_encoder(state)
+        return
     n = state.adapter.tokens_per_image()
     side = int(round(n**0.5))
     layout = state.adapter.llm_layout()  # per image: (LLM tokens, grid, LLM position -> patch index)

@@ -203,10 +203,8 @@ def consolidate(
     num = torch.zeros(b, k, d, dtype=torch.float32, device=h.device).scatter_add_(
         1, dest.unsqueeze(-1).expand(-1, -1, d), w.unsqueeze(-1) * h)
     den = torch.zeros(b, k, dtype=torch.float32, device=h.device).scatter_add_(1, dest, w)
-    merged_visit = num / den.clamp(min=1e-12).unsqueeze(-1)
+    merged_visit = torch.where(absorbed.unsqueeze(-1), h, num / den.clamp(min=1e-12).unsqueeze(-1))
     merged = features.float().scatter(1, visit.unsqueeze(-1).expand(-1, -1, d), merged_visit)
-    merged = torch.where(mask_from_indices(visit[~absorbed].view(-1, 1), n)[:0].new_zeros(1, dtype=torch.bool)
-                         if False else torch.ones(1, dtype=torch.bool, device=h.device), merged, merged)
     in_top = mask_from_indices(top, n)
     ranking = torch.where(in_top, torch.zeros_like(s_hat), 1.0 + s_hat.float())  # the pool, by attention mass
     anchors = visit.masked_fill(absorbed, -1)

@@ -35,19 +35,26 @@ def remove_duplicates(features: torch.Tensor, candidates: torch.Tensor, target: 
     cosine similarity to ``b`` and removes the (at most ``per_round``) most redundant ``a`` tokens.
     """
     unit = F.normalize(features.float(), dim=-1)
-    remaining = candidates
-    while remaining.shape[1] > target:
-        r = min(per_round, remaining.shape[1] - target, (remaining.shape[1] + 1) // 2)
-        a, b = remaining[:, 0::2], remaining[:, 1::2]
+    # all pairwise similarities among the candidates, once (one GEMM instead of one per round); each round
+    # then reads its a x b block. ``pos`` holds positions in ``candidates``; ``remaining = candidates[pos]``.
+    cand_unit = gather_rows(unit, candidates)
+    sim_all = cand_unit @ cand_unit.transpose(1, 2)  # (B, M, M)
+    pos = torch.arange(candidates.shape[1], device=candidates.device).expand_as(candidates)
+    while pos.shape[1] > target:
+        r = min(per_round, pos.shape[1] - target, (pos.shape[1] + 1) // 2)
+        a, b = pos[:, 0::2], pos[:, 1::2]
         if b.shape[1] == 0:  # a single token left in a: nothing to compare with
-            return remaining[:, :target]
-        sim = gather_rows(unit, a) @ gather_rows(unit, b).transpose(1, 2)
+            return torch.gather(candidates, 1, pos[:, :target])
+        rows = torch.gather(sim_all, 1, a.unsqueeze(-1).expand(-1, -1, sim_all.shape[2]))
+        sim = torch.gather(rows, 2, b.unsqueeze(1).expand(-1, a.shape[1], -1))
         redundancy = sim.max(dim=-1).values  # (B, |a|)
         drop = topk_indices(redundancy, r)
         keep_a = ~mask_from_indices(drop, a.shape[1])
         kept_a = a[keep_a].view(a.shape[0], a.shape[1] - r)
-        remaining = torch.sort(torch.cat([kept_a, b], dim=1), dim=1).values
-    return remaining
+        pos = torch.cat([kept_a, b], dim=1)
+        order = torch.sort(torch.gather(candidates, 1, pos), dim=1).indices
+        pos = torch.gather(pos, 1, order)
+    return torch.gather(candidates, 1, pos)
 
 
 def select(source: SignalSource, keep: int, cfg: VisPrunerConfig) -> Selection:

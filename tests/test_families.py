@@ -1,0 +1,328 @@
+"""Every registered method on LLaVA-NeXT and Qwen2.5-VL (tiny random models built from configs).
+
+Matrix (methods x families): identity at full budget, cached generate() == a greedy reference, batch == per
+sample, token counts reaching the LLM, multi-image prompts; plus the family-specific layout rules.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vlprune
+from vlprune.registry import get_method, methods
+from vlprune.testing import tiny_llava_next, tiny_qwen2_5_vl
+
+METHODS = sorted(methods())
+QUESTIONS = ["what color is the circle ?", "how many star are there ?"]
+SPECIAL = [3, 4, 5, 6, 7]  # never generated in the greedy comparisons (EOS, image and vision markers)
+
+
+@pytest.fixture(scope="module")
+def next_t():
+    return tiny_llava_next()
+
+
+@pytest.fixture(scope="module")
+def qwen_t():
+    return tiny_qwen2_5_vl()
+
+
+@pytest.fixture(params=["llava_next", "qwen2_5_vl"])
+def fam(request, next_t, qwen_t):
+    t = next_t if request.param == "llava_next" else qwen_t
+    vlprune.remove(t.model)
+    yield request.param, t
+    vlprune.remove(t.model)
+
+
+# image sizes (height, width): different sizes (and grids / tile layouts) per family
+SIZES = {"llava_next": [(20, 36), (40, 16), (30, 30)], "qwen2_5_vl": [(32, 32), (24, 40), (16, 24)]}
+
+
+def _kw(name: str, method: str, t, question=None) -> dict:
+    kw: dict = {}
+    if method == "desap":
+        kw["processor"] = t.tokenizer
+        if name == "llava_next":
+            kw.update(clip=t.clip, clip_tokenizer=t.clip_tokenizer)
+        if question is not None:
+            kw["question"] = question
+    return kw
+
+
+def _in_llm(method: str) -> bool:
+    return get_method(method).plan is not None
+
+
+def _inputs(t, sizes, per_sample, questions=QUESTIONS, seed=0):
+    im = t.images(sizes, seed=seed)
+    ids = t.prompt_ids(questions[: len(per_sample)], im, per_sample)
+    return {**ids, **im}
+
+
+def _full(t, name: str) -> int:
+    from vlprune.models import get_adapter
+
+    return get_adapter(t.model).tokens_per_image()
+
+
+def _sizes_for(name: str, method: str, n: int):
+    # in-LLM pruning needs equal visual-token counts across a batch
+    return [SIZES[name][0]] * n if _in_llm(method) else SIZES[name][:n]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", METHODS)
+def test_identity_at_full_budget(fam, method):
+    name, t = fam
+    m = t.model
+    inputs = _inputs(t, _sizes_for(name, method, 2), [1, 1])
+    ref = m(**inputs).logits[:, -1]
+    budgets = ["global", "tile"] if name == "llava_next" and not _in_llm(method) else [None]
+    for budget in budgets:
+        vc = t.model.config.vision_config
+        keep = (vc.image_size // vc.patch_size) ** 2 if budget == "tile" else _full(t, name)
+        vlprune.apply(m, method, keep, budget=budget, **_kw(name, method, t))
+        out = m(**inputs).logits[:, -1]
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    vlprune.remove(m)
+    torch.testing.assert_close(m(**inputs).logits[:, -1], ref, rtol=0, atol=0)
+
+
+def _greedy_no_cache(m, inputs, steps):
+    cur = dict(inputs)
+    pixel = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    for _ in range(steps):
+        logits = m(**{k: cur[k] for k in cur if k not in pixel}, **pixel, use_cache=False).logits[:, -1]
+        logits[:, SPECIAL] = float("-inf")
+        nxt = logits.argmax(-1, keepdim=True)
+        cur["input_ids"] = torch.cat([cur["input_ids"], nxt], 1)
+        cur["attention_mask"] = torch.cat([cur["attention_mask"], torch.ones_like(nxt)], 1)
+        if "mm_token_type_ids" in cur:
+            cur["mm_token_type_ids"] = torch.cat([cur["mm_token_type_ids"], torch.zeros_like(nxt).int()], 1)
+    return cur["input_ids"]
+
+
+def _greedy_cached(m, inputs, steps):
+    """Prefill, then one token per step with the cache and no position_ids (Qwen: rope_deltas path)."""
+    out = m(**inputs, use_cache=True)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    for i in range(steps):
+        logits = out.logits[:, -1]
+        logits[:, SPECIAL] = float("-inf")
+        nxt = logits.argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+        if i + 1 < steps:
+            out = m(input_ids=nxt, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+    return ids
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", METHODS)
+def test_generate_matches_greedy_reference(fam, method):
+    name, t = fam
+    m = t.model
+    inputs = _inputs(t, _sizes_for(name, method, 2), [1, 1])
+    # the question is fixed so that a growing prompt (no-cache loop) does not change DeSAP's text cue
+    vlprune.apply(m, method, 5, **_kw(name, method, t, question="what color is the circle"))
+    gen = m.generate(**inputs, max_new_tokens=4, do_sample=False, suppress_tokens=SPECIAL)
+    assert torch.equal(gen[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])  # the user's prompt comes back
+    if _in_llm(method):  # in-LLM scores read the last token: a growing no-cache prompt changes them by design
+        ref = _greedy_cached(m, inputs, 4)
+    else:
+        ref = _greedy_no_cache(m, inputs, 4)
+    assert torch.equal(gen, ref)
+
+
+@pytest.mark.slow
+@torch.no_grad()
+@pytest.mark.parametrize("method", METHODS)
+def test_manual_cached_decode(fam, method):
+    """A hand-written cached loop without position_ids equals generate() (Qwen: our rope_deltas)."""
+    name, t = fam
+    m = t.model
+    inputs = _inputs(t, _sizes_for(name, method, 2), [1, 1])
+    vlprune.apply(m, method, 5, **_kw(name, method, t, question="what color is the circle"))
+    gen = m.generate(**inputs, max_new_tokens=4, do_sample=False, suppress_tokens=SPECIAL)
+    assert torch.equal(gen, _greedy_cached(m, inputs, 4))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", METHODS)
+def test_batch_equals_per_sample(fam, method):
+    name, t = fam
+    m = t.model
+    sizes = _sizes_for(name, method, 2)
+    vlprune.apply(m, method, 5, **_kw(name, method, t))
+    batch = _inputs(t, sizes, [1, 1])
+    out = m(**batch).logits[:, -1]
+    kept = vlprune.last_selection(m)
+    for b in range(2):
+        one = _inputs(t, sizes[b: b + 1], [1], questions=QUESTIONS[b:])
+        if name == "llava_next":  # one row of the padded pixel_values
+            one["pixel_values"] = batch["pixel_values"][b: b + 1]
+        else:
+            n = int(batch["image_grid_thw"][:b].prod(-1).sum())
+            one["pixel_values"] = batch["pixel_values"][n: n + int(batch["image_grid_thw"][b].prod())]
+        single = m(**one).logits[:, -1]
+        torch.testing.assert_close(single[0], out[b], rtol=1e-4, atol=1e-4)
+        assert torch.equal(vlprune.last_selection(m).indices[0], kept.indices[b])
+
+
+def _llm_input(m, inputs):
+    """(inputs_embeds, 2-D attention mask) the language model receives."""
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen.setdefault("h", kwargs["inputs_embeds"].detach().clone())
+        seen.setdefault("mask", kwargs["attention_mask"])
+
+    handle = m.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        m(**inputs)
+    finally:
+        handle.remove()
+    return seen["h"], seen["mask"]
+
+
+def _last_layer_len(m, inputs) -> int:
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen.setdefault("n", (args[0] if args else kwargs["hidden_states"]).shape[1])
+
+    handle = m.model.language_model.layers[-1].register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        m(**inputs)
+    finally:
+        handle.remove()
+    return seen["n"]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("layout", ["one", "multi"])
+def test_token_counts_reach_llm(fam, method, layout):
+    """Visual tokens reaching the LLM: keep per image (per tile with budget='tile'), LLaVA-NeXT newlines on top;
+    in-LLM methods: all of them at the first layer, fewer at the last. A multi-image prompt prunes every image."""
+    name, t = fam
+    m = t.model
+    keep = 5
+    per_sample = [1, 1] if layout == "one" else ([2, 2] if _in_llm(method) else [2, 1])
+    n_img = sum(per_sample)
+    sizes = [SIZES[name][0]] * n_img if _in_llm(method) else (SIZES[name] * 2)[:n_img]
+    inputs = _inputs(t, sizes, per_sample)
+    n_text = int(inputs["attention_mask"].sum() - (inputs["input_ids"] == 4).sum())
+    budgets = ["global", "tile"] if name == "llava_next" and not _in_llm(method) else [None]
+    for budget in budgets:
+        vlprune.apply(m, method, keep, budget=budget, **_kw(name, method, t))
+        h, mask = _llm_input(m, inputs)
+        kept = vlprune.last_selection(m)
+        assert len(kept.indices) == n_img
+        if _in_llm(method):
+            assert h.shape[1] == inputs["input_ids"].shape[1]  # the prompt enters whole
+            n_last = _last_layer_len(m, inputs)
+            assert n_last < h.shape[1]
+            if method == "fastv":
+                n_vis = int((inputs["input_ids"][0] == 4).sum())
+                assert n_last == h.shape[1] - n_vis + keep * per_sample[0]
+            continue
+        real = h[mask.bool()]
+        n_newline = int((real == m.model.image_newline).all(-1).sum()) if name == "llava_next" else 0
+        assert real.shape[0] - n_text - n_newline == _expected_visual(t, name, sizes, keep, budget), budget
+        if name == "llava_next" and method != "visionzip":  # one newline per grid row that kept a patch
+            s2 = (m.config.vision_config.image_size // m.config.vision_config.patch_size) ** 2
+            rows = sum(len(torch.unique((i[i >= s2] - s2) // g[1])) for i, g in zip(kept.indices, kept.grids))
+            assert n_newline == rows
+
+
+def _expected_visual(t, name, sizes, keep, budget) -> int:
+    from vlprune.models import get_adapter
+
+    m = t.model
+    if name == "qwen2_5_vl":
+        return sum(min(keep, (h // t.patch // 2) * (w // t.patch // 2)) for h, w in sizes)
+    ad = get_adapter(m, {"budget": budget or "global"})
+    total = 0
+    for size in sizes:
+        lay = ad.layout(size)
+        if ad.budget == "global":
+            total += min(keep, lay.tile.shape[0])
+        else:
+            total += sum(min(keep, int((lay.tile == k).sum())) for k in range(lay.n_tiles))
+    return total
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method", [m for m in METHODS if get_method(m).encoder is not None])
+def test_multi_image_identity(fam, method):
+    name, t = fam
+    m = t.model
+    inputs = _inputs(t, SIZES[name][:3], [2, 1])
+    ref = m(**inputs).logits[:, -1]
+    vlprune.apply(m, method, _full(t, name), **_kw(name, method, t))
+    torch.testing.assert_close(m(**inputs).logits[:, -1], ref, rtol=0, atol=1e-5)
+    assert len(vlprune.last_selection(m).indices) == 3
+
+
+# -- family specifics ------------------------------------------------------------------------------------
+def test_llava_next_layout_matches_model(next_t):
+    """Our per-image placeholder count (patches + newlines) equals the model's own packing."""
+    from vlprune.models import get_adapter
+
+    ad = get_adapter(next_t.model)
+    sizes = SIZES["llava_next"] + [(16, 16), (33, 17), (64, 20)]
+    counts = next_t.tokens_per_image(next_t.images(sizes))
+    assert [ad.layout(s).tokens for s in sizes] == counts
+
+
+@torch.no_grad()
+def test_qwen_positions_are_the_unpruned_ones(qwen_t):
+    """Text after the image keeps its M-RoPE position; kept image tokens keep their (t, h, w) positions."""
+    m = qwen_t.model
+    inputs = _inputs(qwen_t, SIZES["qwen2_5_vl"][:2], [1, 1])
+    full, _ = m.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"],
+                                     attention_mask=inputs["attention_mask"])
+    seen = {}
+    handle = m.model.language_model.register_forward_pre_hook(
+        lambda mod, a, kw: seen.setdefault("pos", kw["position_ids"]), with_kwargs=True)
+    try:
+        vlprune.apply(m, "random", 3)
+        m(**inputs)
+    finally:
+        handle.remove()
+        vlprune.remove(m)
+    pos = seen["pos"]
+    kept = vlprune.last_selection(m)
+    assert pos.shape[0] == 3 and pos.shape[2] < full.shape[2]
+    torch.testing.assert_close(pos[..., -1], full[..., -1])
+    for b in range(2):
+        short_img = pos[:, b][:, (m.config.image_token_id == 4) and _img_cols(pos, b, inputs, kept)]
+        long_cols = torch.nonzero(inputs["input_ids"][b] == 4)[:, 0]
+        torch.testing.assert_close(short_img, full[:, b][:, long_cols[kept.indices[b]]])
+
+
+def _img_cols(pos, b, inputs, kept):
+    """Columns of sample b's kept image tokens in the shortened prompt (left padded, text unchanged)."""
+    ids = inputs["input_ids"][b][inputs["attention_mask"][b].bool()]
+    first = int(torch.nonzero(ids == 4)[0])
+    n_kept = len(kept.indices[b])
+    width = pos.shape[-1]
+    real = len(ids) - int((ids == 4).sum()) + n_kept
+    start = width - real + first
+    return torch.arange(start, start + n_kept)
+
+
+def test_errors(next_t, qwen_t):
+    with pytest.raises(NotImplementedError, match="LlavaNextForConditionalGeneration.*Qwen2_5_VLForConditionalGeneration"):
+        vlprune.apply(torch.nn.Linear(2, 2), "random", 4)
+    with pytest.raises(ValueError, match="budget"):
+        vlprune.apply(next_t.model, "random", 4, budget="tiles")
+    with pytest.raises(TypeError, match="no option"):
+        vlprune.apply(qwen_t.model, "random", 4, budget="tile")
+    with pytest.raises(ValueError, match="budget='global'"):
+        vlprune.apply(next_t.model, "fastv", 4, budget="tile")
+    with pytest.raises(ValueError, match="out of range"):
+        vlprune.apply(next_t.model, "random", 17, budget="tile")
+    for model in (next_t.model, qwen_t.model):
+        vlprune.remove(model)
