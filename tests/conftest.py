@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: threading costs more than it gives
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,15 @@ QUESTIONS = ["what color is the circle ?", "how many star are there ?"]
 SPECIAL = [3, 4, 5, 6, 7]  # never generated in the greedy comparisons (EOS, image and vision markers)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # tiny matmuls: a second intra-op thread on a shared 2-core machine costs ~100x in contention
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def next_t():
     return tiny_llava_next()
@@ -47,11 +56,18 @@ def _kw(name: str, method: str, t, question=None) -> dict:
             kw.update(clip=t.clip, clip_tokenizer=t.clip_tokenizer)
         if question is not None:
             kw["question"] = question
+    spec = get_method(method)
+    if name == "llava_next" and spec.encoder is not None and spec.plan is not None:
+        kw["adapter_options"] = {"newlines": "all"}  # a constant token count per image for the in-LLM stages
     return kw
 
 
 def _in_llm(method: str) -> bool:
     return get_method(method).plan is not None
+
+
+def _llm_only(method: str) -> bool:
+    return get_method(method).encoder is None
 
 
 def _inputs(t, sizes, per_sample, questions=QUESTIONS, seed=0):
@@ -103,8 +119,15 @@ def _greedy_no_cache(m, inputs, steps):
     return cur["input_ids"]
 
 
-def _greedy_cached(m, inputs, steps):
-    """Prefill, then one token per step with the cache and no position_ids (Qwen: rope_deltas path)."""
+def _greedy_cached(m, inputs, steps, explicit=True):
+    """Prefill, then one token per step with the cache. explicit=True passes the attention mask (and, for Qwen,
+    M-RoPE positions continuing at the unpruned prompt's last position + 1, as generate() does); explicit=False
+    passes neither (one unpadded sample; Qwen then decodes from ``rope_deltas``)."""
+    qwen = "image_grid_thw" in inputs
+    if qwen and explicit:
+        last, _ = m.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"],
+                                         attention_mask=inputs["attention_mask"])
+        last = last[..., -1:]
     out = m(**inputs, use_cache=True)
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     for i in range(steps):
@@ -113,7 +136,10 @@ def _greedy_cached(m, inputs, steps):
         nxt = logits.argmax(-1, keepdim=True)
         ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
         if i + 1 < steps:
-            out = m(input_ids=nxt, attention_mask=mask, past_key_values=out.past_key_values, use_cache=True)
+            kw = {"attention_mask": mask} if explicit else {}
+            if qwen and explicit:
+                kw["position_ids"] = last + 1 + i
+            out = m(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True, **kw)
     return ids
 
 
@@ -134,17 +160,17 @@ def test_generate_matches_greedy_reference(fam, method):
     assert torch.equal(gen, ref)
 
 
-@pytest.mark.slow
 @torch.no_grad()
 @pytest.mark.parametrize("method", METHODS)
 def test_manual_cached_decode(fam, method):
-    """A hand-written cached loop without position_ids equals generate() (Qwen: our rope_deltas)."""
+    """One unpadded sample decoded by hand with neither mask nor positions equals generate() (Qwen: the
+    ``rope_deltas`` we set for the shortened prompt)."""
     name, t = fam
     m = t.model
-    inputs = _inputs(t, _sizes_for(name, method, 2), [1, 1])
+    inputs = _inputs(t, SIZES[name][:1], [1])
     vlprune.apply(m, method, 5, **_kw(name, method, t, question="what color is the circle"))
     gen = m.generate(**inputs, max_new_tokens=4, do_sample=False, suppress_tokens=SPECIAL)
-    assert torch.equal(gen, _greedy_cached(m, inputs, 4))
+    assert torch.equal(gen, _greedy_cached(m, inputs, 4, explicit=False))
 
 
 @torch.no_grad()
@@ -220,7 +246,8 @@ def test_token_counts_reach_llm(fam, method, layout):
         kept = vlprune.last_selection(m)
         assert len(kept.indices) == n_img
         if _in_llm(method):
-            assert h.shape[1] == inputs["input_ids"].shape[1]  # the prompt enters whole
+            if _llm_only(method):
+                assert h.shape[1] == inputs["input_ids"].shape[1]  # the prompt enters whole
             n_last = _last_layer_len(m, inputs)
             assert n_last < h.shape[1]
             if method == "fastv":
@@ -254,15 +281,15 @@ def _expected_visual(t, name, sizes, keep, budget) -> int:
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("method", [m for m in METHODS if get_method(m).encoder is not None])
+@pytest.mark.parametrize("method", METHODS)
 def test_multi_image_identity(fam, method):
     name, t = fam
     m = t.model
-    inputs = _inputs(t, SIZES[name][:3], [2, 1])
+    inputs = _inputs(t, _sizes_for(name, method, 4), [2, 2]) if _in_llm(method) else _inputs(t, SIZES[name][:3], [2, 1])
     ref = m(**inputs).logits[:, -1]
     vlprune.apply(m, method, _full(t, name), **_kw(name, method, t))
     torch.testing.assert_close(m(**inputs).logits[:, -1], ref, rtol=0, atol=1e-5)
-    assert len(vlprune.last_selection(m).indices) == 3
+    assert len(vlprune.last_selection(m).indices) == (4 if _in_llm(method) else 3)
 
 
 # -- family specifics ------------------------------------------------------------------------------------
@@ -277,6 +304,28 @@ def test_llava_next_layout_matches_model(next_t):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("newlines", ["rows", "all", "none"])
+def test_llava_next_newlines(next_t, newlines):
+    m = next_t.model
+    sizes = SIZES["llava_next"][:2]
+    inputs = _inputs(next_t, sizes, [1, 1])
+    try:
+        vlprune.apply(m, "random", 5, adapter_options={"newlines": newlines})
+        h, mask = _llm_input(m, inputs)
+        kept = vlprune.last_selection(m)
+    finally:
+        vlprune.remove(m)
+    real = h[mask.bool()]
+    n_newline = int((real == m.model.image_newline).all(-1).sum())
+    s2 = (m.config.vision_config.image_size // m.config.vision_config.patch_size) ** 2
+    rows = sum(len(torch.unique((i[i >= s2] - s2) // g[1])) for i, g in zip(kept.indices, kept.grids))
+    expected = {"rows": rows, "all": sum(g[0] for g in kept.grids), "none": 0}[newlines]
+    assert n_newline == expected
+    n_text = int(inputs["attention_mask"].sum() - (inputs["input_ids"] == 4).sum())
+    assert real.shape[0] == n_text + 10 + n_newline
+
+
+@torch.no_grad()
 def test_qwen_positions_are_the_unpruned_ones(qwen_t):
     """Text after the image keeps its M-RoPE position; kept image tokens keep their (t, h, w) positions."""
     m = qwen_t.model
@@ -284,20 +333,22 @@ def test_qwen_positions_are_the_unpruned_ones(qwen_t):
     full, _ = m.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"],
                                      attention_mask=inputs["attention_mask"])
     seen = {}
-    handle = m.model.language_model.register_forward_pre_hook(
-        lambda mod, a, kw: seen.setdefault("pos", kw["position_ids"]), with_kwargs=True)
+    def hook(module, args, kwargs):
+        seen.setdefault("pos", kwargs["position_ids"])
+
+    handle = m.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         vlprune.apply(m, "random", 3)
         m(**inputs)
+        kept = vlprune.last_selection(m)
     finally:
         handle.remove()
         vlprune.remove(m)
     pos = seen["pos"]
-    kept = vlprune.last_selection(m)
     assert pos.shape[0] == 3 and pos.shape[2] < full.shape[2]
     torch.testing.assert_close(pos[..., -1], full[..., -1])
     for b in range(2):
-        short_img = pos[:, b][:, (m.config.image_token_id == 4) and _img_cols(pos, b, inputs, kept)]
+        short_img = pos[:, b][:, _img_cols(pos, b, inputs, kept)]
         long_cols = torch.nonzero(inputs["input_ids"][b] == 4)[:, 0]
         torch.testing.assert_close(short_img, full[:, b][:, long_cols[kept.indices[b]]])
 

@@ -46,7 +46,6 @@ from .flops import layer_flops, method_tflops, tokens_per_layer
 from .presets import ModelShape, get_preset
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-ENCODER_LAYERS_FULL = None  # sentinel: --vision-layers default is proportional to --layers
 
 
 # -- building the model ------------------------------------------------------------------------------------
@@ -471,7 +470,6 @@ def measure(bm: BenchModel, inputs: dict[str, torch.Tensor], method: str, keep: 
             pre_llm.append(timer.pre_llm_overhead_ms())
             llm_prune.append(1e3 * timer.llm_prune)
             tick()
-        first_token()  # warm the generate path once
         ttfts = []
         for _ in range(repeats):
             ms, _ = clock.time(first_token)
@@ -519,7 +517,7 @@ def run_bench(model: str = "llava-1.5-7b", layers: Optional[int] = None, vision_
             skipped.append({"method": name, "reason": str(e)})
             continue
         cells += [(name, k) for k in keeps]
-    passes_per_cell = max(1, warmup) + 2 * repeats + 1
+    passes_per_cell = max(1, warmup) + 2 * repeats
     total = passes_per_cell * len(cells)
     done = [0]
 

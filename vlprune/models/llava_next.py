@@ -17,9 +17,13 @@ Budgets (``vlprune.apply(..., budget=...)``):
   "tile": ``keep`` patches per tile (VisionZip/VisPruner's LLaVA-NeXT setting; their "640 tokens" = 5 x 128): the
      base tile and every grid tile are pruned separately; a grid tile is restricted to its patches that survive
      unpadding (a tile with fewer keeps them all; a tile cut away entirely gives nothing). Range: ``1 <= keep <= S``.
-Newlines are not counted in ``keep`` (the papers' token counts leave them out too): after pruning, the kept grid
-patches are laid out in raster order and one ``image_newline`` follows every grid row that kept at least one patch,
-exactly the packed layout restricted to the survivors (at full budget: the model's own layout, token for token).
+Newlines are not counted in ``keep`` (the papers' token counts leave them out too). After pruning, the kept grid
+patches are laid out in raster order and, with ``newlines=`` (an adapter option):
+  "rows" (default): one ``image_newline`` follows every grid row that kept at least one patch: the packed layout
+     restricted to the survivors (at full budget: the model's own layout, token for token);
+  "all": every row of the unpadded grid keeps its newline, even when none of its patches survived (a constant
+     ``keep + Hu`` tokens per image: what batched in-LLM stages after encoder pruning, e.g. VisionDrop, need);
+  "none": no newline at all (VisionZip's official LLaVA-NeXT code drops them).
 Tokens that do not stand for one patch in raster order (VisionZip's [CLS] and contextual tokens, i.e. rows before
 ``Selection.indices`` or after its increasing run) follow the grid, as in VisionZip's official LLaVA-NeXT code.
 """
@@ -120,7 +124,7 @@ class _PatchSubset:
 
 
 def pack(pieces: list[dict], n_base: int, grid: tuple[int, int], n_patches: int,
-         newline: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+         newline: torch.Tensor, newlines: str = "rows") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lay out the selections of one image like ``pack_image_features`` does, restricted to the survivors.
 
     pieces: per selection call, ``feats`` (k, D) projected tokens, ``index`` (m,) patch-space indices aligned with
@@ -145,15 +149,23 @@ def pack(pieces: list[dict], n_base: int, grid: tuple[int, int], n_patches: int,
     order = sorted(range(len(sp_index)), key=lambda i: sp_index[i])
     rows: list[torch.Tensor] = []
     position: dict[tuple[int, int], int] = {}
+    done = -1  # last grid row closed by a newline
     for o, i in enumerate(order):
         p_i, j = sp_feats[i]
+        v = sp_index[i]
+        if newlines == "all" and v >= n_base:
+            while done < (v - n_base) // wu - 1:  # rows above this one that kept nothing
+                rows.append(newline)
+                done += 1
         position[(p_i, j)] = len(rows)
         rows.append(pieces[p_i]["feats"][j])
-        v = sp_index[i]
-        if v >= n_base:
+        if v >= n_base and newlines != "none":
             nxt = sp_index[order[o + 1]] if o + 1 < len(order) else None
             if nxt is None or (nxt - n_base) // wu != (v - n_base) // wu:
                 rows.append(newline)
+                done = (v - n_base) // wu
+    if newlines == "all":
+        rows += [newline] * (hu - 1 - done)
     for p_i, j in tail_ref:
         position[(p_i, j)] = len(rows)
         rows.append(pieces[p_i]["feats"][j])
@@ -176,9 +188,9 @@ def pack(pieces: list[dict], n_base: int, grid: tuple[int, int], n_patches: int,
 class LlavaNextAdapter(Adapter):
     class_names = ("LlavaNextForConditionalGeneration",)
     family = "llava_next"
-    options = ("budget",)
+    options = ("budget", "newlines")
 
-    def __init__(self, model, budget: str = "global") -> None:
+    def __init__(self, model, budget: str = "global", newlines: str = "rows") -> None:
         super().__init__(model)
         cfg = model.config
         if not isinstance(cfg.vision_feature_layer, int):
@@ -190,7 +202,9 @@ class LlavaNextAdapter(Adapter):
             )
         if budget not in ("global", "tile"):
             raise ValueError(f"budget must be 'global' (keep per image) or 'tile' (keep per tile), got {budget!r}")
-        self.budget = budget
+        if newlines not in ("rows", "all", "none"):
+            raise ValueError(f"newlines must be 'rows', 'all' or 'none', got {newlines!r}")
+        self.budget, self.newlines = budget, newlines
         vc = cfg.vision_config
         self.tile_px = vc.image_size
         self.side = vc.image_size // vc.patch_size
@@ -288,7 +302,7 @@ class LlavaNextAdapter(Adapter):
                 p["feats"] = proj[start: start + n]
                 start += n
             newline = model.image_newline.to(proj.device, proj.dtype)
-            feats, kept, assign = pack(pieces, s2, lay.grid, lay.tile.shape[0], newline)
+            feats, kept, assign = pack(pieces, s2, lay.grid, lay.tile.shape[0], newline, self.newlines)
             out.features.append(feats)
             out.tokens_per_image.append(lay.tokens)
             out.indices.append(kept)

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .base import Adapter, PrunedImages
 from .llava_next import images_from_counts
@@ -201,6 +200,7 @@ class Qwen2_5_VLAdapter(Adapter):
         self.vision_layer = vision_layer % depth
         self.max_tokens = int(max_tokens)
         self._sizes: list[int] | None = None
+        self._pruned: PrunedImages | None = None
         self._grids: list[tuple[int, int]] | None = None
 
     def tokens_per_image(self) -> int:
@@ -247,6 +247,7 @@ class Qwen2_5_VLAdapter(Adapter):
             out.indices.append(sel.indices[0])
             out.assign.append(sel.assign[0] if sel.assign is not None else None)
             out.grids.append(src.grid)
+        self._pruned = out
         return out
 
     def finish_call(self, original: dict[str, Any], call: dict[str, Any], cols: torch.Tensor,
@@ -270,12 +271,35 @@ class Qwen2_5_VLAdapter(Adapter):
             )
         elif pos.dim() == 2:
             pos = pos.unsqueeze(0).expand(3, -1, -1)
-        idx = cols.unsqueeze(0).expand(pos.shape[0], -1, -1).to(pos.device)
-        short = torch.gather(pos.expand(pos.shape[0], ids.shape[0], -1), 2, idx)
-        short = short.masked_fill(~valid.to(pos.device).unsqueeze(0), 1)
+        pos = pos.expand(pos.shape[0], ids.shape[0], -1)
+        src = self._source_columns(ids, cols)
+        idx = src.unsqueeze(0).expand(pos.shape[0], -1, -1).to(pos.device)
+        short = torch.gather(pos, 2, idx).masked_fill(~valid.to(pos.device).unsqueeze(0), 1)
         call["position_ids"] = short
-        rows = short[-3:] if short.shape[0] == 4 else short
+        rows = pos[-3:]
+        alive = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
+        top = rows.masked_fill(~alive.to(pos.device).unsqueeze(0), -1).amax((0, 2))
         real = valid.sum(-1) if mask is None else call["attention_mask"].sum(-1)
-        top = rows.masked_fill(~valid.to(pos.device).unsqueeze(0), -1).amax((0, 2))
         model.rope_deltas = (top + 1 - real.to(top.device)).unsqueeze(1)
         return call
+
+    def _source_columns(self, ids: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Original column whose position each shortened column takes. Text columns keep their own; the j-th kept
+        placeholder of an image takes the column of the patch its token stands for (``indices`` are aligned with
+        the last rows of the features; a leading extra row takes the first one's), not simply the j-th column."""
+        src = cols.clone()
+        pruned = self._pruned
+        if pruned is None:
+            return src
+        img = 0
+        for b in range(ids.shape[0]):
+            long_cols = torch.nonzero(ids[b] == self.image_token_id)[:, 0]
+            short_slots = torch.nonzero(ids[b][cols[b]] == self.image_token_id)[:, 0]
+            lo = short = 0
+            while lo < long_cols.shape[0]:
+                n, k = pruned.tokens_per_image[img], pruned.features[img].shape[0]
+                index = pruned.indices[img].to(cols.device)
+                index = torch.cat([index[:1].expand(k - index.shape[0]), index]) if index.shape[0] < k else index[:k]
+                src[b, short_slots[short: short + k]] = long_cols[lo + index]
+                lo, short, img = lo + n, short + k, img + 1
+        return src

@@ -305,14 +305,15 @@ def train_llava(model, spec: TestbedSpec, processor, steps: int, seed: int = 0, 
 
 def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip_steps: int | None = None,
           llava_steps: int | None = None, progress: bool = True, spec: TestbedSpec | None = None,
-          val_n: int | None = None, threads: int | None = 2, log_file: str | Path | None = None) -> dict:
+          val_n: int | None = None, threads: int | None = 2, log_file: str | Path | None = None,
+          clip_dir: str | Path | None = None) -> dict:
     """Train both stages and save them under ``out_dir`` (default: the packaged checkpoint).
 
     Layout: ``out_dir/`` holds the LLaVA model and its processor, ``out_dir/clip/``
     the full CLIP model (text tower + projections), its tokenizer and image processor.
     Returns timings (seconds), training summaries and the val accuracy (overall
     and per family, greedy decoding, first word). Deterministic for a given seed
-    and thread count.
+    and thread count. ``clip_dir`` skips stage 1 and reuses a saved CLIP.
     """
     from .evaluate import evaluate
 
@@ -342,17 +343,28 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
     tokenizer = make_tokenizer()
     clip_tok = make_clip_tokenizer()
     processor = make_processor(spec, tokenizer)
-    clip = make_clip(spec, len(tokenizer))
-
-    t = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
     result: dict = {"spec": asdict(spec), "seed": seed}
-    result.update(train_clip(clip, spec, clip_tok, processor.image_processor, spec.clip_steps, seed, progress, log))
+    t = time.perf_counter()
+    if clip_dir is not None:  # reuse a trained stage 1 (e.g. to iterate on stage 2)
+        from transformers import CLIPModel
+
+        clip = CLIPModel.from_pretrained(clip_dir).eval()
+        result["clip_from"] = str(clip_dir)
+    else:
+        clip = make_clip(spec, len(tokenizer))
+        result.update(train_clip(clip, spec, clip_tok, processor.image_processor, spec.clip_steps, seed,
+                                 progress, log))
     result["time_clip_s"] = time.perf_counter() - t
+    (out / "clip").mkdir(exist_ok=True)
+    clip.save_pretrained(out / "clip")
+    clip_tok.save_pretrained(out / "clip")
+    processor.image_processor.save_pretrained(out / "clip")
 
     torch.manual_seed(seed + 1)
     model = make_llava(spec, len(tokenizer), clip.config.vision_config)
     vis = {k[len("vision_model."):]: v for k, v in clip.state_dict().items() if k.startswith("vision_model.")}
-    model.model.vision_tower.vision_model.load_state_dict(vis)
+    model.model.vision_tower.load_state_dict(vis)
     t = time.perf_counter()
     result.update(train_llava(model, spec, processor, spec.llava_steps, seed, progress, log))
     result["time_llava_s"] = time.perf_counter() - t
@@ -364,13 +376,8 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
         log(f"val {json.dumps(result['val'])}")
     result["time_eval_s"] = time.perf_counter() - t
 
-    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "clip").mkdir(exist_ok=True)
-    clip.save_pretrained(out / "clip")
-    clip_tok.save_pretrained(out / "clip")
-    processor.image_processor.save_pretrained(out / "clip")
     result["time_total_s"] = time.perf_counter() - t0
     (out / "testbed_build.json").write_text(json.dumps(result, indent=2) + "\n")
     log(f"done {json.dumps({k: v for k, v in result.items() if k != 'spec'})}")
