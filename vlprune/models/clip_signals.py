@@ -11,6 +11,17 @@ from ..attention import decoupled_attention, vit_attention_probs, vit_keys
 from ..text import ClipText
 
 
+def check_llava_feature_config(config, family: str) -> None:
+    """LLaVA-1.5 / LLaVA-NeXT: vlprune reads ONE feature layer with [CLS] dropped ("default" strategy)."""
+    if not isinstance(config.vision_feature_layer, int):
+        raise NotImplementedError(f"vlprune supports one vision_feature_layer (an int), as {family} uses")
+    if config.vision_feature_select_strategy != "default":
+        raise NotImplementedError(
+            f"vision_feature_select_strategy={config.vision_feature_select_strategy!r}: vlprune expects 'default' "
+            f"([CLS] dropped), as {family} uses"
+        )
+
+
 class ClipVisionSignals:
     """Implements ``methods.base.SignalSource`` for a ``CLIPVisionTransformer``.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Adapter, PrunedImages
-from .clip_signals import ClipVisionSignals
+from .clip_signals import ClipVisionSignals, check_llava_feature_config
 
 
 class LlavaAdapter(Adapter):
@@ -14,13 +14,7 @@ class LlavaAdapter(Adapter):
     def __init__(self, model) -> None:
         super().__init__(model)
         cfg = model.config
-        if not isinstance(cfg.vision_feature_layer, int):
-            raise NotImplementedError("vlprune supports one vision_feature_layer (an int), as LLaVA-1.5 uses")
-        if cfg.vision_feature_select_strategy != "default":
-            raise NotImplementedError(
-                f"vision_feature_select_strategy={cfg.vision_feature_select_strategy!r}: vlprune expects 'default' "
-                "([CLS] dropped), as LLaVA-1.5 uses"
-            )
+        check_llava_feature_config(cfg, "LLaVA-1.5")
         vc = cfg.vision_config
         self.side = vc.image_size // vc.patch_size
 

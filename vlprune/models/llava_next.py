@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from .base import Adapter, PrunedImages
-from .clip_signals import ClipVisionSignals
+from .clip_signals import ClipVisionSignals, check_llava_feature_config
 
 
 @dataclass
@@ -193,13 +193,7 @@ class LlavaNextAdapter(Adapter):
     def __init__(self, model, budget: str = "global", newlines: str = "rows") -> None:
         super().__init__(model)
         cfg = model.config
-        if not isinstance(cfg.vision_feature_layer, int):
-            raise NotImplementedError("vlprune supports one vision_feature_layer (an int), as LLaVA-NeXT uses")
-        if cfg.vision_feature_select_strategy != "default":
-            raise NotImplementedError(
-                f"vision_feature_select_strategy={cfg.vision_feature_select_strategy!r}: vlprune expects 'default' "
-                "([CLS] dropped), as LLaVA-NeXT uses"
-            )
+        check_llava_feature_config(cfg, "LLaVA-NeXT")
         if budget not in ("global", "tile"):
             raise ValueError(f"budget must be 'global' (keep per image) or 'tile' (keep per tile), got {budget!r}")
         if newlines not in ("rows", "all", "none"):
