@@ -272,13 +272,19 @@ def get_stage(method: str) -> str:
 class Clock:
     """Wall time; on CUDA, synchronised (events for whole calls, synchronize + perf_counter inside hooks)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, kind: str = "wall") -> None:
+        if kind not in ("wall", "cpu"):
+            raise typer.BadParameter("--clock must be wall or cpu", param_hint="--clock")
         self.cuda = device.type == "cuda"
+        # "cpu": process CPU time (all threads), robust to other processes on a shared CPU; with --threads 1 it is
+        # the compute time of the pass. Meaningless on CUDA (the GPU works asynchronously): wall time there.
+        self._t = time.process_time if (kind == "cpu" and not self.cuda) else time.perf_counter
+        self.kind = "wall" if self.cuda else kind
 
     def now(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
-        return time.perf_counter()
+        return self._t()
 
     def time(self, fn: Callable[[], Any]) -> tuple[float, Any]:
         """(milliseconds, result) of ``fn()``."""
@@ -290,9 +296,9 @@ class Clock:
             end.record()
             torch.cuda.synchronize()
             return start.elapsed_time(end), out
-        t0 = time.perf_counter()
+        t0 = self._t()
         out = fn()
-        return 1e3 * (time.perf_counter() - t0), out
+        return 1e3 * (self._t() - t0), out
 
 
 def _malloc_trim() -> None:
@@ -429,67 +435,94 @@ def _median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
-def measure(bm: BenchModel, inputs: dict[str, torch.Tensor], method: str, keep: Optional[int], repeats: int,
-            warmup: int, clock: Clock, device: torch.device, tick: Callable[[], None] = lambda: None) -> dict:
-    """One (method, keep) cell: raw medians, before speedups are computed."""
-    from . import api
+class Cell:
+    """One (method, keep) of the benchmark; ``session()`` patches the model for one pass and unpatches it."""
 
-    model = bm.model
-    if method != "none":
-        api.apply(model, method, keep, **method_kwargs(method, bm))
-    timer = StepTimer(model, clock)
-    try:
+    def __init__(self, bm: BenchModel, inputs: dict[str, torch.Tensor], method: str, keep: Optional[int],
+                 clock: Clock) -> None:
+        self.bm, self.inputs, self.method, self.keep, self.clock = bm, inputs, method, keep, clock
+        self.prefills: list[float] = []
+        self.ttfts: list[float] = []
+        self.pre_llm: list[float] = []
+        self.llm_prune: list[float] = []
+        self.peak = self.kv = float("nan")
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.keep if self.keep is not None else 'full'}"
+
+    def _enter(self) -> StepTimer:
+        from . import api
+
+        model = self.bm.model
+        if self.method != "none":
+            api.apply(model, self.method, self.keep, **method_kwargs(self.method, self.bm))
+        timer = StepTimer(model, self.clock)
         state = model.__dict__.get("_vlprune_state")
         if state is not None and state.pruner is not None:
             timer.wrap_pruner(state.pruner)
+        return timer
 
-        def prefill():
-            with torch.inference_mode():
-                return model(**inputs, use_cache=True, logits_to_keep=1)
+    def _exit(self, timer: StepTimer) -> None:
+        from . import api
 
-        def first_token():
-            with torch.inference_mode():
-                return model.generate(**inputs, max_new_tokens=1, do_sample=False)
-
-        peak, kv = float("nan"), float("nan")
-        for i in range(max(1, warmup)):
-            timer.start()
-            if i == 0:
-                peak, out = peak_memory_mb(prefill, device)
-                kv = kv_cache_mb(out.past_key_values)
-                del out
-            else:
-                prefill()
-            tick()
-        prefills, pre_llm, llm_prune = [], [], []
-        for _ in range(repeats):
-            timer.start()
-            ms, out = clock.time(prefill)
-            del out
-            prefills.append(ms)
-            pre_llm.append(timer.pre_llm_overhead_ms())
-            llm_prune.append(1e3 * timer.llm_prune)
-            tick()
-        ttfts = []
-        for _ in range(repeats):
-            ms, _ = clock.time(first_token)
-            ttfts.append(ms)
-            tick()
-    finally:
         timer.remove()
-        api.remove(model)
-    return {
-        "method": method, "keep": keep, "prefill_ms": _median(prefills), "ttft_ms": _median(ttfts),
-        "prefill_min_ms": min(prefills) if prefills else float("nan"),
-        "pre_llm_ms": _median(pre_llm), "llm_prune_ms": _median(llm_prune),
-        "peak_mem_mb": peak, "kv_cache_mb": kv,
-    }
+        api.remove(self.bm.model)
+
+    def _prefill(self):
+        with torch.inference_mode():
+            return self.bm.model(**self.inputs, use_cache=True, logits_to_keep=1)
+
+    def warm(self, warmup: int, device: torch.device) -> None:
+        """Warm-up passes; the first measures peak memory and the KV cache."""
+        timer = self._enter()
+        try:
+            for i in range(max(1, warmup)):
+                timer.start()
+                if i == 0:
+                    self.peak, out = peak_memory_mb(self._prefill, device)
+                    self.kv = kv_cache_mb(out.past_key_values)
+                    del out
+                else:
+                    self._prefill()
+        finally:
+            self._exit(timer)
+
+    def time_prefill(self) -> None:
+        timer = self._enter()
+        try:
+            timer.start()
+            ms, out = self.clock.time(self._prefill)
+            del out
+        finally:
+            self._exit(timer)
+        self.prefills.append(ms)
+        self.pre_llm.append(timer.pre_llm_overhead_ms())
+        self.llm_prune.append(1e3 * timer.llm_prune)
+
+    def time_first_token(self) -> None:
+        timer = self._enter()
+        try:
+            with torch.inference_mode():
+                ms, _ = self.clock.time(
+                    lambda: self.bm.model.generate(**self.inputs, max_new_tokens=1, do_sample=False))
+        finally:
+            self._exit(timer)
+        self.ttfts.append(ms)
+
+    def summary(self) -> dict:
+        return {
+            "method": self.method, "keep": self.keep, "prefill_ms": _median(self.prefills),
+            "prefill_min_ms": min(self.prefills) if self.prefills else float("nan"),
+            "ttft_ms": _median(self.ttfts), "pre_llm_ms": _median(self.pre_llm),
+            "llm_prune_ms": _median(self.llm_prune), "peak_mem_mb": self.peak, "kv_cache_mb": self.kv,
+        }
 
 
 def run_bench(model: str = "llava-1.5-7b", layers: Optional[int] = None, vision_layers: Optional[int] = None,
               batch: int = 1, dtype: str = "bf16", device: str = "cpu", methods: list[str] | None = None,
               keeps: list[int] | None = None, repeats: int = 3, warmup: int = 1, prompt_tokens: int = 32,
-              seed: int = 0, progress: Optional[Callable[[str, int, int], None]] = None) -> dict:
+              seed: int = 0, progress: Optional[Callable[[str, int, int], None]] = None, clock: str = "wall") -> dict:
     """Build, measure every (method, keep), and return the JSON report (``results``: the ``none`` row first)."""
     from .registry import get_method
 
@@ -505,7 +538,7 @@ def run_bench(model: str = "llava-1.5-7b", layers: Optional[int] = None, vision_
     build_s = time.perf_counter() - t_build
     inputs = make_inputs(bm, batch, prompt_tokens, dev, torch_dtype, seed)
     text_tokens = int(inputs["input_ids"].shape[1]) - bm.patches
-    clock = Clock(dev)
+    clock = Clock(dev, clock)
     cells: list[tuple[str, Optional[int]]] = [("none", None)] if "none" in methods else []
     skipped: list[dict] = []
     for name in methods:
@@ -517,25 +550,35 @@ def run_bench(model: str = "llava-1.5-7b", layers: Optional[int] = None, vision_
             skipped.append({"method": name, "reason": str(e)})
             continue
         cells += [(name, k) for k in keeps]
-    passes_per_cell = max(1, warmup) + 2 * repeats
-    total = passes_per_cell * len(cells)
+    # Warm every cell, then time the cells round-robin (repeat r of every cell, then r+1, ...) so a change of
+    # load on a shared machine hits all cells alike instead of whichever cell happened to be running.
+    total = len(cells) * (max(1, warmup) + 2 * repeats)
     done = [0]
 
-    def tick() -> None:
-        done[0] += 1
+    def step(label: str, n: int = 1) -> None:
+        done[0] += n
         if progress:
             progress(label, done[0], total)
 
-    raw = []
+    live: list[Cell] = []
     for name, k in cells:
-        label = f"{name} {k if k is not None else 'full'}"
+        cell = Cell(bm, inputs, name, k, clock)
         try:
-            raw.append(measure(bm, inputs, name, k, repeats, warmup, clock, dev, tick))
+            cell.warm(warmup, dev)
+            live.append(cell)
         except (ValueError, NotImplementedError) as e:
             skipped.append({"method": name, "keep": k, "reason": str(e)})
-            done[0] += passes_per_cell
-        if progress:
-            progress(label, done[0], total)
+            total -= 2 * repeats
+        step(cell.label, max(1, warmup))
+    for _ in range(repeats):
+        for cell in live:
+            cell.time_prefill()
+            step(cell.label)
+    for _ in range(repeats):
+        for cell in live:
+            cell.time_first_token()
+            step(cell.label)
+    raw = [c.summary() for c in live]
 
     full = next((r for r in raw if r["method"] == "none"), None)
     base_overhead = full["pre_llm_ms"] if full else 0.0
@@ -568,7 +611,7 @@ def run_bench(model: str = "llava-1.5-7b", layers: Optional[int] = None, vision_
         "device": _device_name(dev), "model": bm.name, "layers": bm.shape.layers,
         "vision_layers": bm.shape.vision_layers, "batch": batch, "dtype": dtype,
         "visual_tokens": bm.patches, "text_tokens": text_tokens, "repeats": repeats, "warmup": warmup,
-        "threads": torch.get_num_threads(), "build_s": build_s, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "clock": clock.kind, "build_s": build_s, "torch": torch.__version__,
         "results": results, "skipped": skipped,
     }
     report["targets"] = check_targets(report)
@@ -675,6 +718,8 @@ def bench_command(
     seed: int = typer.Option(0, help="Seed of the random weights and images."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's). On a CPU shared with "
                                           "other processes, 1 avoids OpenMP stalls that make timings meaningless."),
+    clock: str = typer.Option("wall", help="wall (default) | cpu: process CPU time, for a CPU shared with other "
+                              "jobs (use with --threads 1)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
 ) -> None:
     """Prefill / TTFT / pruning-step time, peak memory, KV cache and FLOPs-bound speedup per method and budget."""
@@ -695,7 +740,7 @@ def bench_command(
                 bar.update(task, description=label, completed=done, total=total)
 
             report = run_bench(model, layers, vision_layers, batch, dtype, device, names, keeps, repeats, warmup,
-                               prompt_tokens, seed, progress)
+                               prompt_tokens, seed, progress, clock)
     except NotImplementedError as e:
         console.print(f"[yellow]skipped:[/yellow] {e}")
         raise typer.Exit(code=0)

@@ -42,10 +42,9 @@ class ClipVisionSignals:
     ) -> None:
         self.vision_model = vision_model
         self.pixel_values = pixel_values
-        out = vision_model(pixel_values=pixel_values, output_hidden_states=True)
-        self.hidden_states = out.hidden_states
         layers = vision_model.encoder.layers
-        self.f = feature_layer % len(self.hidden_states)
+        self.f = feature_layer % (len(layers) + 1)
+        self.hidden_states = self._forward_to_feature_layer(vision_model, pixel_values, self.f)
         if self.f == 0:
             raise ValueError("the feature layer is the patch embedding: there is no attention to read")
         self.block = layers[self.f - 1]  # produced hidden_states[f]
@@ -55,6 +54,20 @@ class ClipVisionSignals:
         n = self.hidden_states[self.f].shape[1] - 1
         side = int(round(n**0.5))
         self.grid = grid or (side, side)
+
+    @staticmethod
+    def _forward_to_feature_layer(tower: nn.Module, pixel_values: torch.Tensor, f: int) -> list[torch.Tensor]:
+        """``hidden_states[0..f]`` of the tower, running only the blocks up to the feature layer.
+
+        The same module calls as ``CLIPVisionModel.forward`` (embeddings, pre-LN, encoder blocks), stopped at the
+        layer LLaVA reads: the blocks after it (LLaVA-1.5: the last one) only feed outputs LLaVA discards.
+        """
+        hidden = tower.pre_layrnorm(tower.embeddings(pixel_values))
+        states = [hidden]
+        for block in tower.encoder.layers[:f]:
+            hidden = block(hidden, None)
+            states.append(hidden)
+        return states
 
     def features(self) -> torch.Tensor:
         return self.hidden_states[self.f][:, 1:]
