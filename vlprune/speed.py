@@ -246,17 +246,20 @@ def prefill_flops(shape: ModelShape, method: Optional[str], keep: Optional[int],
     LLM: sum over layers l of eq. 6 with n_l = (visual tokens at layer l) + text tokens
         (visual tokens per layer from ``flops.tokens_per_layer``: encoder methods k everywhere, FastV all
         tokens before layer K).
-    The vision tower runs on every patch for every method (selection happens at its output), so it is the
-    same in the full and pruned counts; the cost of the selection itself is not counted (it is overhead the
-    measured speedup has to pay for). The depths are the built ones, so a trimmed LLM with a full vision
+    The vision tower runs on every patch for every method (selection happens at its output). The unpatched
+    model and in-LLM methods run all L_v blocks; encoder-side methods stop at the feature layer LLaVA reads
+    (``hidden_states[-2]``: L_v - 1 blocks), since the last block only feeds outputs LLaVA discards. The cost
+    of the selection itself is not counted (it is overhead the measured speedup has to pay for). The depths are the built ones, so a trimmed LLM with a full vision
     tower gets a correspondingly smaller bound.
     """
     n_patch = (shape.image_size // shape.patch_size) ** 2
     n = n_patch + 1
     dv, mv = shape.vision_hidden, shape.vision_ffn
-    vision = n * 3 * shape.patch_size**2 * dv + shape.vision_layers * (4 * n * dv * dv + 2 * n * n * dv + 2 * n * dv * mv)
+    encoder_side = method not in (None, "none") and get_stage(method) != "llm"
+    blocks = shape.vision_layers - (1 if encoder_side else 0)  # feature layer -2: the last block is skipped
+    vision = n * 3 * shape.patch_size**2 * dv + blocks * (4 * n * dv * dv + 2 * n * n * dv + 2 * n * dv * mv)
     counts = tokens_per_layer(method, keep, shape, n_patch)
-    projected = counts[0] if method not in (None, "none") and get_stage(method) != "llm" else n_patch
+    projected = counts[0] if encoder_side else n_patch
     projector = projected * (dv * shape.hidden + shape.hidden * shape.hidden)
     llm = sum(layer_flops(c + text_tokens, shape.hidden, shape.ffn) for c in counts)
     return float(batch * (vision + projector + llm))
