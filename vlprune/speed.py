@@ -379,12 +379,19 @@ class StepTimer:
         inner = model.model
         self.t0 = 0.0
         self.vision = self.projector = self.llm_prune = 0.0
+        self.vision_end = 0.0
         self.llm_entry: Optional[float] = None
         self._handles = []
         self._starts: dict[str, float] = {}
-        for name, mod in (("vision", inner.vision_tower), ("projector", inner.multi_modal_projector)):
-            self._handles.append(mod.register_forward_pre_hook(self._pre(name)))
-            self._handles.append(mod.register_forward_hook(self._post(name)))
+        proj = inner.multi_modal_projector
+        self._handles.append(proj.register_forward_pre_hook(self._pre("projector")))
+        self._handles.append(proj.register_forward_hook(self._post("projector")))
+        # The vision forward is timed from the patch embedding to the last block that runs: the unpatched model
+        # calls the tower's forward, encoder-side pruning runs the blocks up to the feature layer itself.
+        tower = inner.vision_tower
+        self._handles.append(tower.embeddings.register_forward_pre_hook(self._pre("vision")))
+        for block in tower.encoder.layers:
+            self._handles.append(block.register_forward_hook(self._vision_block_done))
         self._handles.append(inner.language_model.register_forward_pre_hook(self._enter_llm))
         self._wrapped = None
 
@@ -397,6 +404,9 @@ class StepTimer:
         def hook(module, args, out):
             setattr(self, name, getattr(self, name) + self.clock.now() - self._starts.pop(name))
         return hook
+
+    def _vision_block_done(self, module, args, out):
+        self.vision_end = self.clock.now()
 
     def _enter_llm(self, module, args):
         if self.llm_entry is None:
@@ -418,6 +428,8 @@ class StepTimer:
 
     def start(self) -> None:
         self.vision = self.projector = self.llm_prune = 0.0
+        self.vision_end = 0.0
+        self._starts.pop("vision", None)
         self.llm_entry = None
         self.t0 = self.clock.now()
 
@@ -425,7 +437,8 @@ class StepTimer:
         """Time from the call to the LLM's entry that is neither vision tower nor projector."""
         if self.llm_entry is None:
             return 0.0
-        return 1e3 * (self.llm_entry - self.t0 - self.vision - self.projector)
+        vision = self.vision_end - self._starts.pop("vision", self.vision_end)
+        return 1e3 * (self.llm_entry - self.t0 - vision - self.projector)
 
     def remove(self) -> None:
         for h in self._handles:
