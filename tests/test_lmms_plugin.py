@@ -59,7 +59,7 @@ class Request:
 
 
 def test_coerce_model_args(fake_lmms_eval):
-    from vlprune.lmms_plugin import coerce
+    from vlprune.lmms_plugin_args import coerce
 
     assert coerce("64") == 64 and coerce("0.5") == 0.5 and coerce("True") is True and coerce("none") is None
     assert coerce("desap") == "desap"

@@ -22,6 +22,20 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _options(pairs: Optional[list[str]]) -> dict[str, dict]:
+    """``["desap.sign=-1", "asap.threshold=0.8"]`` -> ``{"desap": {"sign": -1}, "asap": {"threshold": 0.8}}``."""
+    from .lmms_plugin_args import coerce
+
+    out: dict[str, dict] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise typer.BadParameter(f"expected METHOD.OPTION=VALUE, got {pair!r}", param_hint="--set")
+        out.setdefault(method, {})[name] = coerce(value)
+    return out
+
+
 def _write_json(path: Optional[Path], data: dict) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +101,7 @@ def eval_command(
     dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cpu)."),
     max_new_tokens: int = typer.Option(128, help="Generation length for real benchmarks."),
+    option: Optional[list[str]] = typer.Option(None, "--set", help="Method option, e.g. --set desap.task_ratio=0.75 (repeatable)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON here."),
 ) -> None:
     """Accuracy (testbed: per question family, object recall) or the benchmark's official score, % of full, FLOPs."""
@@ -110,7 +125,7 @@ def eval_command(
             task = bar.add_task("full", total=n_items * (1 + len(names) * len(keeps)))
             report = run_benchmark(loaded, bench, names, keeps, out_dir, limit, batch_size, max_new_tokens,
                                    lambda label, n: bar.update(task, advance=n, description=label),
-                                   lambda m: method_kwargs(m, loaded))
+                                   lambda m: {**method_kwargs(m, loaded), **_options(option).get(m, {})})
         print_bench_report(report)
         _write_json(json_path, report)
         return
@@ -125,8 +140,8 @@ def eval_command(
         def progress(label: str, n: int) -> None:
             bar.update(task, advance=n, description=label)
 
-        report = evaluate(loaded, samples, names, keeps, batch_size, progress)
-    report.update({"bench": bench, "split": split, "seed": seed})
+        report = evaluate(loaded, samples, names, keeps, batch_size, progress, options=_options(option))
+    report.update({"bench": bench, "split": split, "seed": seed, "options": _options(option)})
     print_report(report)
     _write_json(json_path, report)
 

@@ -12,28 +12,13 @@ from typing import Any
 import torch
 from lmms_eval.api.model import lmms
 
+from .lmms_plugin_args import coerce
+
 try:  # lmms-eval >= 0.2 has a registry decorator
     from lmms_eval.api.registry import register_model
 except ImportError:  # pragma: no cover
     def register_model(*names):
         return lambda cls: cls
-
-
-def coerce(value: Any) -> Any:
-    """model_args arrive as strings: '64' -> 64, '0.5' -> 0.5, 'true' -> True, 'none' -> None."""
-    if not isinstance(value, str):
-        return value
-    low = value.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low == "none":
-        return None
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
 
 
 @register_model("vlprune")

@@ -45,8 +45,10 @@ __all__ = [
     "Scene",
     "SceneObject",
     "caption_for",
+    "iter_train_conversations",
     "iter_train_samples",
     "load_split",
+    "make_conversation",
     "make_sample",
     "make_scene",
     "prompt_for",
@@ -63,14 +65,14 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "purple": (145, 55, 190),
     "orange": (250, 135, 20),
 }
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
 PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles",
-          "diamond": "diamonds", "cross": "crosses"}
+          "cross": "crosses", "ring": "rings"}
 COUNT_WORDS = ("zero", "one", "two", "three", "four")
 SIZES: dict[str, tuple[float, float]] = {  # diameter as a fraction of the image side
-    "small": (0.115, 0.145),
-    "medium": (0.17, 0.21),
-    "large": (0.25, 0.30),
+    "small": (0.135, 0.165),
+    "medium": (0.19, 0.23),
+    "large": (0.26, 0.31),
 }
 SIZE_WEIGHTS = {"small": 0.55, "medium": 0.3, "large": 0.15}
 LOCATIONS = (("top", "left"), ("top", ""), ("top", "right"),
@@ -148,7 +150,7 @@ def _muted(rng: random.Random, lo: float = 0.25, hi: float = 0.8) -> tuple[int, 
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _background(rng: random.Random, nrng: np.random.Generator, s: int) -> np.ndarray:
+def _background(rng: random.Random, nrng: np.random.Generator, s: int, c: float = 1.0) -> np.ndarray:
     base = np.array(_muted(rng, 0.35, 0.75), dtype=np.float32)
     kind = rng.randrange(4)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
@@ -165,9 +167,9 @@ def _background(rng: random.Random, nrng: np.random.Generator, s: int) -> np.nda
         pat = np.asarray(img.resize((s, s), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
     else:  # flat
         pat = np.zeros((s, s), np.float32)
-    amp = rng.uniform(8, 28)
+    amp = rng.uniform(8, 28) * (0.25 + 0.75 * c)
     arr = base[None, None, :] + amp * pat[..., None]
-    arr += nrng.normal(0, rng.uniform(3, 10), size=(s, s, 3)).astype(np.float32)
+    arr += nrng.normal(0, rng.uniform(3, 10) * (0.25 + 0.75 * c), size=(s, s, 3)).astype(np.float32)
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
@@ -182,8 +184,8 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int,
         draw.rectangle((x0 + m, y0 + m, x0 + w - m, y0 + h - m), fill=fill)
     elif shape == "triangle":
         draw.polygon([(cx, y0), (x0 + w, y0 + h), (x0, y0 + h)], fill=fill)
-    elif shape == "diamond":
-        draw.polygon([(cx, y0), (x0 + w, cy), (cx, y0 + h), (x0, cy)], fill=fill)
+    elif shape == "ring":
+        draw.ellipse((x0, y0, x0 + w, y0 + h), outline=fill, width=max(2, round(w * 0.26)))
     elif shape == "cross":
         t = w * 0.36 / 2
         draw.rectangle((cx - t, y0, cx + t, y0 + h), fill=fill)
@@ -197,11 +199,13 @@ def _draw_distractor(draw: ImageDraw.ImageDraw, rng: random.Random, box) -> None
     x0, y0, x1, y1 = box
     kind = rng.randrange(3)
     dark, light = (rng.randint(0, 30),) * 3, (rng.randint(225, 255),) * 3
-    if kind == 0:  # concentric rings
-        n = 4
+    if kind == 0:  # random binary blocks
+        n = 5
+        cw, ch = (x1 - x0) / n, (y1 - y0) / n
         for i in range(n):
-            f = i / n * (x1 - x0) / 2
-            draw.ellipse((x0 + f, y0 + f, x1 - 1 - f, y1 - 1 - f), fill=dark if i % 2 == 0 else light)
+            for j in range(n):
+                draw.rectangle((x0 + i * cw, y0 + j * ch, x0 + (i + 1) * cw - 1, y0 + (j + 1) * ch - 1),
+                               fill=dark if rng.random() < 0.5 else light)
     elif kind == 1:  # checker patch
         n = 4
         cw, ch = (x1 - x0) / n, (y1 - y0) / n
@@ -216,13 +220,13 @@ def _draw_distractor(draw: ImageDraw.ImageDraw, rng: random.Random, box) -> None
             draw.rectangle((x0, y0 + j * bh, x1 - 1, y0 + (j + 1) * bh - 1), fill=dark if j % 2 else light)
 
 
-def _clutter(draw: ImageDraw.ImageDraw, rng: random.Random, s: int) -> None:
-    for _ in range(rng.randint(8, 22)):
+def _clutter(draw: ImageDraw.ImageDraw, rng: random.Random, s: int, c: float = 1.0) -> None:
+    for _ in range(round(rng.randint(8, 22) * c)):
         x, y = rng.uniform(0, s), rng.uniform(0, s)
         ang, length = rng.uniform(0, math.pi), rng.uniform(0.05, 0.25) * s
         draw.line((x, y, x + length * math.cos(ang), y + length * math.sin(ang)),
                   fill=_muted(rng, 0.1, 0.95), width=rng.randint(1, 2))
-    for _ in range(rng.randint(5, 15)):
+    for _ in range(round(rng.randint(5, 15) * c)):
         x, y, r = rng.uniform(0, s), rng.uniform(0, s), rng.uniform(0.5, 2.0)
         draw.ellipse((x - r, y - r, x + r, y + r), fill=_muted(rng, 0.05, 0.95))
 
@@ -264,23 +268,33 @@ def _random_size(rng: random.Random) -> str:
     return rng.choices(list(SIZE_WEIGHTS), weights=list(SIZE_WEIGHTS.values()))[0]
 
 
-def _render(scene_id: int, rng: random.Random, objects, distractor, s: int) -> Image.Image:
+def _render(scene_id: int, rng: random.Random, objects, distractor, s: int, c: float = 1.0) -> Image.Image:
     nrng = np.random.default_rng(scene_id)
-    img = Image.fromarray(_background(rng, nrng, s))
+    img = Image.fromarray(_background(rng, nrng, s, c))
     draw = ImageDraw.Draw(img)
-    _clutter(draw, rng, s)
-    _draw_distractor(draw, rng, distractor)
+    _clutter(draw, rng, s, c)
+    if rng.random() < c:
+        _draw_distractor(draw, rng, distractor)
     for ob in objects:
         _draw_shape(draw, ob.shape, ob.box, _jitter(COLORS[ob.color], rng))
     return img
 
 
+def _n_range(c: float) -> tuple[int, int]:
+    """Object count range at complexity ``c``: 1..2 at 0, 3..6 at 1 (the benchmark)."""
+    return 1 + round(2 * c), 2 + round(4 * c)
+
+
 def make_scene(scene_id: int, image_size: int = 96, specs: list[_Spec] | None = None,
-               rng: random.Random | None = None) -> Scene:
-    """Build and render one scene. ``specs`` forces the object list (in order)."""
+               rng: random.Random | None = None, complexity: float = 1.0) -> Scene:
+    """Build and render one scene. ``specs`` forces the object list (in order).
+
+    ``complexity`` < 1 (training curricula only) means fewer objects, less
+    clutter and texture and sometimes no distractor; benchmarks use 1.
+    """
     rng = rng or random.Random(scene_id)
     if specs is None:
-        n = rng.randint(3, 6)
+        n = rng.randint(*_n_range(complexity))
         specs = [_Spec(rng.choice(SHAPES), rng.choice(list(COLORS)), _random_size(rng)) for _ in range(n)]
     for _ in range(50):
         res = _place(rng, specs, image_size)
@@ -293,7 +307,7 @@ def make_scene(scene_id: int, image_size: int = 96, specs: list[_Spec] | None = 
     else:  # pragma: no cover - 6 small objects always fit
         raise RuntimeError(f"could not place scene {scene_id}")
     objects, distractor = res
-    img = _render(scene_id, rng, objects, distractor, image_size)
+    img = _render(scene_id, rng, objects, distractor, image_size, complexity)
     return Scene(scene_id, image_size, objects, distractor, img)
 
 
@@ -330,16 +344,17 @@ def _other(rng: random.Random, pool, exclude) -> str:
     return rng.choice([p for p in pool if p not in exclude])
 
 
-def _scene_specs(rng: random.Random, family: str) -> tuple[list[_Spec], dict]:
+def _scene_specs(rng: random.Random, family: str, c: float = 1.0) -> tuple[list[_Spec], dict]:
     """Object specs designed so that ``family`` has a question with a balanced answer."""
-    colors, n = list(COLORS), rng.randint(3, 6)
+    lo, hi = _n_range(c)
+    colors, n = list(COLORS), rng.randint(lo, hi)
     specs = [_Spec(rng.choice(SHAPES), rng.choice(colors), _random_size(rng)) for _ in range(n)]
     plan: dict = {}
     if family == "counting":
-        count = rng.randint(1, 4)
+        count = rng.randint(1, min(4, hi))
         kind = rng.choice(("color", "shape"))
         value = rng.choice(colors) if kind == "color" else rng.choice(SHAPES)
-        others = rng.randint(max(1, 3 - count), 6 - count)
+        others = rng.randint(max(1 if hi > count else 0, lo - count), hi - count)
         specs = []
         for _ in range(count):
             c = value if kind == "color" else rng.choice(colors)
@@ -420,21 +435,55 @@ def _question(scene: Scene, family: str, plan: dict, rng: random.Random):
     raise ValueError(f"unknown family {family!r}")
 
 
-def make_sample(scene_id: int, family: str, image_size: int = 96) -> Sample:
-    """The sample of ``family`` for ``scene_id`` (deterministic)."""
+def _make(scene_id: int, family: str, image_size: int, complexity: float = 1.0):
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     rng = random.Random(scene_id * 7919 + FAMILIES.index(family))
     for _ in range(100):
-        specs, plan = _scene_specs(rng, family)
-        scene = make_scene(scene_id, image_size, specs=specs, rng=rng)
-        if family == "counting":  # crowding may have resized, never dropped, objects
-            pass
+        specs, plan = _scene_specs(rng, family, complexity)
+        scene = make_scene(scene_id, image_size, specs=specs, rng=rng, complexity=complexity)
         q = _question(scene, family, plan, rng)
         if q is not None:
-            question, answer, boxes = q
-            return Sample(scene.image, question, answer, family, boxes, scene_id, scene.objects)
+            return scene, q, rng
     raise RuntimeError(f"no {family} question for scene {scene_id}")  # pragma: no cover
+
+
+def make_sample(scene_id: int, family: str, image_size: int = 96) -> Sample:
+    """The sample of ``family`` for ``scene_id`` (deterministic)."""
+    scene, (question, answer, boxes), _ = _make(scene_id, family, image_size)
+    return Sample(scene.image, question, answer, family, boxes, scene_id, scene.objects)
+
+
+def _free_plan(scene: Scene, family: str, rng: random.Random) -> dict | None:
+    """A plan for asking ``family`` about a scene that was not built for it."""
+    if family == "existence":
+        return {"answer": rng.choice(("yes", "no"))}
+    if family == "counting":
+        o = rng.choice(scene.objects)
+        kind = rng.choice(("color", "shape"))
+        value = o.color if kind == "color" else o.shape
+        count = sum((p.color if kind == "color" else p.shape) == value for p in scene.objects)
+        return {"kind": kind, "value": value, "count": count} if count < len(COUNT_WORDS) else None
+    return {}
+
+
+def make_conversation(scene_id: int, family: str, image_size: int = 96, extra_turns: int = 0,
+                      complexity: float = 1.0) -> tuple[Sample, list[tuple[str, str]]]:
+    """``make_sample`` plus up to ``extra_turns`` more (question, answer) pairs about the
+    same image (other families, no repeats): multi-turn training data, LLaVA style."""
+    scene, (question, answer, boxes), rng = _make(scene_id, family, image_size, complexity)
+    sample = Sample(scene.image, question, answer, family, boxes, scene_id, scene.objects)
+    turns, seen = [(question, answer)], {question}
+    for _ in range(3 * extra_turns):
+        if len(turns) > extra_turns:
+            break
+        fam = rng.choice(FAMILIES)
+        plan = _free_plan(scene, fam, rng)
+        q = None if plan is None else _question(scene, fam, plan, rng)
+        if q is not None and q[0] not in seen:
+            seen.add(q[0])
+            turns.append((q[0], q[1]))
+    return sample, turns
 
 
 def _base(split: str, seed: int | None) -> int:
@@ -467,6 +516,18 @@ def iter_train_samples(start: int = 0, image_size: int = 96, seed: int | None = 
     base, i = _base("train", seed), start
     while True:
         yield make_sample(base + i, FAMILIES[i % len(FAMILIES)], image_size)
+        i += 1
+
+
+def iter_train_conversations(start: int = 0, image_size: int = 96, max_extra_turns: int = 4,
+                             complexity=lambda i: 1.0):
+    """Endless stream of ``(sample, turns)`` for training; the first turn is the
+    balanced sample of ``iter_train_samples``, 0..max_extra_turns turns follow.
+    ``complexity(i)`` gives the scene complexity of the i-th item (a curriculum)."""
+    i = start
+    while True:
+        extra = random.Random(f"turns-{i}").randint(0, max_extra_turns)
+        yield make_conversation(i, FAMILIES[i % len(FAMILIES)], image_size, extra, complexity(i))
         i += 1
 
 

@@ -53,7 +53,7 @@ class TestbedSpec:
     text_layers: int = 3
     text_heads: int = 4
     projection_dim: int = 64      # CLIP joint space
-    llm_width: int = 192
+    llm_width: int = 160
     llm_layers: int = 4
     llm_heads: int = 4
     llm_ffn: int = 512
@@ -63,8 +63,12 @@ class TestbedSpec:
     llava_steps: int = 3000
     llava_batch: int = 32
     llava_lr: float = 1e-3
+    max_extra_turns: int = 4      # multi-turn training: 0..4 more questions per image
+    curriculum: float = 0.3       # scene complexity ramps 0 -> 1 over this fraction of each stage
     warmup: int = 100
     val_n: int = 500              # val samples scored at the end
+    val_probe: int = 100          # val samples scored every val_every steps (log only)
+    val_every: int = 500
 
     @property
     def image_size(self) -> int:
@@ -166,7 +170,7 @@ def _hard_negative(scene: scenes.Scene, rng: random.Random) -> str:
     obs = list(scene.objects)
     i = rng.randrange(len(obs))
     o = obs[i]
-    kind = rng.choice(("color", "shape", "size", "swap"))
+    kind = rng.choices(("color", "shape", "size", "swap"), weights=(0.25, 0.4, 0.1, 0.25))[0]
     if kind == "swap":
         j = [k for k in range(len(obs)) if obs[k].color != o.color]
         if j:
@@ -183,12 +187,16 @@ def _hard_negative(scene: scenes.Scene, rng: random.Random) -> str:
     return scenes.caption_for(replace(scene, objects=obs), rng)
 
 
-def _clip_batch(step: int, spec: TestbedSpec, image_processor, tokenizer, seed: int):
+def _complexity(step: int, steps: int, frac: float) -> float:
+    return 1.0 if frac <= 0 else min(1.0, step / (frac * steps))
+
+
+def _clip_batch(step: int, spec: TestbedSpec, image_processor, tokenizer, seed: int, complexity: float = 1.0):
     rng = random.Random(f"clip-{seed}-{step}")
     base = step * spec.clip_batch
     imgs, pos, neg = [], [], []
     for k in range(spec.clip_batch):
-        sc = scenes.make_scene(base + k, spec.image_size)  # train block: ids < 1e9
+        sc = scenes.make_scene(base + k, spec.image_size, complexity=complexity)  # train block: ids < 1e9
         imgs.append(sc.image)
         pos.append(scenes.caption_for(sc, rng))
         neg.append(_hard_negative(sc, rng))
@@ -197,23 +205,30 @@ def _clip_batch(step: int, spec: TestbedSpec, image_processor, tokenizer, seed: 
     return pix, text["input_ids"], text["attention_mask"]
 
 
-def _llava_batch(samples: list[scenes.Sample], processor):
-    """Left-padded prompts + answer + EOS; labels only on the answer and EOS."""
-    enc = processor(images=[s.image for s in samples], text=[scenes.prompt_for(s.question) for s in samples],
-                    return_tensors="pt", padding=True)
+def conversation_text(turns: list[tuple[str, str]]) -> str:
+    """LLaVA-1.5 multi-turn text: ``USER: <image>\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>``."""
+    parts = []
+    for k, (q, a) in enumerate(turns):
+        parts.append((scenes.prompt_for(q) if k == 0 else f"USER: {q} ASSISTANT:") + f" {a}</s>")
+    return "".join(parts)
+
+
+def _llava_batch(convs: list[tuple[scenes.Sample, list[tuple[str, str]]]], processor):
+    """Left-padded conversations; labels on every answer word and the EOS after it."""
     tok = processor.tokenizer
-    ans = [tok.convert_tokens_to_ids(s.answer) for s in samples]
-    if any(a == UNK_ID for a in ans):  # pragma: no cover - vocabulary covers every answer
-        raise ValueError("answer outside the vocabulary")
-    b = len(samples)
-    tail = torch.tensor([[a, EOS_ID] for a in ans])
-    ids = torch.cat([enc["input_ids"], tail], dim=1)
-    mask = torch.cat([enc["attention_mask"], torch.ones(b, 2, dtype=enc["attention_mask"].dtype)], dim=1)
-    labels = torch.full_like(ids, -100)
-    labels[:, -2:] = tail
+    enc = processor(images=[s.image for s, _ in convs], text=[conversation_text(t) for _, t in convs],
+                    return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    asst, colon = tok.convert_tokens_to_ids("assistant"), tok.convert_tokens_to_ids(":")
+    is_answer = torch.zeros_like(ids, dtype=torch.bool)
+    is_answer[:, 2:] = (ids[:, :-2] == asst) & (ids[:, 1:-1] == colon)
+    is_eos = torch.zeros_like(is_answer)
+    is_eos[:, 1:] = is_answer[:, :-1] & (ids[:, 1:] == EOS_ID)
+    labels = torch.where(is_answer | is_eos, ids, torch.full_like(ids, -100))
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    first = is_answer.long().argmax(-1)  # position of the first (evaluation-format) answer
     return {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
-            "pixel_values": enc["pixel_values"], "labels": labels}
+            "pixel_values": enc["pixel_values"], "labels": labels}, first
 
 
 def _lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -243,7 +258,8 @@ def train_clip(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, 
         for step in range(steps):
             for g in opt.param_groups:
                 g["lr"] = _lr(step, steps, spec.clip_lr, spec.warmup)
-            pix, ids, mask = _clip_batch(step, spec, image_processor, tokenizer, seed)
+            pix, ids, mask = _clip_batch(step, spec, image_processor, tokenizer, seed,
+                                         _complexity(step, steps, spec.curriculum))
             img = F.normalize(clip.get_image_features(pixel_values=pix).pooler_output, dim=-1)
             txt = F.normalize(clip.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, dim=-1)
             scale = clip.logit_scale.exp().clamp(max=100)
@@ -276,27 +292,38 @@ def train_llava(model, spec: TestbedSpec, processor, steps: int, seed: int = 0, 
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=spec.llava_lr, betas=(0.9, 0.98))
-    stream = scenes.iter_train_samples(start=0, image_size=spec.image_size)
+    stream = scenes.iter_train_conversations(
+        0, spec.image_size, spec.max_extra_turns,
+        complexity=lambda i: _complexity(i // spec.llava_batch, steps, spec.curriculum))
+    val = scenes.load_split("val", spec.val_probe, image_size=spec.image_size) if spec.val_probe else []
     ema = None
     with _progress(progress) as bar:
         task = bar.add_task("LLaVA", total=steps, info="")
         for step in range(steps):
             for g in opt.param_groups:
                 g["lr"] = _lr(step, steps, spec.llava_lr, spec.warmup)
-            batch = _llava_batch([next(stream) for _ in range(spec.llava_batch)], processor)
+            batch, first = _llava_batch([next(stream) for _ in range(spec.llava_batch)], processor)
             out = model(**batch)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             with torch.no_grad():
-                pred = out.logits[:, -3].argmax(-1)  # logits at t predict token t+1 (the answer)
-                acc = (pred == batch["labels"][:, -2]).float().mean().item()
+                rows = torch.arange(len(first))  # logits at t predict token t+1
+                pred = out.logits[rows, first - 1].argmax(-1)
+                acc = (pred == batch["labels"][rows, first]).float().mean().item()
             ema = (out.loss.item(), acc) if ema is None else (0.97 * ema[0] + 0.03 * out.loss.item(),
                                                               0.97 * ema[1] + 0.03 * acc)
             bar.update(task, advance=1, info=f"loss {ema[0]:.3f} acc {ema[1]:.2f}")
             if log and (step % 100 == 0 or step == steps - 1):
                 log(f"llava step {step} loss {ema[0]:.4f} acc {ema[1]:.3f}")
+            if val and log and step % spec.val_every == spec.val_every - 1:
+                from .evaluate import evaluate
+
+                res = evaluate(model, processor, val)
+                model.train()
+                model.model.vision_tower.eval()
+                log(f"llava step {step} val {json.dumps(res)}")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
