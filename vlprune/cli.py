@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +12,7 @@ from rich.table import Table
 
 app = typer.Typer(help="Training-free visual-token pruning for vision-language models.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _ints(text: str) -> list[int]:
@@ -153,11 +154,11 @@ def print_report(report: dict) -> None:
         table.add_column(col, justify="right")
     full = report["full"]
     table.add_row("full", "all", *(f"{100 * full['per_family'][f]:.1f}" for f in fams),
-                  f"{100 * full['accuracy']:.1f}", "100.0", "1.00", f"{full['tflops']:.4f}")
+                  f"{100 * full['accuracy']:.1f}", "100.0", "1.00", f"{full['tflops']:.3g}")
     for r in report["results"]:
         rec = "-" if r["object_recall"] is None else f"{r['object_recall']:.2f}"
         table.add_row(r["method"], str(r["keep"]), *(f"{100 * r['per_family'].get(f, 0):.1f}" for f in fams),
-                      f"{100 * r['accuracy']:.1f}", f"{100 * r['relative']:.1f}", rec, f"{r['tflops']:.4f}")
+                      f"{100 * r['accuracy']:.1f}", f"{100 * r['relative']:.1f}", rec, f"{r['tflops']:.3g}")
     console.print(table)
 
 
@@ -181,6 +182,7 @@ def show_command(
     index: int = typer.Option(0, help="Test-split sample index."),
     seed: Optional[int] = typer.Option(None, help="Split seed."),
     output: Path = typer.Option(Path("kept.png"), "-o", "--output", help="PNG to write."),
+    clip: Optional[str] = typer.Option(None, help="CLIP for DeSAP (default: the checkpoint's clip/ folder)."),
 ) -> None:
     """Draw the image with dropped patches greyed out and the question/answer on it."""
     from . import api
@@ -189,7 +191,7 @@ def show_command(
     from .viz import captioned, kept_overlay, side_by_side
 
     sample = load_split("test", index + 1, seed)[index]
-    loaded = load_model(model)
+    loaded = load_model(model, clip)
     vc = loaded.model.config.vision_config
     grid = vc.image_size // vc.patch_size
     panels = []

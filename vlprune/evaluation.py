@@ -43,7 +43,7 @@ def load_model(name: str, clip: str | None = None, dtype: torch.dtype = torch.fl
     if device:
         model.to(device)
     processor = AutoProcessor.from_pretrained(str(path))
-    if clip is None and name == "testbed":
+    if clip is None and (Path(path) / "clip" / "config.json").exists():  # testbed layout: CLIP beside the LVLM
         clip = str(Path(path) / "clip")
     return LoadedModel(model, processor, clip, name)
 
