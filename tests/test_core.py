@@ -3,11 +3,11 @@ import pytest
 import torch
 
 import vlprune
+from helpers import QUESTIONS, logits
 from vlprune.api import _state
 
 ENCODER = ["desap", "vispruner", "visionzip", "random"]
 ALL = ENCODER + ["fastv"]
-QUESTIONS = ["what color is the circle ?", "how many star are there in this image ?"]
 
 
 def extra(tiny, method):
@@ -20,11 +20,6 @@ def extra(tiny, method):
 def _clean(tiny):
     yield
     vlprune.remove(tiny.model)
-
-
-@torch.no_grad()
-def logits(model, inputs, pixels):
-    return model(**inputs, pixel_values=pixels).logits
 
 
 @pytest.mark.parametrize("method", ALL)

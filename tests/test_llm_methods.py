@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import vlprune
+from helpers import QUESTIONS, logits
 from vlprune.api import _state
 from vlprune.llm_pruning import LLMPruner, LLMStage
 from vlprune.methods.asap import ASAPConfig, FastVBiMaskConfig, consolidate, minmax
@@ -21,7 +22,6 @@ from vlprune.methods.visiondrop import (
 )
 
 METHODS = ["visiondrop", "asap", "fastv+bimask"]
-QUESTIONS = ["what color is the circle ?", "how many star are there in this image ?"]
 N = 16  # visual tokens per image of the tiny model
 LAYERS = 8
 
@@ -37,11 +37,6 @@ def tiny8():
 def _clean(tiny8):
     yield
     vlprune.remove(tiny8.model)
-
-
-@torch.no_grad()
-def logits(model, inputs, pixels):
-    return model(**inputs, pixel_values=pixels).logits
 
 
 @pytest.mark.parametrize("method", METHODS)

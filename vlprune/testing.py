@@ -61,9 +61,27 @@ class TinyLlava:
         return {"input_ids": ids, "attention_mask": mask}
 
 
+def tiny_clip_sharing_tower(vision: dict, tower: Any) -> tuple[Any, Any]:
+    """A tiny ``CLIPModel`` (+ its word tokenizer) whose vision tower IS ``tower``'s weights, as
+    openai/clip-vit-large-patch14-336 is to llava-hf's LLaVA-1.5/NeXT (DeSAP needs its text tower)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    clip_tok = word_tokenizer(specials=SPECIALS[:4], bos=False)
+    clip_cfg = CLIPConfig(
+        vision_config=vision,
+        text_config=dict(vocab_size=len(clip_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, projection_dim=24,
+                         eos_token_id=3, bos_token_id=2, pad_token_id=0),
+        projection_dim=24,
+    )
+    clip = CLIPModel(clip_cfg).eval()
+    clip.vision_model.load_state_dict(tower.state_dict())
+    return clip, clip_tok
+
+
 def tiny_llava(seed: int = 0, grid: int = 4, patch: int = 4, layers: int = 4, attn: str = "sdpa") -> TinyLlava:
     """A tiny random ``LlavaForConditionalGeneration`` (CLIP tower + Llama) and a matching ``CLIPModel``."""
-    from transformers import CLIPConfig, CLIPModel, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     torch.manual_seed(seed)
     tok = word_tokenizer()
@@ -78,17 +96,7 @@ def tiny_llava(seed: int = 0, grid: int = 4, patch: int = 4, layers: int = 4, at
                       projector_hidden_act="gelu")
     cfg._attn_implementation = attn
     model = LlavaForConditionalGeneration(cfg).eval()
-    clip_tok = word_tokenizer(specials=SPECIALS[:4], bos=False)
-    clip_cfg = CLIPConfig(
-        vision_config=vision,
-        text_config=dict(vocab_size=len(clip_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, projection_dim=24,
-                         eos_token_id=3, bos_token_id=2, pad_token_id=0),
-        projection_dim=24,
-    )
-    clip = CLIPModel(clip_cfg).eval()
-    # the LVLM's tower is the CLIP's tower, as for llava-hf/llava-1.5 and openai/clip-vit-large-patch14-336
-    clip.vision_model.load_state_dict(model.model.vision_tower.state_dict())
+    clip, clip_tok = tiny_clip_sharing_tower(vision, model.model.vision_tower)
     return TinyLlava(model, clip, tok, clip_tok, grid)
 
 
@@ -147,7 +155,7 @@ class TinyLlavaNext:
 def tiny_llava_next(seed: int = 0, side: int = 4, patch: int = 4, layers: int = 4, attn: str = "sdpa") -> TinyLlavaNext:
     """A tiny random ``LlavaNextForConditionalGeneration`` (CLIP tower + Llama, anyres pinpoints of 1x2, 2x1, 2x2
     tiles) and a ``CLIPModel`` sharing its tower."""
-    from transformers import CLIPConfig, CLIPModel, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
+    from transformers import LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
 
     torch.manual_seed(seed)
     tok = word_tokenizer()
@@ -162,16 +170,7 @@ def tiny_llava_next(seed: int = 0, side: int = 4, patch: int = 4, layers: int = 
                           image_grid_pinpoints=[[t, 2 * t], [2 * t, t], [2 * t, 2 * t]])
     cfg._attn_implementation = attn
     model = LlavaNextForConditionalGeneration(cfg).eval()
-    clip_tok = word_tokenizer(specials=SPECIALS[:4], bos=False)
-    clip_cfg = CLIPConfig(
-        vision_config=vision,
-        text_config=dict(vocab_size=len(clip_tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, projection_dim=24,
-                         eos_token_id=3, bos_token_id=2, pad_token_id=0),
-        projection_dim=24,
-    )
-    clip = CLIPModel(clip_cfg).eval()
-    clip.vision_model.load_state_dict(model.model.vision_tower.state_dict())
+    clip, clip_tok = tiny_clip_sharing_tower(vision, model.model.vision_tower)
     return TinyLlavaNext(model, clip, tok, clip_tok, t)
 
 
