@@ -7,3 +7,37 @@ QUESTIONS = ["what color is the circle ?", "how many star are there in this imag
 @torch.no_grad()
 def logits(model, inputs, pixels):
     return model(**inputs, pixel_values=pixels).logits
+
+
+def assert_batch_equals_per_sample(model, tiny, pixels):
+    """A patched model answers a left-padded batch of QUESTIONS exactly as it answers each sample alone."""
+    import vlprune
+
+    batch = tiny.prompt_ids(QUESTIONS)
+    with torch.no_grad():
+        out_b = model.generate(**batch, pixel_values=pixels, max_new_tokens=4, do_sample=False)
+        kept_b = vlprune.last_selection(model).indices
+        last_b = model(**batch, pixel_values=pixels).logits[:, -1]
+        for i, q in enumerate(QUESTIONS):
+            single = tiny.prompt_ids([q])
+            out_s = model.generate(**single, pixel_values=pixels[i : i + 1], max_new_tokens=4, do_sample=False)
+            assert torch.equal(out_s[0, -4:], out_b[i, -4:])
+            assert torch.equal(vlprune.last_selection(model).indices[0], kept_b[i])
+            last_s = model(**single, pixel_values=pixels[i : i + 1]).logits[:, -1]
+            torch.testing.assert_close(last_s[0], last_b[i], rtol=1e-4, atol=1e-4)
+
+
+def write_jsonl(path, rows):
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_json(path, obj):
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj), encoding="utf-8")
+    return path

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import vlprune
-from helpers import QUESTIONS, logits
+from helpers import QUESTIONS, assert_batch_equals_per_sample, logits
 from vlprune.api import _state
 from vlprune.llm_pruning import LLMPruner, LLMStage
 from vlprune.methods.asap import ASAPConfig, FastVBiMaskConfig, consolidate, minmax
@@ -94,18 +94,7 @@ def test_cached_generate_equals_no_cache_reference(tiny8, pixels, method):
 def test_batch_equals_per_sample(tiny8, pixels, method):
     model = tiny8.model
     vlprune.apply(model, method, 5)
-    batch = tiny8.prompt_ids(QUESTIONS)
-    with torch.no_grad():
-        out_b = model.generate(**batch, pixel_values=pixels, max_new_tokens=4, do_sample=False)
-        kept_b = vlprune.last_selection(model).indices
-        last_b = model(**batch, pixel_values=pixels).logits[:, -1]
-        for i, q in enumerate(QUESTIONS):
-            single = tiny8.prompt_ids([q])
-            out_s = model.generate(**single, pixel_values=pixels[i : i + 1], max_new_tokens=4, do_sample=False)
-            assert torch.equal(out_s[0, -4:], out_b[i, -4:])
-            assert torch.equal(vlprune.last_selection(model).indices[0], kept_b[i])
-            last_s = model(**single, pixel_values=pixels[i : i + 1]).logits[:, -1]
-            torch.testing.assert_close(last_s[0], last_b[i], rtol=1e-4, atol=1e-4)
+    assert_batch_equals_per_sample(model, tiny8, pixels)
 
 
 def _tokens_per_layer(model, inputs, pixels):

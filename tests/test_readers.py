@@ -14,18 +14,9 @@ from PIL import Image
 
 from vlprune.bench import BenchItem, ImageRef, canonical_bench, read
 from vlprune.bench.readers import LETTER_PROMPT, SHORT_ANSWER_PROMPT
+from helpers import write_json, write_jsonl
 
 
-def write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def write_json(path: Path, obj) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj), encoding="utf-8")
-    return path
 
 
 def save_png(path: Path, size=(5, 3), color=(10, 200, 30)) -> Path:

@@ -30,6 +30,7 @@ from vlprune.bench.scoring import (
     vqav2_accuracy,
 )
 from vlprune.bench.scoring.vqa_normalize import process_digit_article, process_punctuation
+from helpers import write_json, write_jsonl
 
 APPROX = pytest.approx
 
@@ -37,16 +38,6 @@ APPROX = pytest.approx
 # ----------------------------------------------------------------------------- helpers
 
 
-def write_jsonl(path: Path, rows) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def write_json(path: Path, obj) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj), encoding="utf-8")
-    return path
 
 
 def answers(path: Path, rows) -> Path:
