@@ -364,6 +364,89 @@ def _img_cols(pos, b, inputs, kept):
     return torch.arange(start, start + n_kept)
 
 
+
+def _qwen_reference(visual, pixel_values, thw, block: int, mode: str = "qq"):
+    """Unchunked eager signals of one Qwen2.5-VL ViT pass, per image in raster order: (mean attention received
+    summed per 2x2 unit, head-mean unit keys, decoupled ``mode`` attention through ``proj`` and the merger); the
+    model's own RoPE, one full (heads x n x n) softmax per attention scope."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+    from transformers.vision_utils import get_vision_window_index
+
+    blk, seen = visual.blocks[block], {}
+    handle = blk.register_forward_pre_hook(lambda mod, args, kw: seen.update(x=args[0], **kw), with_kwargs=True)
+    try:
+        merged = visual(pixel_values, grid_thw=thw).pooler_output
+    finally:
+        handle.remove()
+    n, heads, unit = seen["x"].shape[0], blk.attn.num_heads, visual.spatial_merge_size**2
+    q, k, v = blk.attn.qkv(blk.norm1(seen["x"])).reshape(n, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)
+    keys = k.mean(1).view(-1, unit, k.shape[-1]).mean(1)
+    q, k = apply_rotary_pos_emb_vision(q, k, *seen["position_embeddings"])
+    pick = {"q": q, "k": k, "v": v}
+    received, attended = torch.zeros(n), torch.zeros_like(v)
+    cu = seen["cu_seqlens"].tolist()
+    for a, b in zip(cu[:-1], cu[1:]):
+        if b > a:
+            probs = torch.softmax(q[a:b].transpose(0, 1) @ k[a:b].permute(1, 2, 0) * blk.attn.scaling, -1)
+            received[a:b] = probs.mean((0, 1))
+            pair = torch.softmax(pick[mode[0]][a:b].transpose(0, 1) @ pick[mode[1]][a:b].permute(1, 2, 0)
+                                 * blk.attn.scaling, -1)
+            attended[a:b] = (pair @ v[a:b].transpose(0, 1)).transpose(0, 1)
+    decoupled = visual.merger(blk.attn.proj(attended.reshape(n, -1)))
+    window_index, _ = get_vision_window_index(thw, spatial_merge_size=visual.spatial_merge_size,
+                                              window_size=visual.window_size, patch_size=visual.patch_size)
+    reverse = torch.argsort(window_index)
+    signals = (received.view(-1, unit).sum(-1)[reverse], keys[reverse], decoupled[reverse])
+    bounds = [0] + (thw.prod(-1) // unit).cumsum(0).tolist()
+    return merged, [[s[lo:hi] for s in signals] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("block", [0, 1])  # a window-attention block, the full-attention one
+@pytest.mark.parametrize("chunk", [1, 1280, None])  # one query row at a time, 5-13 rows (uneven tails), the default
+def test_qwen_chunked_signals_equal_eager_reference(qwen_t, block, chunk):
+    """The lazily computed, row-chunked signals equal one unchunked softmax per attention scope, image by image."""
+    from vlprune.models.qwen2_5_vl import _VisionPass
+
+    visual = qwen_t.model.model.visual
+    im = qwen_t.images(SIZES["qwen2_5_vl"])
+    merged, ref = _qwen_reference(visual, im["pixel_values"], im["image_grid_thw"], block, "qq")
+    vit = _VisionPass(visual, im["pixel_values"], im["image_grid_thw"], block, chunk=chunk)
+    torch.testing.assert_close(vit.merged, merged, rtol=0, atol=0)
+    for i, (received, keys, decoupled) in enumerate(ref):
+        torch.testing.assert_close(vit.received(i), received, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(vit.keys(i), keys, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(vit.decoupled(i, "qq"), decoupled, rtol=1e-5, atol=1e-5)
+    _, ref_qk = _qwen_reference(visual, im["pixel_values"], im["image_grid_thw"], block, "qk")
+    torch.testing.assert_close(vit.decoupled(1, "qk"), ref_qk[1][2], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method, expected", [
+    ("random", set()), ("vispruner", {"qkv", "column_means"}), ("visionzip", {"qkv", "column_means"}),
+    ("desap", {"qkv", "column_means", "attend"}),
+])
+def test_qwen_signals_only_on_demand(qwen_t, monkeypatch, method, expected):
+    """The adapter computes only what the method asks for: ``random`` projects and scores nothing."""
+    from vlprune.models.qwen2_5_vl import _VisionPass
+
+    calls = {"qkv": 0, "column_means": 0, "attend": 0}
+    for name, attr in [("qkv", "_projections"), ("column_means", "_column_means"), ("attend", "_attend")]:
+        def spy(self, *args, _orig=getattr(_VisionPass, attr), _name=name):
+            calls[_name] += 1
+            return _orig(self, *args)
+
+        monkeypatch.setattr(_VisionPass, attr, spy)
+    m = qwen_t.model
+    inputs = _inputs(qwen_t, SIZES["qwen2_5_vl"][:2], [1, 1])
+    try:
+        vlprune.apply(m, method, 5, **_kw("qwen2_5_vl", method, qwen_t))
+        m(**inputs)
+    finally:
+        vlprune.remove(m)
+    assert {name for name, n in calls.items() if n} == expected
+
+
 def test_errors(next_t, qwen_t):
     with pytest.raises(NotImplementedError, match="LlavaNextForConditionalGeneration.*Qwen2_5_VLForConditionalGeneration"):
         vlprune.apply(torch.nn.Linear(2, 2), "random", 4)

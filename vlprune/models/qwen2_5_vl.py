@@ -11,6 +11,8 @@ a full-attention block in Qwen2.5-VL-7B):
 * inside the ViT the patches are in window order: every per-patch signal is grouped per 2x2 unit and put back in
   raster order with ``argsort(window_index)``, exactly like the model does after the merger;
 * keys (VisionZip's merge metric): head-mean keys of the scoring block (before RoPE), averaged over the 2x2 group;
+* lazily, per image: only the signals the method asks for are computed (``random`` scores nothing), and attention
+  is reduced over chunks of query rows, never materialised as a whole (heads x N x N) matrix;
 * M-RoPE: 3-D positions are computed on the UNPRUNED prompt with the model's ``get_rope_index`` and the kept columns
   are passed as ``position_ids``; ``model.model.rope_deltas`` is set for the shortened prompt so that cached decoding
   without explicit positions continues at ``max(position) + 1`` as the unpruned model would (``generate`` passes
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -59,31 +61,28 @@ class LlmEmbeddingQuestions:
 
 
 class _QwenImage:
-    """``SignalSource`` of one image (B = 1) of a Qwen2.5-VL vision pass."""
+    """``SignalSource`` of one image (B = 1) of a Qwen2.5-VL vision pass; every signal is computed on first use."""
 
     def __init__(self, vit: "_VisionPass", i: int, question: str | None, encoder: Any) -> None:
         self.vit, self.i, self._question, self.encoder = vit, i, question, encoder
         t, h, w = vit.grids[i]
         self.grid = (h // vit.merge, w // vit.merge)
 
-    def _img(self, per_unit_raster: torch.Tensor) -> torch.Tensor:
-        lo, hi = self.vit.unit_ranges[self.i]
-        return per_unit_raster[lo:hi].unsqueeze(0)
-
     def features(self) -> torch.Tensor:
-        return self._img(self.vit.merged)
+        lo, hi = self.vit.unit_ranges[self.i]
+        return self.vit.merged[lo:hi].unsqueeze(0)
 
     def cls_attention(self) -> torch.Tensor:
-        return self._img(self.vit.received)
+        return self.vit.received(self.i).unsqueeze(0)
 
     def keys(self) -> torch.Tensor:
-        return self._img(self.vit.keys)
+        return self.vit.keys(self.i).unsqueeze(0)
 
     def cls_feature(self) -> None:
         return None
 
     def decoupled(self, mode: str) -> torch.Tensor:
-        rows = self._img(self.vit.decoupled(mode))
+        rows = self.vit.decoupled(self.i, mode).unsqueeze(0)
         return torch.cat([rows.mean(1, keepdim=True), rows], 1)
 
     def question(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -98,9 +97,18 @@ class _QwenImage:
 
 
 class _VisionPass:
-    """One run of the Qwen2.5-VL ViT with the scoring block's input captured; signals per merged token."""
+    """One run of the Qwen2.5-VL ViT with the scoring block's input captured; signals per merged token.
 
-    def __init__(self, visual: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, block: int) -> None:
+    Nothing is scored up front: each image's q/k/v of the scoring block and each signal a method asks for
+    (``received``, ``keys``, ``decoupled``) are computed for that image alone on first use and cached. Attention
+    is reduced over chunks of query rows in fp32 (at most ``chunk`` scores at a time), never as a whole
+    (heads x n x n) matrix.
+    """
+
+    chunk: int = 1 << 22  # most fp32 attention scores (heads x query rows x keys) held at once: 16 MiB
+
+    def __init__(self, visual: torch.nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, block: int,
+                 chunk: int | None = None) -> None:
         from transformers.vision_utils import get_vision_window_index
 
         self.visual = visual
@@ -108,6 +116,9 @@ class _VisionPass:
         self.unit = self.merge**2
         self.grids = [tuple(int(x) for x in g) for g in grid_thw.tolist()]
         self.block = visual.blocks[block]
+        self.heads = self.block.attn.num_heads
+        if chunk is not None:
+            self.chunk = int(chunk)
         captured: dict = {}
 
         def hook(module, args, kwargs):
@@ -121,7 +132,8 @@ class _VisionPass:
         finally:
             handle.remove()
         self.merged = out.pooler_output  # (units, D_llm), raster order, all images
-        self.x, self.cu, self.pe = captured["x"], captured["cu"], captured["pe"]
+        self.x, self.pe = captured["x"], captured["pe"]
+        self.cu = [int(c) for c in captured["cu"].tolist()]
         window_index, _ = get_vision_window_index(
             grid_thw, spatial_merge_size=self.merge, window_size=visual.window_size, patch_size=visual.patch_size,
         )
@@ -132,59 +144,111 @@ class _VisionPass:
         flat = pixel_values.detach().float().cpu()
         patch_bounds = [b * self.unit for b in bounds]
         self.image_keys = [zlib.crc32(flat[a:b].numpy().tobytes()) for a, b in zip(patch_bounds[:-1], patch_bounds[1:])]
-        self._decoupled: dict[str, torch.Tensor] = {}
-        attn = self.block.attn
-        self.heads = attn.num_heads
-        normed = self.block.norm1(self.x)
-        self.q, self.k, self.v = attn.qkv(normed).reshape(normed.shape[0], 3, self.heads, -1).permute(1, 0, 2, 3).unbind(0)
-        self.received = self._to_raster(self._received().view(-1, self.unit).sum(-1))
-        self.keys = self._to_raster(self.k.float().mean(1).view(-1, self.unit, self.k.shape[-1]).mean(1))
+        self._cache: dict[tuple, Any] = {}
 
-    def _to_raster(self, per_unit_window: torch.Tensor) -> torch.Tensor:
-        return per_unit_window[self.reverse]
+    def _cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
 
-    def _rope(self, x: torch.Tensor) -> torch.Tensor:
-        cos, sin = self.pe
-        cos, sin = cos.unsqueeze(-2).float(), sin.unsqueeze(-2).float()
+    # -- layout of image i ---------------------------------------------------------------------------------
+    def _patches(self, i: int) -> tuple[int, int]:
+        """Image i's patch range in the ViT's (window) order: its units stay together, so it is contiguous."""
+        lo, hi = self.unit_ranges[i]
+        return lo * self.unit, hi * self.unit
+
+    def _to_raster(self, i: int, per_unit_window: torch.Tensor) -> torch.Tensor:
+        """Image i's per-unit rows from window order to raster order (its slice of ``argsort(window_index)``)."""
+        lo, hi = self.unit_ranges[i]
+        return per_unit_window[self.reverse[lo:hi] - lo]
+
+    def _segments(self, i: int) -> list[tuple[int, int]]:
+        """Attention scopes (full image or windows) of the scoring block inside image i, as local patch ranges."""
+        a, b = self._patches(i)
+        cu = [c - a for c in self.cu if a <= c <= b]
+        return [(s, e) for s, e in zip(cu[:-1], cu[1:]) if e > s]
+
+    # -- projections of the scoring block --------------------------------------------------------------------
+    def _projections(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (patches, H, d) of image i: the block's ``qkv`` on ``norm1`` of its input, in the model's dtype."""
+        def compute():
+            a, b = self._patches(i)
+            normed = self.block.norm1(self.x[a:b])
+            return tuple(self.block.attn.qkv(normed).reshape(b - a, 3, self.heads, -1).permute(1, 0, 2, 3).unbind(0))
+
+        return self._cached(("qkv", i), compute)
+
+    def _rope(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """The block's 2-D RoPE on image i's q or k, in fp32 (``apply_rotary_pos_emb_vision`` before its cast)."""
+        a, b = self._patches(i)
+        cos, sin = (p[a:b].unsqueeze(-2).float() for p in self.pe)
         x = x.float()
         half = x.shape[-1] // 2
         rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
         return x * cos + rotated * sin
 
-    def _segments(self) -> list[tuple[int, int]]:
-        cu = self.cu.tolist()
-        return [(a, b) for a, b in zip(cu[:-1], cu[1:]) if b > a]
+    def _rows(self, n_keys: int) -> int:
+        """Query rows per chunk: at most ``chunk`` scores of (heads x rows x n_keys), at least one row."""
+        return max(1, self.chunk // (self.heads * n_keys))
 
-    def _received(self, chunk: int = 1024) -> torch.Tensor:
-        """Mean attention each patch receives (head mean, query mean over its attention scope): (patches,) window order."""
-        q, k = self._rope(self.q), self._rope(self.k)
+    def _column_means(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Mean attention each key receives in one scope: mean over heads and queries of softmax(q k^T * scale),
+        q (n, H, d), k (n, H, d) -> (n,), accumulated as column sums over chunks of query rows."""
         scale = self.block.attn.scaling
-        out = torch.zeros(q.shape[0], device=q.device)
-        for a, b in self._segments():
-            kt = k[a:b].transpose(0, 1)  # (H, n, d)
-            acc = torch.zeros(b - a, device=q.device)
-            for s in range(a, b, chunk):
-                qs = q[s: min(b, s + chunk)].transpose(0, 1)  # (H, c, d)
-                acc += torch.softmax(qs @ kt.transpose(1, 2) * scale, -1).sum((0, 1))
-            out[a:b] = acc / (self.heads * (b - a))
+        kt = k.permute(1, 2, 0)  # (H, d, n)
+        acc = torch.zeros(k.shape[0], device=k.device)
+        step = self._rows(k.shape[0])
+        for s in range(0, q.shape[0], step):
+            scores = q[s: s + step].transpose(0, 1) @ kt  # (H, c, n)
+            acc += torch.softmax(scores.mul_(scale), -1).sum((0, 1))
+        return acc / (self.heads * q.shape[0])
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T * scale) v per head in one scope, q/k/v (n, H, d) -> (n, H, d), over chunks of query rows."""
+        scale = self.block.attn.scaling
+        kt, vh = k.permute(1, 2, 0), v.transpose(0, 1)  # (H, d, n), (H, n, d)
+        out = torch.empty_like(v)
+        step = self._rows(k.shape[0])
+        for s in range(0, q.shape[0], step):
+            scores = q[s: s + step].transpose(0, 1) @ kt  # (H, c, n)
+            out[s: s + step] = (torch.softmax(scores.mul_(scale), -1) @ vh).transpose(0, 1)
         return out
 
-    def decoupled(self, mode: str) -> torch.Tensor:
-        """DeSAP eq. 2 on the scoring block (pair ``mode``), then the model's merger: (units, D_llm), raster order."""
-        if mode not in self._decoupled:
-            proj = {"q": self._rope(self.q), "k": self._rope(self.k), "v": self.v.float()}
-            if mode not in ("qq", "qk", "kk", "vv"):
-                raise ValueError(f"decoupled attention mode must be one of qq/qk/kk/vv, got {mode!r}")
-            a_all, b_all, v_all = proj[mode[0]], proj[mode[1]], self.v.float()
-            scale = self.block.attn.scaling
-            out = torch.zeros_like(v_all)
-            for a, b in self._segments():
-                probs = torch.softmax(a_all[a:b].transpose(0, 1) @ b_all[a:b].transpose(0, 1).transpose(1, 2) * scale, -1)
-                out[a:b] = (probs @ v_all[a:b].transpose(0, 1)).transpose(0, 1)
-            attn = self.block.attn
-            a_d = attn.proj(out.reshape(out.shape[0], -1).to(self.x.dtype))
-            self._decoupled[mode] = self._to_raster(self.visual.merger(a_d))
-        return self._decoupled[mode]
+    # -- signals, per image, raster order on its merged grid -----------------------------------------------------
+    def received(self, i: int) -> torch.Tensor:
+        """(units_i,) mean attention received (head mean, query mean over its scope), summed over each 2x2 unit."""
+        def compute():
+            q, k, _ = self._projections(i)
+            q, k = self._rope(i, q), self._rope(i, k)
+            out = torch.cat([self._column_means(q[a:b], k[a:b]) for a, b in self._segments(i)])
+            return self._to_raster(i, out.view(-1, self.unit).sum(-1))
+
+        return self._cached(("received", i), compute)
+
+    def keys(self, i: int) -> torch.Tensor:
+        """(units_i, d) head-mean keys of the scoring block before RoPE, averaged over each 2x2 unit."""
+        def compute():
+            k = self._projections(i)[1].float().mean(1)
+            return self._to_raster(i, k.view(-1, self.unit, k.shape[-1]).mean(1))
+
+        return self._cached(("keys", i), compute)
+
+    def decoupled(self, i: int, mode: str) -> torch.Tensor:
+        """DeSAP eq. 2 on the scoring block (pair ``mode``, scopes as the block's), ``proj``, then the model's merger:
+        (units_i, D_llm). The merger runs again on purpose: its input here is the decoupled attention, not the
+        block stack's output, so the first pass's result cannot stand in for it."""
+        if mode not in ("qq", "qk", "kk", "vv"):
+            raise ValueError(f"decoupled attention mode must be one of qq/qk/kk/vv, got {mode!r}")
+
+        def compute():
+            q, k, v = self._projections(i)
+            rotated = {"q": self._rope(i, q), "k": self._rope(i, k), "v": v.float()}
+            left, right, v = rotated[mode[0]], rotated[mode[1]], v.float()
+            out = torch.cat([self._attend(left[a:b], right[a:b], v[a:b]) for a, b in self._segments(i)])
+            a_d = self.block.attn.proj(out.reshape(out.shape[0], -1).to(self.x.dtype))
+            return self._to_raster(i, self.visual.merger(a_d))
+
+        return self._cached(("decoupled", i, mode), compute)
 
 
 class Qwen2_5_VLAdapter(Adapter):
