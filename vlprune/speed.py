@@ -231,13 +231,17 @@ def _llama_clip_configs(shape: ModelShape, layers: int, vision_layers: int) -> t
     return text, vision
 
 
-def _finish(model: nn.Module, seed: int, device: torch.device) -> nn.Module:
-    """Random weights, device, eval mode, greedy generation ids of the word tokenizers."""
-    _fill_random_(model, seed)
-    model.to(device).eval()
+def _word_tokenizer_ids(model: nn.Module) -> nn.Module:
+    """Generation pad/eos ids of ``vlprune.testing.word_tokenizer`` (0, 3)."""
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = 3
     return model
+
+
+def _finish(model: nn.Module, seed: int, device: torch.device) -> nn.Module:
+    """Random weights, device, eval mode, greedy generation ids of the word tokenizers."""
+    _fill_random_(model, seed)
+    return _word_tokenizer_ids(model.to(device).eval())
 
 
 def build_llava(shape: ModelShape, layers: int, vision_layers: int, dtype: torch.dtype, device: torch.device,
@@ -321,10 +325,7 @@ def _tiny_shape(name: str, source: str, model: nn.Module, visual_tokens: int, vc
 
 
 def _tiny_model(model: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
-    model = model.to(device=device, dtype=dtype).eval()
-    model.generation_config.pad_token_id = 0
-    model.generation_config.eos_token_id = 3
-    return model
+    return _word_tokenizer_ids(model.to(device=device, dtype=dtype).eval())
 
 
 def build_tiny(dtype: torch.dtype, device: torch.device, seed: int = 0) -> BenchModel:
@@ -499,9 +500,9 @@ def prefill_flops(shape: ModelShape, method: Optional[str], keep: Optional[int],
     LLM: sum over layers l of ``llm_layer_flops`` (eq. 6; GQA's narrower k/v for Qwen) with n_l = (visual tokens at
         layer l) + text tokens (visual tokens per layer from ``flops.tokens_per_layer``: encoder methods k
         everywhere, FastV all tokens before layer K). LLaVA-NeXT: the newline tokens are LLM tokens too: the
-        unpruned model has one per grid row; encoder-side methods keep one per row that kept a patch (the default
-        ``newlines="rows"``): ``newlines`` if given (the bench passes the count it measured), else one per row, the
-        most there can be; in-LLM methods see and prune newlines like any placeholder (their k includes them).
+        unpruned model has one per grid row; encoder-side methods keep one per row that kept a patch: ``newlines``
+        if given (the bench passes the count it measured), else one per row, the most there can be; in-LLM
+        methods see and prune newlines like any placeholder (their k includes them).
     The vision tower runs on every patch for every method (selection happens at its output). The unpatched
     model and in-LLM methods run all L_v blocks; on LLaVA(-NeXT) encoder-side methods stop at the feature layer
     (``hidden_states[-2]``: L_v - 1 blocks), since the last block only feeds outputs LLaVA discards; on Qwen2.5-VL

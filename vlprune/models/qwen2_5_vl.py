@@ -191,27 +191,30 @@ class _VisionPass:
         """Query rows per chunk: at most ``chunk`` scores of (heads x rows x n_keys), at least one row."""
         return max(1, self.chunk // (self.heads * n_keys))
 
-    def _column_means(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """Mean attention each key receives in one scope: mean over heads and queries of softmax(q k^T * scale),
-        q (n, H, d), k (n, H, d) -> (n,), accumulated as column sums over chunks of query rows."""
+    def _softmax_chunks(self, q: torch.Tensor, k: torch.Tensor):
+        """Yield (first row, probs (H, c, n)) of softmax(q k^T * scale) per head over chunks of query rows,
+        q (n, H, d), k (n, H, d); at most ``chunk`` scores at a time."""
         scale = self.block.attn.scaling
         kt = k.permute(1, 2, 0)  # (H, d, n)
-        acc = torch.zeros(k.shape[0], device=k.device)
         step = self._rows(k.shape[0])
         for s in range(0, q.shape[0], step):
             scores = q[s: s + step].transpose(0, 1) @ kt  # (H, c, n)
-            acc += torch.softmax(scores.mul_(scale), -1).sum((0, 1))
+            yield s, torch.softmax(scores.mul_(scale), -1)
+
+    def _column_means(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Mean attention each key receives in one scope: mean over heads and queries of softmax(q k^T * scale),
+        q (n, H, d), k (n, H, d) -> (n,), accumulated as column sums over chunks of query rows."""
+        acc = torch.zeros(k.shape[0], device=k.device)
+        for _, probs in self._softmax_chunks(q, k):
+            acc += probs.sum((0, 1))
         return acc / (self.heads * q.shape[0])
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """softmax(q k^T * scale) v per head in one scope, q/k/v (n, H, d) -> (n, H, d), over chunks of query rows."""
-        scale = self.block.attn.scaling
-        kt, vh = k.permute(1, 2, 0), v.transpose(0, 1)  # (H, d, n), (H, n, d)
+        vh = v.transpose(0, 1)  # (H, n, d)
         out = torch.empty_like(v)
-        step = self._rows(k.shape[0])
-        for s in range(0, q.shape[0], step):
-            scores = q[s: s + step].transpose(0, 1) @ kt  # (H, c, n)
-            out[s: s + step] = (torch.softmax(scores.mul_(scale), -1) @ vh).transpose(0, 1)
+        for s, probs in self._softmax_chunks(q, k):
+            out[s: s + probs.shape[1]] = (probs @ vh).transpose(0, 1)
         return out
 
     # -- signals, per image, raster order on its merged grid -----------------------------------------------------
@@ -243,7 +246,7 @@ class _VisionPass:
         def compute():
             q, k, v = self._projections(i)
             rotated = {"q": self._rope(i, q), "k": self._rope(i, k), "v": v.float()}
-            left, right, v = rotated[mode[0]], rotated[mode[1]], v.float()
+            left, right, v = rotated[mode[0]], rotated[mode[1]], rotated["v"]
             out = torch.cat([self._attend(left[a:b], right[a:b], v[a:b]) for a, b in self._segments(i)])
             a_d = self.block.attn.proj(out.reshape(out.shape[0], -1).to(self.x.dtype))
             return self._to_raster(i, self.visual.merger(a_d))
