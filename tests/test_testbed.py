@@ -139,9 +139,20 @@ def test_answers_are_balanced():
             assert counts.min() > 0.5 * len(answers) / len(counts), (fam, counts)
 
 
-def test_small_objects_are_small():
-    areas = [(o.box[2] - o.box[0]) for s in load_split("val", 100) for o in s.objects if o.size == "small"]
-    assert areas and max(areas) <= 16  # at most 2-3 patches across at 96 px / 8 px patches
+def test_objects_are_grid_aligned():
+    for size, s in ((96, load_split("val", 60)), (192, load_split("val", 20, image_size=192))):
+        cell = size // scenes.CELLS
+        for smp in s:
+            for o in smp.objects:
+                x0, y0, x1, y1 = o.box
+                assert x0 % cell == y0 % cell == x1 % cell == y1 % cell == 0
+                assert x1 - x0 == y1 - y0 == scenes.SIZES[o.size] * cell
+            # one empty cell between objects, so no two objects touch
+            for i, a in enumerate(smp.objects):
+                for o in smp.objects[i + 1:]:
+                    assert not scenes._overlaps(a.box, o.box, cell)
+    small = [o for smp in load_split("val", 60) for o in smp.objects if o.size == "small"]
+    assert small and all(boxes_to_patch_mask([o.box], 96, 12).sum() == 1 for o in small)
 
 
 def test_prompt_and_vocabulary():
@@ -219,3 +230,52 @@ def test_tiny_build_roundtrip(tmp_path):
     # the reloaded model scores the same as the one build() evaluated
     again = evaluate(model, processor, load_split("val", 5, image_size=grid * 8))
     assert again == res["val"]
+
+
+def test_training_inputs_match_the_stock_llava_path():
+    """The fast training path (own pixel conversion, cached vision features, inputs_embeds)
+    computes exactly what LlavaForConditionalGeneration computes from the processor's output."""
+    from vlprune.testbed.train import (TestbedSpec, conversation_text, embed_with_features, make_llava,
+                                       make_processor, make_tokenizer, pixels, reply_labels, vision_features)
+
+    spec = TestbedSpec(**TINY, grid=4)
+    tok = make_tokenizer(padding_side="right")
+    proc = make_processor(spec, tok)
+    s = load_split("val", 3, image_size=spec.image_size)
+    pix = pixels([x.image for x in s], proc.image_processor)
+    ref = proc.image_processor(images=[x.image for x in s], return_tensors="pt")["pixel_values"]
+    assert torch.allclose(pix, ref, atol=1e-6)
+
+    from transformers import CLIPVisionConfig
+
+    vcfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            image_size=spec.image_size, patch_size=8)
+    torch.manual_seed(0)
+    model = make_llava(spec, len(tok), vcfg).eval()
+    turns = [[(x.question, x.answer), ("What color is the ring ?", "red")] for x in s]
+    enc = proc(images=[x.image for x in s], text=[conversation_text(t) for t in turns], return_tensors="pt",
+               padding=True)
+    ids = tok([conversation_text(t, spec.grid ** 2) for t in turns], return_tensors="pt", padding=True)
+    assert torch.equal(ids["input_ids"], enc["input_ids"])
+    labels, first = reply_labels(enc["input_ids"], enc["attention_mask"], tok)
+    for r, t in enumerate(turns):
+        words = tok.convert_ids_to_tokens(labels[r][labels[r] >= 0].tolist())
+        assert words == [t[0][1], "</s>", "red", "</s>"]
+        assert tok.convert_ids_to_tokens(int(enc["input_ids"][r, first[r]])) == t[0][1]
+    with torch.no_grad():
+        ref = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                    pixel_values=enc["pixel_values"], labels=labels)
+        x = embed_with_features(model, enc["input_ids"], vision_features(model, pix))
+        out = model(inputs_embeds=x, attention_mask=enc["attention_mask"], labels=labels)
+    assert torch.allclose(out.logits, ref.logits, atol=1e-5)
+    assert torch.allclose(out.loss, ref.loss, atol=1e-6)
+
+
+def test_clip_content_words_are_in_the_vocabulary():
+    """The FILIP term averages over these words: all known, no specials."""
+    from vlprune.testbed.train import content_word_ids, make_clip_tokenizer
+
+    tok = make_clip_tokenizer()
+    ids = content_word_ids(tok)
+    assert len(ids) == len(set(ids.tolist())) and (ids > 4).all()  # no specials, no unknowns
+    assert tok.unk_token_id not in ids.tolist()

@@ -57,18 +57,19 @@ def predict(model, processor, samples: Sequence[Sample], batch_size: int = 50, k
         chunk = samples[i:i + batch_size]
         enc = processor(images=[s.image for s in chunk], text=[prompt_for(s.question) for s in chunk],
                         return_tensors="pt", padding=True)
-        kwargs = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        dev = model.device
+        kwargs = {"input_ids": enc["input_ids"].to(dev), "attention_mask": enc["attention_mask"].to(dev)}
         if keep_random is None:
-            kwargs["pixel_values"] = enc["pixel_values"]
+            kwargs["pixel_values"] = enc["pixel_values"].to(dev)
         else:
-            feats = model.model.get_image_features(pixel_values=enc["pixel_values"]).pooler_output
+            feats = model.model.get_image_features(pixel_values=enc["pixel_values"].to(dev)).pooler_output
             kept = []
             for f in feats:
-                idx = torch.randperm(f.shape[0], generator=generator)[:keep_random].sort().values
+                idx = torch.randperm(f.shape[0], generator=generator)[:keep_random].sort().values.to(dev)
                 kept.append(f[idx])
             ids, mask = _shrink_image_run(enc["input_ids"], enc["attention_mask"], model.config.image_token_id,
                                           keep_random, tok.pad_token_id)
-            kwargs = {"input_ids": ids, "attention_mask": mask,
+            kwargs = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev),
                       "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=kept)}}
         out = model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id)

@@ -69,12 +69,9 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring")
 PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles",
           "cross": "crosses", "ring": "rings"}
 COUNT_WORDS = ("zero", "one", "two", "three", "four")
-SIZES: dict[str, tuple[float, float]] = {  # diameter as a fraction of the image side
-    "small": (0.135, 0.165),
-    "medium": (0.19, 0.23),
-    "large": (0.26, 0.31),
-}
-SIZE_WEIGHTS = {"small": 0.55, "medium": 0.3, "large": 0.15}
+CELLS = 12  # objects are aligned to a 12 x 12 grid of cells (= the 12 x 12 patches at 96 px)
+SIZES: dict[str, int] = {"small": 1, "medium": 2, "large": 3}  # side in cells
+SIZE_WEIGHTS = {"small": 0.45, "medium": 0.35, "large": 0.2}
 LOCATIONS = (("top", "left"), ("top", ""), ("top", "right"),
              ("", "left"), ("center", ""), ("", "right"),
              ("bottom", "left"), ("bottom", ""), ("bottom", "right"))
@@ -151,7 +148,8 @@ def _muted(rng: random.Random, lo: float = 0.25, hi: float = 0.8) -> tuple[int, 
 
 
 def _background(rng: random.Random, nrng: np.random.Generator, s: int, c: float = 1.0) -> np.ndarray:
-    base = np.array(_muted(rng, 0.35, 0.75), dtype=np.float32)
+    grey = np.full(3, 128.0, dtype=np.float32)  # complexity 0: plain mid-grey
+    base = grey + c * (np.array(_muted(rng, 0.35, 0.75), dtype=np.float32) - grey)
     kind = rng.randrange(4)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
     if kind == 0:  # stripes
@@ -167,9 +165,9 @@ def _background(rng: random.Random, nrng: np.random.Generator, s: int, c: float 
         pat = np.asarray(img.resize((s, s), Image.BICUBIC), dtype=np.float32) / 127.5 - 1
     else:  # flat
         pat = np.zeros((s, s), np.float32)
-    amp = rng.uniform(8, 28) * (0.25 + 0.75 * c)
+    amp = rng.uniform(6, 20) * c
     arr = base[None, None, :] + amp * pat[..., None]
-    arr += nrng.normal(0, rng.uniform(3, 10) * (0.25 + 0.75 * c), size=(s, s, 3)).astype(np.float32)
+    arr += nrng.normal(0, rng.uniform(2, 6) * c, size=(s, s, 3)).astype(np.float32)
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
@@ -243,25 +241,32 @@ class _Spec:
 
 
 def _place(rng: random.Random, specs: list[_Spec], s: int) -> tuple[list[SceneObject], tuple] | None:
-    margin = max(1, s // 48)
-    d = rng.uniform(0.20, 0.26) * s
-    dx, dy = rng.uniform(0, s - d), rng.uniform(0, s - d)
-    distractor = (int(dx), int(dy), int(dx + d), int(dy + d))
-    placed: list[tuple[int, int, int, int]] = [distractor]
+    """Grid-aligned placement: every object fills a k x k block of cells (cell = s / CELLS),
+    with at least one empty cell between any two objects and around the distractor."""
+    cell = s / CELLS
+
+    def block(cx: int, cy: int, k: int) -> tuple[int, int, int, int]:
+        return (round(cx * cell), round(cy * cell), round((cx + k) * cell), round((cy + k) * cell))
+
+    def free(cx: int, cy: int, k: int) -> bool:
+        return all(cx + k + 1 <= px or px + pk + 1 <= cx or cy + k + 1 <= py or py + pk + 1 <= cy
+                   for px, py, pk in taken)
+
+    dk = rng.choice((2, 3))
+    dx, dy = rng.randint(0, CELLS - dk), rng.randint(0, CELLS - dk)
+    taken = [(dx, dy, dk)]
     objects = []
     for spec in specs:
-        lo, hi = SIZES[spec.size]
-        w = max(6, round(rng.uniform(lo, hi) * s))
-        for _ in range(60):
-            x0, y0 = rng.randint(1, s - w - 1), rng.randint(1, s - w - 1)
-            box = (x0, y0, x0 + w, y0 + w)
-            if not any(_overlaps(box, p, margin) for p in placed):
+        k = SIZES[spec.size]
+        for _ in range(80):
+            cx, cy = rng.randint(0, CELLS - k), rng.randint(0, CELLS - k)
+            if free(cx, cy, k):
                 break
         else:
             return None
-        placed.append(box)
-        objects.append(SceneObject(spec.shape, spec.color, spec.size, box))
-    return objects, distractor
+        taken.append((cx, cy, k))
+        objects.append(SceneObject(spec.shape, spec.color, spec.size, block(cx, cy, k)))
+    return objects, block(dx, dy, dk)
 
 
 def _random_size(rng: random.Random) -> str:
@@ -301,7 +306,7 @@ def make_scene(scene_id: int, image_size: int = 96, specs: list[_Spec] | None = 
         if res is not None:
             break
         # too crowded: shrink the largest object and retry
-        big = max(range(len(specs)), key=lambda i: SIZES[specs[i].size][0])
+        big = max(range(len(specs)), key=lambda i: SIZES[specs[i].size])
         specs = list(specs)
         specs[big] = _Spec(specs[big].shape, specs[big].color, "small")
     else:  # pragma: no cover - 6 small objects always fit
@@ -327,6 +332,15 @@ def caption_for(scene: Scene, rng: random.Random | None = None) -> str:
         rng.shuffle(obs)
     parts = [f"a {o.size} {o.color} {o.shape} at {_location(o, scene.image_size)}" for o in obs]
     return " and ".join(parts)
+
+
+DESCRIBE = "Describe the image ."
+
+
+def describe(scene: Scene) -> str:
+    """Caption with the objects in reading order (top-to-bottom, left-to-right)."""
+    obs = sorted(scene.objects, key=lambda o: (o.box[1], o.box[0]))
+    return " and ".join(f"a {o.size} {o.color} {o.shape} at {_location(o, scene.image_size)}" for o in obs)
 
 
 def _ref(ob: SceneObject, objects: list[SceneObject]) -> str | None:
@@ -468,14 +482,23 @@ def _free_plan(scene: Scene, family: str, rng: random.Random) -> dict | None:
 
 
 def make_conversation(scene_id: int, family: str, image_size: int = 96, extra_turns: int = 0,
-                      complexity: float = 1.0) -> tuple[Sample, list[tuple[str, str]]]:
+                      complexity: float = 1.0, describe_turn: bool = False) -> tuple[Sample, list[tuple[str, str]]]:
     """``make_sample`` plus up to ``extra_turns`` more (question, answer) pairs about the
     same image (other families, no repeats): multi-turn training data, LLaVA style."""
     scene, (question, answer, boxes), rng = _make(scene_id, family, image_size, complexity)
     sample = Sample(scene.image, question, answer, family, boxes, scene_id, scene.objects)
-    turns, seen = [(question, answer)], {question}
-    for _ in range(3 * extra_turns):
-        if len(turns) > extra_turns:
+    turns = [(question, answer)] + more_turns(scene, rng, extra_turns, {question})
+    if describe_turn:  # a dense "describe the image" turn somewhere in the conversation
+        turns.insert(rng.randint(1, len(turns)), (DESCRIBE, describe(scene)))
+    return sample, turns
+
+
+def more_turns(scene: Scene, rng: random.Random, n: int, seen: set[str] | None = None) -> list[tuple[str, str]]:
+    """Up to ``n`` new (question, answer) pairs about ``scene`` (random families, no repeats)."""
+    seen = set() if seen is None else seen
+    turns: list[tuple[str, str]] = []
+    for _ in range(3 * n):
+        if len(turns) >= n:
             break
         fam = rng.choice(FAMILIES)
         plan = _free_plan(scene, fam, rng)
@@ -483,7 +506,7 @@ def make_conversation(scene_id: int, family: str, image_size: int = 96, extra_tu
         if q is not None and q[0] not in seen:
             seen.add(q[0])
             turns.append((q[0], q[1]))
-    return sample, turns
+    return turns
 
 
 def _base(split: str, seed: int | None) -> int:
@@ -533,7 +556,7 @@ def iter_train_conversations(start: int = 0, image_size: int = 96, max_extra_tur
 
 def vocabulary() -> list[str]:
     """Every word the generator can emit (captions, questions, answers, prompt)."""
-    words = {"user", "assistant", ":", "?", "a", "at", "and", "what", "color", "is", "the",
+    words = {"user", "assistant", ":", "?", ".", "describe", "image", "a", "at", "and", "what", "color", "is", "the",
              "shape", "object", "objects", "there", "how", "many", "are", "left", "or", "right",
              "of", "above", "below", "top", "bottom", "center", "yes", "no"}
     words |= set(COLORS) | set(SHAPES) | set(PLURAL.values()) | set(COUNT_WORDS) | set(SIZES)

@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,18 +54,23 @@ class TestbedSpec:
     text_layers: int = 3
     text_heads: int = 4
     projection_dim: int = 64      # CLIP joint space
-    llm_width: int = 160
+    llm_width: int = 128
     llm_layers: int = 4
     llm_heads: int = 4
-    llm_ffn: int = 512
-    clip_steps: int = 1500
+    llm_ffn: int = 384
+    clip_steps: int = 500
     clip_batch: int = 64
     clip_lr: float = 1e-3
-    llava_steps: int = 3000
+    llava_steps: int = 4500
     llava_batch: int = 32
-    llava_lr: float = 1e-3
-    max_extra_turns: int = 4      # multi-turn training: 0..4 more questions per image
-    curriculum: float = 0.3       # scene complexity ramps 0 -> 1 over this fraction of each stage
+    llava_lr: float = 2e-3
+    turns: int = 6                # questions per training conversation (LLaVA-style multi-turn)
+    pool: int = 12000             # stage-2 training scenes (frozen features computed once)
+    curriculum: float = 0.3       # CLIP: scene complexity ramps 0 -> 1 over this fraction of the steps
+    token_loss: float = 1.0       # weight of CLIP's token-wise (FILIP) loss beside the global one
+    describe_prob: float = 0.0    # share of conversations with a dense "Describe the image ." turn
+    bf16: bool = True             # bf16 autocast for both stages
+    align_loss: float = 1.0       # stage 2: projected patches of an object predict its colour/shape words
     warmup: int = 100
     val_n: int = 500              # val samples scored at the end
     val_probe: int = 100          # val samples scored every val_every steps (log only)
@@ -135,7 +141,7 @@ def make_llava(spec: TestbedSpec, vocab_size: int, vision_config):
     text = LlamaConfig(
         vocab_size=vocab_size, hidden_size=spec.llm_width, intermediate_size=spec.llm_ffn,
         num_hidden_layers=spec.llm_layers, num_attention_heads=spec.llm_heads,
-        num_key_value_heads=spec.llm_heads, max_position_embeddings=max(256, 2 * spec.grid ** 2),
+        num_key_value_heads=spec.llm_heads, max_position_embeddings=max(512, 4 * spec.grid ** 2),
         rms_norm_eps=1e-5, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
         tie_word_embeddings=False)
     config = LlavaConfig(
@@ -165,12 +171,24 @@ def make_processor(spec: TestbedSpec, tokenizer=None):
 
 
 # ------------------------------------------------------------------------- data
+def pixels(images, image_processor) -> torch.Tensor:
+    """CLIP-normalised ``(B, 3, H, W)`` pixels of images already at the model's size.
+
+    Equal to ``image_processor(images)["pixel_values"]`` for such images (tested),
+    without the per-image resize/crop round trip, which dominates batch building.
+    """
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images]) / 255.0
+    mean = np.asarray(image_processor.image_mean, dtype=np.float32)
+    std = np.asarray(image_processor.image_std, dtype=np.float32)
+    return torch.from_numpy(((arr - mean) / std).transpose(0, 3, 1, 2).copy())
+
+
 def _hard_negative(scene: scenes.Scene, rng: random.Random) -> str:
     """The scene's caption with one fact changed (colour, shape, size or place)."""
     obs = list(scene.objects)
     i = rng.randrange(len(obs))
     o = obs[i]
-    kind = rng.choices(("color", "shape", "size", "swap"), weights=(0.25, 0.4, 0.1, 0.25))[0]
+    kind = rng.choices(("color", "shape", "size", "swap"), weights=(0.3, 0.35, 0.1, 0.25))[0]
     if kind == "swap":
         j = [k for k in range(len(obs)) if obs[k].color != o.color]
         if j:
@@ -200,35 +218,72 @@ def _clip_batch(step: int, spec: TestbedSpec, image_processor, tokenizer, seed: 
         imgs.append(sc.image)
         pos.append(scenes.caption_for(sc, rng))
         neg.append(_hard_negative(sc, rng))
-    pix = image_processor(images=imgs, return_tensors="pt")["pixel_values"]
     text = tokenizer(pos + neg, padding=True, return_tensors="pt")
-    return pix, text["input_ids"], text["attention_mask"]
+    return pixels(imgs, image_processor), text["input_ids"], text["attention_mask"]
 
 
-def conversation_text(turns: list[tuple[str, str]]) -> str:
+def conversation_text(turns: list[tuple[str, str]], image_tokens: int = 1) -> str:
     """LLaVA-1.5 multi-turn text: ``USER: <image>\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>``."""
     parts = []
     for k, (q, a) in enumerate(turns):
         parts.append((scenes.prompt_for(q) if k == 0 else f"USER: {q} ASSISTANT:") + f" {a}</s>")
-    return "".join(parts)
+    return "".join(parts).replace("<image>", "<image>" * image_tokens)
+
+
+def reply_labels(ids: torch.Tensor, mask: torch.Tensor, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels on every assistant reply (its words and the EOS that ends it), -100 elsewhere;
+    and the position of each row's first reply token."""
+    asst, colon = tokenizer.convert_tokens_to_ids("assistant"), tokenizer.convert_tokens_to_ids(":")
+    starts = torch.zeros_like(ids, dtype=torch.bool)
+    starts[:, 2:] = (ids[:, :-2] == asst) & (ids[:, 1:-1] == colon)
+    opened = starts.long().cumsum(-1)                      # replies started so far (inclusive)
+    eos = (ids == EOS_ID).long()
+    closed = torch.cat([torch.zeros_like(eos[:, :1]), eos[:, :-1]], 1).cumsum(-1)  # EOS strictly before
+    inside = (opened > closed) & mask.bool()
+    return torch.where(inside, ids, torch.full_like(ids, -100)), starts.long().argmax(-1)
 
 
 def _llava_batch(convs: list[tuple[scenes.Sample, list[tuple[str, str]]]], processor):
-    """Left-padded conversations; labels on every answer word and the EOS after it."""
-    tok = processor.tokenizer
+    """Left-padded conversations through the processor (pixels included)."""
     enc = processor(images=[s.image for s, _ in convs], text=[conversation_text(t) for _, t in convs],
                     return_tensors="pt", padding=True)
     ids, mask = enc["input_ids"], enc["attention_mask"]
-    asst, colon = tok.convert_tokens_to_ids("assistant"), tok.convert_tokens_to_ids(":")
-    is_answer = torch.zeros_like(ids, dtype=torch.bool)
-    is_answer[:, 2:] = (ids[:, :-2] == asst) & (ids[:, 1:-1] == colon)
-    is_eos = torch.zeros_like(is_answer)
-    is_eos[:, 1:] = is_answer[:, :-1] & (ids[:, 1:] == EOS_ID)
-    labels = torch.where(is_answer | is_eos, ids, torch.full_like(ids, -100))
+    labels, first = reply_labels(ids, mask, processor.tokenizer)
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    first = is_answer.long().argmax(-1)  # position of the first (evaluation-format) answer
     return {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
             "pixel_values": enc["pixel_values"], "labels": labels}, first
+
+
+@torch.no_grad()
+def vision_features(model, pix: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The frozen features LLaVA feeds its projector: layer ``vision_feature_layer``, [CLS] dropped."""
+    tower, layer = model.model.vision_tower, model.config.vision_feature_layer
+    out = []
+    for i in range(0, len(pix), batch_size):
+        hs = tower(pix[i:i + batch_size].to(model.device), output_hidden_states=True).hidden_states
+        out.append(hs[layer][:, 1:].float().cpu())
+    return torch.cat(out)
+
+
+def embed_with_features(model, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """``inputs_embeds`` LLaVA builds from ``ids`` and an image's vision features (projector applied)."""
+    x = model.get_input_embeddings()(ids)
+    img = model.model.multi_modal_projector(feats.to(x.device))
+    return x.masked_scatter((ids == model.config.image_token_id)[..., None], img.to(x.dtype))
+
+
+@torch.no_grad()
+def init_projector(model, feats: torch.Tensor) -> None:
+    """Data-dependent init of the projector's first layer: centre and scale the frozen
+    vision features (their large shared component otherwise makes every image token
+    look alike to the language model, which slows down learning where to look)."""
+    feats = feats.reshape(-1, feats.shape[-1]).float()
+    mu = feats.mean(0)
+    sd = (feats - mu).pow(2).mean().sqrt()
+    lin = model.model.multi_modal_projector.linear_1
+    w = torch.randn_like(lin.weight) / math.sqrt(lin.in_features)
+    lin.weight.copy_(w / sd)
+    lin.bias.copy_(-(w / sd) @ mu.to(w))
 
 
 def _lr(step: int, total: int, peak: float, warmup: int) -> float:
@@ -247,10 +302,57 @@ def _progress(enabled: bool):
                     disable=not enabled, transient=False)
 
 
+def _autocast(device, enabled: bool):
+    dev = torch.device(device).type
+    return torch.autocast(dev, dtype=torch.bfloat16, enabled=enabled)
+
+
 # --------------------------------------------------------------------- training
+def content_word_ids(tokenizer) -> torch.Tensor:
+    """Ids of the caption words that name something visible (colours, shapes, sizes, places)."""
+    words = list(scenes.COLORS) + list(scenes.SHAPES) + list(scenes.SIZES) + ["top", "bottom", "left", "right",
+                                                                                 "center"]
+    return torch.tensor(tokenizer.convert_tokens_to_ids(words))
+
+
+def clip_losses(clip, pix, ids, mask, content: torch.Tensor, token_weight: float):
+    """Contrastive losses of one batch: B images against their B captions and B hard negatives.
+
+    Global: InfoNCE on the [CLS] / EOS embeddings (CLIP). Token-wise (FILIP, Yao et al.
+    2021): an image-caption score is the mean over the caption's content words of the
+    best-matching patch, ``mean_w max_p <patch_p, word_w>``, so that individual patches
+    (not only [CLS]) align with the words that describe them.
+    """
+    vis = clip.vision_model(pixel_values=pix)
+    txt = clip.text_model(input_ids=ids, attention_mask=mask)
+    img = F.normalize(clip.visual_projection(vis.pooler_output), dim=-1)
+    cap = F.normalize(clip.text_projection(txt.pooler_output), dim=-1)
+    scale = clip.logit_scale.exp().clamp(max=100)
+    b = img.shape[0]
+    target = torch.arange(b, device=pix.device)
+
+    def nce(logits):  # [b, 2b]: positives then hard negatives
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :b].T, target)) / 2
+
+    logits = scale * img @ cap.T
+    loss = nce(logits)
+    if token_weight > 0:
+        patches = F.normalize(clip.visual_projection(clip.vision_model.post_layernorm(vis.last_hidden_state[:, 1:])),
+                              dim=-1)
+        words = F.normalize(clip.text_projection(txt.last_hidden_state), dim=-1)
+        keep = torch.isin(ids, content.to(ids.device)) & mask.bool()             # [2b, T]
+        best = torch.einsum("ipd,jtd->ijtp", patches, words).amax(-1)           # [b, 2b, T]
+        tok = (best * keep).sum(-1) / keep.sum(-1).clamp(min=1)
+        loss = loss + token_weight * nce(scale * tok)
+    acc = (logits.argmax(-1) == target).float().mean()
+    return loss, acc
+
+
 def train_clip(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, seed: int = 0,
                progress: bool = True, log=None):
     clip.train()
+    dev = clip.device
+    content = content_word_ids(tokenizer)
     opt = torch.optim.AdamW(clip.parameters(), lr=spec.clip_lr, weight_decay=0.05, betas=(0.9, 0.98))
     ema = None
     with _progress(progress) as bar:
@@ -258,22 +360,16 @@ def train_clip(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, 
         for step in range(steps):
             for g in opt.param_groups:
                 g["lr"] = _lr(step, steps, spec.clip_lr, spec.warmup)
-            pix, ids, mask = _clip_batch(step, spec, image_processor, tokenizer, seed,
-                                         _complexity(step, steps, spec.curriculum))
-            img = F.normalize(clip.get_image_features(pixel_values=pix).pooler_output, dim=-1)
-            txt = F.normalize(clip.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, dim=-1)
-            scale = clip.logit_scale.exp().clamp(max=100)
-            b = img.shape[0]
-            logits = scale * img @ txt.T                 # [b, 2b]: positives then hard negatives
-            target = torch.arange(b)
-            loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :b].T, target)) / 2
+            pix, ids, mask = (t.to(dev) for t in _clip_batch(step, spec, image_processor, tokenizer, seed,
+                                                             _complexity(step, steps, spec.curriculum)))
+            with _autocast(dev, spec.bf16):
+                loss, acc = clip_losses(clip, pix, ids, mask, content, spec.token_loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
             opt.step()
-            acc = (logits.argmax(-1) == target).float().mean().item()
-            ema = (loss.item(), acc) if ema is None else (0.95 * ema[0] + 0.05 * loss.item(),
-                                                          0.95 * ema[1] + 0.05 * acc)
+            ema = (loss.item(), acc.item()) if ema is None else (0.95 * ema[0] + 0.05 * loss.item(),
+                                                                 0.95 * ema[1] + 0.05 * acc.item())
             bar.update(task, advance=1, info=f"loss {ema[0]:.3f} i2t acc {ema[1]:.2f}")
             if log and (step % 100 == 0 or step == steps - 1):
                 log(f"clip step {step} loss {ema[0]:.4f} acc {ema[1]:.3f}")
@@ -281,37 +377,110 @@ def train_clip(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, 
     return {"clip_loss": ema[0] if ema else None, "clip_i2t_acc": ema[1] if ema else None}
 
 
+def patch_word_targets(objects, spec: TestbedSpec) -> torch.Tensor:
+    """``(P, 2)`` indices into (COLORS, SHAPES) of the object covering each patch, -1 on background."""
+    out = torch.full((spec.grid ** 2, 2), -1, dtype=torch.long)
+    cols, shps, p = list(scenes.COLORS), list(scenes.SHAPES), spec.patch_size
+    for o in objects:
+        x0, y0, x1, y1 = o.box
+        for r in range(y0 // p, -(-y1 // p)):
+            for c in range(x0 // p, -(-x1 // p)):
+                out[r * spec.grid + c] = torch.tensor([cols.index(o.color), shps.index(o.shape)])
+    return out
+
+
+def alignment_loss(model, feats: torch.Tensor, targets: torch.Tensor, word_ids: tuple[torch.Tensor, torch.Tensor]):
+    """Grounded projector alignment (LLaVA's feature-alignment stage, made dense): the projected token of
+    every object patch, scored against the LLM's input embeddings of the colour words and of the shape
+    words, predicts its object's colour and shape. Touches only the projector and the embeddings."""
+    img = model.model.multi_modal_projector(feats)                        # (B, P, d)
+    emb = model.get_input_embeddings().weight
+    loss = img.new_zeros(())
+    for k, ids in enumerate(word_ids):
+        logits = img @ emb[ids.to(emb.device)].T                           # (B, P, n_words)
+        t = targets[..., k]
+        loss = loss + F.cross_entropy(logits.reshape(-1, len(ids)).float(), t.reshape(-1), ignore_index=-1)
+    return loss
+
+
+class ConversationPool:
+    """``n`` training scenes whose frozen vision features are computed once; every
+    epoch asks new questions about them (epoch 0: the balanced family question first)."""
+
+    def __init__(self, model, spec: TestbedSpec, image_processor, n: int, batch_size: int = 256):
+        self.spec, self.samples, self.feats = spec, [], []
+        for i in range(0, n, batch_size):
+            chunk = [scenes.make_conversation(j, scenes.FAMILIES[j % len(scenes.FAMILIES)], spec.image_size)[0]
+                     for j in range(i, min(n, i + batch_size))]
+            self.feats.append(vision_features(model, pixels([s.image for s in chunk], image_processor)))
+            self.samples += [replace(s, image=None) for s in chunk]   # keep objects, drop pixels
+        self.feats = torch.cat(self.feats)
+        self.targets = torch.stack([patch_word_targets(s.objects, spec) for s in self.samples])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def turns(self, i: int, epoch: int) -> list[tuple[str, str]]:
+        s = self.samples[i]
+        rng = random.Random(f"turns-{i}-{epoch}")
+        scene = scenes.Scene(s.scene_id, self.spec.image_size, s.objects, None, None)
+        first = [(s.question, s.answer)] if epoch == 0 else []
+        more = scenes.more_turns(scene, rng, self.spec.turns - len(first), {s.question} if first else None)
+        turns = first + more
+        if rng.random() < self.spec.describe_prob:
+            turns.insert(rng.randint(0, len(turns)), (scenes.DESCRIBE, scenes.describe(scene)))
+        return turns
+
+    def batch(self, step: int, batch_size: int, tokenizer):
+        n = len(self)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(step * batch_size // n))
+        idx = [int(order[(step * batch_size + k) % n]) for k in range(batch_size)]
+        epoch = step * batch_size // n
+        texts = [conversation_text(self.turns(i, epoch), self.spec.grid ** 2) for i in idx]
+        enc = tokenizer(texts, return_tensors="pt", padding=True)
+        labels, first = reply_labels(enc["input_ids"], enc["attention_mask"], tokenizer)
+        return enc["input_ids"], enc["attention_mask"], labels, first, self.feats[idx], self.targets[idx]
+
+
 def train_llava(model, spec: TestbedSpec, processor, steps: int, seed: int = 0, progress: bool = True,
-                log=None):
+                log=None, pool: ConversationPool | None = None):
+    """Stage 2: projector + language model on the pool's conversations, vision tower frozen."""
+    tok = processor.tokenizer
+    side = tok.padding_side
+    tok.padding_side = "right"
     model.train()
     model.model.vision_tower.eval()
+    params = [p for n, p in model.named_parameters() if not n.startswith("model.vision_tower")]
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=spec.llava_lr, betas=(0.9, 0.98))
-    stream = scenes.iter_train_conversations(
-        0, spec.image_size, spec.max_extra_turns,
-        complexity=lambda i: _complexity(i // spec.llava_batch, steps, spec.curriculum))
+    dev = model.device
     val = scenes.load_split("val", spec.val_probe, image_size=spec.image_size) if spec.val_probe else []
+    words = (torch.tensor(tok.convert_tokens_to_ids(list(scenes.COLORS))),
+             torch.tensor(tok.convert_tokens_to_ids(list(scenes.SHAPES))))
     ema = None
     with _progress(progress) as bar:
         task = bar.add_task("LLaVA", total=steps, info="")
         for step in range(steps):
             for g in opt.param_groups:
                 g["lr"] = _lr(step, steps, spec.llava_lr, spec.warmup)
-            batch, first = _llava_batch([next(stream) for _ in range(spec.llava_batch)], processor)
-            out = model(**batch)
+            ids, mask, labels, first, feats, targets = (t.to(dev) for t in pool.batch(step, spec.llava_batch, tok))
+            with _autocast(dev, spec.bf16):
+                out = model(inputs_embeds=embed_with_features(model, ids, feats), attention_mask=mask,
+                            labels=labels)
+                loss = out.loss
+                if spec.align_loss > 0:
+                    loss = loss + spec.align_loss * alignment_loss(model, feats, targets, words)
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             with torch.no_grad():
-                rows = torch.arange(len(first))  # logits at t predict token t+1
-                pred = out.logits[rows, first - 1].argmax(-1)
-                acc = (pred == batch["labels"][rows, first]).float().mean().item()
+                rows = torch.arange(len(first), device=dev)  # logits at t predict token t+1
+                acc = (out.logits[rows, first - 1].argmax(-1) == labels[rows, first]).float().mean().item()
             ema = (out.loss.item(), acc) if ema is None else (0.97 * ema[0] + 0.03 * out.loss.item(),
                                                               0.97 * ema[1] + 0.03 * acc)
             bar.update(task, advance=1, info=f"loss {ema[0]:.3f} acc {ema[1]:.2f}")
@@ -320,10 +489,13 @@ def train_llava(model, spec: TestbedSpec, processor, steps: int, seed: int = 0, 
             if val and log and step % spec.val_every == spec.val_every - 1:
                 from .evaluate import evaluate
 
+                tok.padding_side = side
                 res = evaluate(model, processor, val)
+                tok.padding_side = "right"
                 model.train()
                 model.model.vision_tower.eval()
                 log(f"llava step {step} val {json.dumps(res)}")
+    tok.padding_side = side
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
@@ -333,7 +505,7 @@ def train_llava(model, spec: TestbedSpec, processor, steps: int, seed: int = 0, 
 def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip_steps: int | None = None,
           llava_steps: int | None = None, progress: bool = True, spec: TestbedSpec | None = None,
           val_n: int | None = None, threads: int | None = 2, log_file: str | Path | None = None,
-          clip_dir: str | Path | None = None) -> dict:
+          clip_dir: str | Path | None = None, device: str = "cpu") -> dict:
     """Train both stages and save them under ``out_dir`` (default: the packaged checkpoint).
 
     Layout: ``out_dir/`` holds the LLaVA model and its processor, ``out_dir/clip/``
@@ -379,9 +551,10 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
         clip = CLIPModel.from_pretrained(clip_dir).eval()
         result["clip_from"] = str(clip_dir)
     else:
-        clip = make_clip(spec, len(tokenizer))
+        clip = make_clip(spec, len(tokenizer)).to(device)
         result.update(train_clip(clip, spec, clip_tok, processor.image_processor, spec.clip_steps, seed,
                                  progress, log))
+        clip = clip.cpu()
     result["time_clip_s"] = time.perf_counter() - t
     (out / "clip").mkdir(exist_ok=True)
     clip.save_pretrained(out / "clip")
@@ -392,8 +565,14 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
     model = make_llava(spec, len(tokenizer), clip.config.vision_config)
     vis = {k[len("vision_model."):]: v for k, v in clip.state_dict().items() if k.startswith("vision_model.")}
     model.model.vision_tower.load_state_dict(vis)
+    model = model.to(device)
     t = time.perf_counter()
-    result.update(train_llava(model, spec, processor, spec.llava_steps, seed, progress, log))
+    pool = ConversationPool(model, spec, processor.image_processor, spec.pool)
+    init_projector(model, pool.feats[:256])
+    result["time_features_s"] = time.perf_counter() - t
+    log(f"features of {len(pool)} scenes in {result['time_features_s']:.1f}s")
+    t = time.perf_counter()
+    result.update(train_llava(model, spec, processor, spec.llava_steps, seed, progress, log, pool))
     result["time_llava_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -403,6 +582,7 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
         log(f"val {json.dumps(result['val'])}")
     result["time_eval_s"] = time.perf_counter() - t
 
+    model = model.cpu()
     model.save_pretrained(out)
     processor.save_pretrained(out)
     result["time_total_s"] = time.perf_counter() - t0
