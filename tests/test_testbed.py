@@ -279,3 +279,77 @@ def test_clip_content_words_are_in_the_vocabulary():
     ids = content_word_ids(tok)
     assert len(ids) == len(set(ids.tolist())) and (ids > 4).all()  # no specials, no unknowns
     assert tok.unk_token_id not in ids.tolist()
+
+
+class _FeaturePool:
+    """Stand-in for ConversationPool's cached tensors: features that encode (colour, shape) or background."""
+
+    def __init__(self, n: int, patches: int, width: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        n_col, n_shp = 6, 5
+        codes = torch.randn(n_col + n_shp + 1, width, generator=g)
+        self.targets = torch.full((n, patches, 2), -1, dtype=torch.long)
+        obj = torch.rand(n, patches, generator=g) < 0.3
+        self.targets[..., 0] = torch.where(obj, torch.randint(n_col, (n, patches), generator=g), -1)
+        self.targets[..., 1] = torch.where(obj, torch.randint(n_shp, (n, patches), generator=g), -1)
+        col, shp = self.targets[..., 0], self.targets[..., 1]
+        self.feats = torch.where(obj[..., None], codes[col.clamp(min=0)] + codes[n_col + shp.clamp(min=0)],
+                                 codes[-1]) + 0.1 * torch.randn(n, patches, width, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.feats)
+
+
+def test_projector_alignment_learns_object_words_and_background():
+    """align_projector drives every patch's projected token to its object's colour and shape word
+    embeddings, and background patches to the 'no object' class (logit 0 beats every word)."""
+    from transformers import CLIPVisionConfig
+
+    from vlprune.testbed.train import (TestbedSpec, align_projector, alignment_loss, attribute_word_ids, make_llava,
+                                       make_tokenizer)
+
+    spec = TestbedSpec(**TINY, grid=4)
+    tok = make_tokenizer()
+    vcfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                            image_size=spec.image_size, patch_size=8)
+    torch.manual_seed(0)
+    model = make_llava(spec, len(tok), vcfg)
+    pool = _FeaturePool(64, spec.grid ** 2, 32)
+    words = attribute_word_ids(tok)
+    llm_before = {k: v.clone() for k, v in model.model.language_model.layers.state_dict().items()}
+    before = alignment_loss(model, pool.feats, pool.targets, words).item()
+    after = align_projector(model, spec, pool, words, steps=400, batch_size=16)
+    assert after < 0.2 * before
+    with torch.no_grad():
+        img = model.model.multi_modal_projector(pool.feats)
+        emb = model.get_input_embeddings().weight
+        for k, ids in enumerate(words):
+            logits = torch.cat([img @ emb[ids].T, torch.zeros_like(img[..., :1])], -1)
+            target = torch.where(pool.targets[..., k] < 0, len(ids), pool.targets[..., k])
+            assert (logits.argmax(-1) == target).float().mean() > 0.95
+    for k, v in model.model.language_model.layers.state_dict().items():  # only projector + embeddings move
+        assert torch.equal(v, llm_before[k]), k
+
+
+@pytest.mark.parametrize("background", [0.0, 0.3, 1.0])
+def test_pool_batch_background_curriculum(background):
+    """Every object patch is kept, background patches at the given share; the conversation has exactly one
+    <image> token per kept patch, in the order the kept features are scattered."""
+    from vlprune.testbed.train import IMAGE_ID, ConversationPool, TestbedSpec, make_tokenizer
+
+    spec = TestbedSpec(**TINY, grid=4, turns=2)
+    tok = make_tokenizer(padding_side="right")
+    pool = ConversationPool.__new__(ConversationPool)
+    pool.spec = spec
+    pool.samples = [load_split("train", 6, image_size=spec.image_size)[i] for i in range(6)]
+    fake = _FeaturePool(6, spec.grid ** 2, 8)
+    pool.feats, pool.targets = fake.feats, fake.targets
+    ids, mask, labels, first, feats, targets, keep = pool.batch(0, 4, tok, background)
+    obj = targets[..., 0] >= 0
+    assert (keep | ~obj).all()                                   # objects always kept
+    assert ((ids == IMAGE_ID).sum(1) == keep.sum(1)).all()
+    if background == 1.0:
+        assert keep.all()
+    elif background == 0.0:
+        assert torch.equal(keep, obj)
+    assert feats[keep].shape == (int(keep.sum()), 8)

@@ -70,8 +70,8 @@ PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles",
           "cross": "crosses", "ring": "rings"}
 COUNT_WORDS = ("zero", "one", "two", "three", "four")
 CELLS = 12  # objects are aligned to a 12 x 12 grid of cells (= the 12 x 12 patches at 96 px)
-SIZES: dict[str, int] = {"small": 1, "medium": 2, "large": 3}  # side in cells
-SIZE_WEIGHTS = {"small": 0.45, "medium": 0.35, "large": 0.2}
+SIZES: dict[str, int] = {"small": 1, "large": 2}  # side in cells: every patch of an object shows part of its outline
+SIZE_WEIGHTS = {"small": 0.55, "large": 0.45}
 LOCATIONS = (("top", "left"), ("top", ""), ("top", "right"),
              ("", "left"), ("center", ""), ("", "right"),
              ("bottom", "left"), ("bottom", ""), ("bottom", "right"))

@@ -70,7 +70,10 @@ class TestbedSpec:
     token_loss: float = 1.0       # weight of CLIP's token-wise (FILIP) loss beside the global one
     describe_prob: float = 0.0    # share of conversations with a dense "Describe the image ." turn
     bf16: bool = True             # bf16 autocast for both stages
-    align_loss: float = 1.0       # stage 2: projected patches of an object predict its colour/shape words
+    align_loss: float = 1.0       # stage 2: projected patches predict their object's colour/shape words
+    align_steps: int = 400        # projector-only alignment warm-up before stage 2
+    background_start: float = 1.0  # stage 2 curriculum: share of background patches shown at step 0 ...
+    background_ramp: float = 0.0   # ... rising to all of them over this fraction of the steps
     warmup: int = 100
     val_n: int = 500              # val samples scored at the end
     val_probe: int = 100          # val samples scored every val_every steps (log only)
@@ -391,16 +394,45 @@ def patch_word_targets(objects, spec: TestbedSpec) -> torch.Tensor:
 
 def alignment_loss(model, feats: torch.Tensor, targets: torch.Tensor, word_ids: tuple[torch.Tensor, torch.Tensor]):
     """Grounded projector alignment (LLaVA's feature-alignment stage, made dense): the projected token of
-    every object patch, scored against the LLM's input embeddings of the colour words and of the shape
-    words, predicts its object's colour and shape. Touches only the projector and the embeddings."""
+    every patch, scored against the LLM's input embeddings of the colour words and of the shape words
+    (plus a fixed logit 0 for "no object"), predicts the colour and shape of the object covering it, or
+    "no object" on the background. Touches only the projector and the embeddings."""
     img = model.model.multi_modal_projector(feats)                        # (B, P, d)
     emb = model.get_input_embeddings().weight
     loss = img.new_zeros(())
     for k, ids in enumerate(word_ids):
         logits = img @ emb[ids.to(emb.device)].T                           # (B, P, n_words)
-        t = targets[..., k]
-        loss = loss + F.cross_entropy(logits.reshape(-1, len(ids)).float(), t.reshape(-1), ignore_index=-1)
+        logits = torch.cat([logits, torch.zeros_like(logits[..., :1])], -1).reshape(-1, len(ids) + 1)
+        t = targets[..., k].reshape(-1)
+        t = torch.where(t < 0, torch.full_like(t, len(ids)), t)           # background -> "no object"
+        loss = loss + F.cross_entropy(logits.float(), t)
     return loss
+
+
+def align_projector(model, spec: TestbedSpec, pool, words, steps: int, batch_size: int = 64, log=None) -> float:
+    """Warm-up before stage 2: the projector (and the word embeddings) alone, on
+    :func:`alignment_loss` over the pool's cached features. Cheap (no LLM forward),
+    and it hands the LLM image tokens that already say which object they show."""
+    mm = model.model.multi_modal_projector
+    params = list(mm.parameters()) + [model.get_input_embeddings().weight]
+    opt = torch.optim.AdamW(params, lr=spec.llava_lr, betas=(0.9, 0.98), weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    loss = torch.zeros(())
+    for step in range(steps):
+        idx = torch.randint(len(pool), (batch_size,), generator=g)
+        loss = alignment_loss(model, pool.feats[idx].to(model.device), pool.targets[idx].to(model.device), words)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if log and (step % 100 == 0 or step == steps - 1):
+            log(f"align step {step} loss {loss.item():.4f}")
+    return loss.item()
+
+
+def attribute_word_ids(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of the colour words and of the shape words (the alignment classes)."""
+    return (torch.tensor(tokenizer.convert_tokens_to_ids(list(scenes.COLORS))),
+            torch.tensor(tokenizer.convert_tokens_to_ids(list(scenes.SHAPES))))
 
 
 class ConversationPool:
@@ -431,15 +463,23 @@ class ConversationPool:
             turns.insert(rng.randint(0, len(turns)), (scenes.DESCRIBE, scenes.describe(scene)))
         return turns
 
-    def batch(self, step: int, batch_size: int, tokenizer):
+    def batch(self, step: int, batch_size: int, tokenizer, background: float = 1.0):
+        """One training batch. ``background`` < 1 keeps every object patch but only that share of the
+        background patches (a curriculum on how many image tokens the LLM must search through); the
+        image features of the kept patches come back flattened in sequence order, as ``keep``."""
         n = len(self)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(step * batch_size // n))
         idx = [int(order[(step * batch_size + k) % n]) for k in range(batch_size)]
         epoch = step * batch_size // n
-        texts = [conversation_text(self.turns(i, epoch), self.spec.grid ** 2) for i in idx]
+        targets = self.targets[idx]
+        keep = torch.ones(targets.shape[:2], dtype=torch.bool)
+        if background < 1:
+            noise = torch.rand(keep.shape, generator=torch.Generator().manual_seed(10_000_019 + step))
+            keep = (targets[..., 0] >= 0) | (noise < background)
+        texts = [conversation_text(self.turns(i, epoch), int(k)) for i, k in zip(idx, keep.sum(1))]
         enc = tokenizer(texts, return_tensors="pt", padding=True)
         labels, first = reply_labels(enc["input_ids"], enc["attention_mask"], tokenizer)
-        return enc["input_ids"], enc["attention_mask"], labels, first, self.feats[idx], self.targets[idx]
+        return enc["input_ids"], enc["attention_mask"], labels, first, self.feats[idx], targets, keep
 
 
 def train_llava(model, spec: TestbedSpec, processor, steps: int, seed: int = 0, progress: bool = True,
@@ -459,17 +499,19 @@ def train_llava(model, spec: TestbedSpec, processor, steps: int, seed: int = 0, 
                             lr=spec.llava_lr, betas=(0.9, 0.98))
     dev = model.device
     val = scenes.load_split("val", spec.val_probe, image_size=spec.image_size) if spec.val_probe else []
-    words = (torch.tensor(tok.convert_tokens_to_ids(list(scenes.COLORS))),
-             torch.tensor(tok.convert_tokens_to_ids(list(scenes.SHAPES))))
+    words = attribute_word_ids(tok)
     ema = None
     with _progress(progress) as bar:
         task = bar.add_task("LLaVA", total=steps, info="")
         for step in range(steps):
             for g in opt.param_groups:
                 g["lr"] = _lr(step, steps, spec.llava_lr, spec.warmup)
-            ids, mask, labels, first, feats, targets = (t.to(dev) for t in pool.batch(step, spec.llava_batch, tok))
+            background = min(1.0, spec.background_start + (1 - spec.background_start) * step
+                             / max(1.0, spec.background_ramp * steps))
+            ids, mask, labels, first, feats, targets, keep = (
+                t.to(dev) for t in pool.batch(step, spec.llava_batch, tok, background))
             with _autocast(dev, spec.bf16):
-                out = model(inputs_embeds=embed_with_features(model, ids, feats), attention_mask=mask,
+                out = model(inputs_embeds=embed_with_features(model, ids, feats[keep]), attention_mask=mask,
                             labels=labels)
                 loss = out.loss
                 if spec.align_loss > 0:
@@ -571,6 +613,9 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
     init_projector(model, pool.feats[:256])
     result["time_features_s"] = time.perf_counter() - t
     log(f"features of {len(pool)} scenes in {result['time_features_s']:.1f}s")
+    if spec.align_steps > 0:
+        result["align_loss"] = align_projector(model, spec, pool, attribute_word_ids(tokenizer), spec.align_steps,
+                                               log=log)
     t = time.perf_counter()
     result.update(train_llava(model, spec, processor, spec.llava_steps, seed, progress, log, pool))
     result["time_llava_s"] = time.perf_counter() - t
