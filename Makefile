@@ -21,7 +21,7 @@ demo: env
 	$(BIN)/vlprune eval --model testbed --bench testbed --methods desap,vispruner,visionzip,fastv,random \
 		--keep 16,32,48 --limit $(DEMO_LIMIT) --json out/demo.json
 	$(BIN)/vlprune show --model testbed --methods desap,vispruner,visionzip,fastv,random --keep 16 \
-		--index 3 -o out/kept.png
+		--index 0 -o out/kept.png
 
 test: env
 	$(BIN)/python -m pytest

@@ -1,7 +1,7 @@
 """Procedural scenes and questions for the vlprune testbed.
 
 Every scene is a textured, cluttered background with a few coloured shapes on it
-(small ones cover only a couple of 8-pixel patches) and one high-contrast
+(a small one is one 8-pixel patch, a large one 2 x 2 patches) and one high-contrast
 "distractor" pattern that is never asked about. The distractor and the large
 shapes are what a saliency-only pruner tends to keep; the questions are often
 about the small shapes elsewhere, so keeping the wrong ~11 % of patches costs

@@ -72,8 +72,8 @@ class TestbedSpec:
     bf16: bool = True             # bf16 autocast for both stages
     align_loss: float = 1.0       # stage 2: projected patches predict their object's colour/shape words
     align_steps: int = 400        # projector-only alignment warm-up before stage 2
-    background_start: float = 1.0  # stage 2 curriculum: share of background patches shown at step 0 ...
-    background_ramp: float = 0.0   # ... rising to all of them over this fraction of the steps
+    background_start: float = 0.1  # stage 2 curriculum: share of background patches shown at step 0 ...
+    background_ramp: float = 0.5   # ... rising to all of them over this fraction of the steps
     warmup: int = 100
     val_n: int = 500              # val samples scored at the end
     val_probe: int = 100          # val samples scored every val_every steps (log only)
