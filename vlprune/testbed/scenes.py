@@ -45,7 +45,6 @@ __all__ = [
     "Scene",
     "SceneObject",
     "caption_for",
-    "iter_train_conversations",
     "iter_train_samples",
     "load_split",
     "make_conversation",
@@ -539,18 +538,6 @@ def iter_train_samples(start: int = 0, image_size: int = 96, seed: int | None = 
     base, i = _base("train", seed), start
     while True:
         yield make_sample(base + i, FAMILIES[i % len(FAMILIES)], image_size)
-        i += 1
-
-
-def iter_train_conversations(start: int = 0, image_size: int = 96, max_extra_turns: int = 4,
-                             complexity=lambda i: 1.0):
-    """Endless stream of ``(sample, turns)`` for training; the first turn is the
-    balanced sample of ``iter_train_samples``, 0..max_extra_turns turns follow.
-    ``complexity(i)`` gives the scene complexity of the i-th item (a curriculum)."""
-    i = start
-    while True:
-        extra = random.Random(f"turns-{i}").randint(0, max_extra_turns)
-        yield make_conversation(i, FAMILIES[i % len(FAMILIES)], image_size, extra, complexity(i))
         i += 1
 
 

@@ -246,17 +246,6 @@ def reply_labels(ids: torch.Tensor, mask: torch.Tensor, tokenizer) -> tuple[torc
     return torch.where(inside, ids, torch.full_like(ids, -100)), starts.long().argmax(-1)
 
 
-def _llava_batch(convs: list[tuple[scenes.Sample, list[tuple[str, str]]]], processor):
-    """Left-padded conversations through the processor (pixels included)."""
-    enc = processor(images=[s.image for s, _ in convs], text=[conversation_text(t) for _, t in convs],
-                    return_tensors="pt", padding=True)
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    labels, first = reply_labels(ids, mask, processor.tokenizer)
-    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
-            "pixel_values": enc["pixel_values"], "labels": labels}, first
-
-
 @torch.no_grad()
 def vision_features(model, pix: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """The frozen features LLaVA feeds its projector: layer ``vision_feature_layer``, [CLS] dropped."""
