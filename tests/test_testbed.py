@@ -353,3 +353,16 @@ def test_pool_batch_background_curriculum(background):
     elif background == 0.0:
         assert torch.equal(keep, obj)
     assert feats[keep].shape == (int(keep.sum()), 8)
+
+
+def test_shipped_checkpoint_was_built_with_the_default_spec():
+    """`vlprune testbed build` (TestbedSpec defaults) is the recipe of the bundled checkpoint."""
+    import json
+    from dataclasses import asdict
+
+    from vlprune.testbed import checkpoint_dir
+    from vlprune.testbed.train import TestbedSpec
+
+    record = json.loads((checkpoint_dir() / "testbed_build.json").read_text())
+    assert record["spec"] == asdict(TestbedSpec())
+    assert record["val"]["n"] == TestbedSpec().val_n
