@@ -52,12 +52,12 @@ def predict(model, processor, samples: Sequence[Sample], batch_size: int = 50, k
 
     model.eval()
     tok = processor.tokenizer
+    dev = model.device
     preds: list[str] = []
     for i in range(0, len(samples), batch_size):
         chunk = samples[i:i + batch_size]
         enc = processor(images=[s.image for s in chunk], text=[prompt_for(s.question) for s in chunk],
                         return_tensors="pt", padding=True)
-        dev = model.device
         kwargs = {"input_ids": enc["input_ids"].to(dev), "attention_mask": enc["attention_mask"].to(dev)}
         if keep_random is None:
             kwargs["pixel_values"] = enc["pixel_values"].to(dev)

@@ -329,8 +329,12 @@ def caption_for(scene: Scene, rng: random.Random | None = None) -> str:
     obs = list(scene.objects)
     if rng is not None:
         rng.shuffle(obs)
-    parts = [f"a {o.size} {o.color} {o.shape} at {_location(o, scene.image_size)}" for o in obs]
-    return " and ".join(parts)
+    return _list_objects(obs, scene.image_size)
+
+
+def _list_objects(objects: list[SceneObject], s: int) -> str:
+    """'a small red triangle at top left and a large blue ring at center' (in the given order)."""
+    return " and ".join(f"a {o.size} {o.color} {o.shape} at {_location(o, s)}" for o in objects)
 
 
 DESCRIBE = "Describe the image ."
@@ -338,8 +342,7 @@ DESCRIBE = "Describe the image ."
 
 def describe(scene: Scene) -> str:
     """Caption with the objects in reading order (top-to-bottom, left-to-right)."""
-    obs = sorted(scene.objects, key=lambda o: (o.box[1], o.box[0]))
-    return " and ".join(f"a {o.size} {o.color} {o.shape} at {_location(o, scene.image_size)}" for o in obs)
+    return _list_objects(sorted(scene.objects, key=lambda o: (o.box[1], o.box[0])), scene.image_size)
 
 
 def _ref(ob: SceneObject, objects: list[SceneObject]) -> str | None:

@@ -371,13 +371,13 @@ def train_clip(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, 
 
 def patch_word_targets(objects, spec: TestbedSpec) -> torch.Tensor:
     """``(P, 2)`` indices into (COLORS, SHAPES) of the object covering each patch, -1 on background."""
+    from .answer import boxes_to_patch_mask
+
     out = torch.full((spec.grid ** 2, 2), -1, dtype=torch.long)
-    cols, shps, p = list(scenes.COLORS), list(scenes.SHAPES), spec.patch_size
+    cols, shps = list(scenes.COLORS), list(scenes.SHAPES)
     for o in objects:
-        x0, y0, x1, y1 = o.box
-        for r in range(y0 // p, -(-y1 // p)):
-            for c in range(x0 // p, -(-x1 // p)):
-                out[r * spec.grid + c] = torch.tensor([cols.index(o.color), shps.index(o.shape)])
+        out[boxes_to_patch_mask([o.box], spec.image_size, spec.grid)] = torch.tensor(
+            [cols.index(o.color), shps.index(o.shape)])
     return out
 
 
@@ -471,8 +471,8 @@ class ConversationPool:
         return enc["input_ids"], enc["attention_mask"], labels, first, self.feats[idx], targets, keep
 
 
-def train_llava(model, spec: TestbedSpec, processor, steps: int, seed: int = 0, progress: bool = True,
-                log=None, pool: ConversationPool | None = None):
+def train_llava(model, spec: TestbedSpec, processor, pool: ConversationPool, steps: int, seed: int = 0,
+                progress: bool = True, log=None):
     """Stage 2: projector + language model on the pool's conversations, vision tower frozen."""
     tok = processor.tokenizer
     side = tok.padding_side
@@ -606,7 +606,7 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
         result["align_loss"] = align_projector(model, spec, pool, attribute_word_ids(tokenizer), spec.align_steps,
                                                log=log)
     t = time.perf_counter()
-    result.update(train_llava(model, spec, processor, spec.llava_steps, seed, progress, log, pool))
+    result.update(train_llava(model, spec, processor, pool, spec.llava_steps, seed, progress, log))
     result["time_llava_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
