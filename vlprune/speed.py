@@ -151,7 +151,7 @@ class BenchModel:
 
 def _fill_random_(model: nn.Module, seed: int, std: float = 0.02) -> None:
     """Cheap init: norm weights 1, biases 0, other weights uniform with standard deviation ``std``."""
-    gen = torch.Generator().manual_seed(seed)
+    gens: dict[torch.device, torch.Generator] = {}
     bound = std * math.sqrt(3.0)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -159,23 +159,24 @@ def _fill_random_(model: nn.Module, seed: int, std: float = 0.02) -> None:
                 p.zero_()
             elif p.dim() == 1 and name.endswith("weight"):
                 p.fill_(1.0)
-            elif p.device.type == "cpu":
-                p.uniform_(-bound, bound, generator=gen)
             else:
-                p.uniform_(-bound, bound)
+                if p.device not in gens:
+                    gens[p.device] = torch.Generator(device=p.device).manual_seed(seed)
+                p.uniform_(-bound, bound, generator=gens[p.device])
         for name, b in model.named_buffers():
             if b.is_floating_point() and not torch.isfinite(b).all():
                 raise RuntimeError(f"buffer {name} was left uninitialised by the fast constructor")
 
 
-def _construct(cls: Any, config: Any, dtype: torch.dtype) -> nn.Module:
-    """Instantiate ``cls(config)`` in ``dtype`` without transformers' / torch's weight init (fast)."""
+def _construct(cls: Any, config: Any, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """Instantiate ``cls(config)`` in ``dtype`` directly on ``device`` (a 7B model never passes through host
+    memory on CUDA) without transformers' / torch's weight init (fast)."""
     from transformers.initialization import no_init_weights
 
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.no_grad(), no_init_weights():
+        with torch.no_grad(), no_init_weights(), torch.device(device):
             model = cls(config)
     finally:
         torch.set_default_dtype(old)
@@ -203,8 +204,8 @@ def _clip_text(width: int, dtype: torch.dtype, device: torch.device, seed: int, 
                          num_hidden_layers=text_layers, num_attention_heads=text_heads, max_position_embeddings=77,
                          projection_dim=projection, eos_token_id=3, bos_token_id=2, pad_token_id=0)
     cfg._attn_implementation = "sdpa"
-    text = _construct(CLIPTextModelWithProjection, cfg, dtype)
-    visual = nn.Linear(width, projection, bias=False, dtype=dtype)
+    text = _construct(CLIPTextModelWithProjection, cfg, dtype, device)
+    visual = nn.Linear(width, projection, bias=False, dtype=dtype, device=device)
     holder = nn.ModuleDict({"text": text, "visual": visual})
     _fill_random_(holder, seed + 1)
     holder.to(device).eval()
@@ -256,7 +257,7 @@ def build_llava(shape: ModelShape, layers: int, vision_layers: int, dtype: torch
     cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_id=4, vision_feature_layer=-2,
                       vision_feature_select_strategy="default", projector_hidden_act="gelu")
     cfg._attn_implementation = "sdpa"
-    model = _finish(_construct(LlavaForConditionalGeneration, cfg, dtype), seed, device)
+    model = _finish(_construct(LlavaForConditionalGeneration, cfg, dtype, device), seed, device)
     clip_text = _clip_text(shape.vision_hidden, dtype, device, seed)
     built = dataclasses.replace(shape, layers=layers, vision_layers=vision_layers)
     return BenchModel(model, word_tokenizer(), clip_text, built, 4, shape.name, llava_layout(built))
@@ -276,7 +277,7 @@ def build_llava_next(shape: ModelShape, layers: int, vision_layers: int, dtype: 
                           vision_feature_select_strategy="default", image_grid_pinpoints=NEXT_PINPOINTS,
                           projector_hidden_act="gelu")
     cfg._attn_implementation = "sdpa"
-    model = _finish(_construct(LlavaNextForConditionalGeneration, cfg, dtype), seed, device)
+    model = _finish(_construct(LlavaNextForConditionalGeneration, cfg, dtype, device), seed, device)
     clip_text = _clip_text(shape.vision_hidden, dtype, device, seed)
     built = dataclasses.replace(shape, layers=layers, vision_layers=vision_layers)
     layout = next_layout(built, size, NEXT_PINPOINTS)
@@ -310,7 +311,7 @@ def build_qwen2_5_vl(shape: ModelShape, layers: int, vision_layers: int, dtype: 
     cfg = Qwen2_5_VLConfig(vision_config=vision, text_config=text, image_token_id=ids[4], video_token_id=ids[7],
                            vision_start_token_id=ids[5], vision_end_token_id=ids[6], tie_word_embeddings=False)
     cfg._attn_implementation = "sdpa"
-    model = _finish(_construct(Qwen2_5_VLForConditionalGeneration, cfg, dtype), seed, device)
+    model = _finish(_construct(Qwen2_5_VLForConditionalGeneration, cfg, dtype, device), seed, device)
     return BenchModel(model, tok, None, built, ids[4], shape.name, layout)
 
 
@@ -537,7 +538,8 @@ def get_stage(method: str) -> str:
 
 # -- measuring ---------------------------------------------------------------------------------------------
 class Clock:
-    """Wall time; on CUDA, synchronised (events for whole calls, synchronize + perf_counter inside hooks)."""
+    """Wall time; on CUDA, events: for whole calls, and as marks inside the pass (hooks record an event and never
+    synchronise, so timing the parts does not serialise the host and the device and slow the pass it measures)."""
 
     def __init__(self, device: torch.device, kind: str = "wall") -> None:
         if kind not in ("wall", "cpu"):
@@ -548,24 +550,28 @@ class Clock:
         self._t = time.process_time if (kind == "cpu" and not self.cuda) else time.perf_counter
         self.kind = "wall" if self.cuda else kind
 
-    def now(self) -> float:
+    def mark(self) -> Any:
+        """A point of the pass: a recorded CUDA event, or a host clock reading."""
         if self.cuda:
-            torch.cuda.synchronize()
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
         return self._t()
+
+    def ms(self, start: Any, end: Any) -> float:
+        """Milliseconds between two marks (on CUDA, waits until the device has passed ``end``)."""
+        if self.cuda:
+            end.synchronize()
+            return start.elapsed_time(end)
+        return 1e3 * (end - start)
 
     def time(self, fn: Callable[[], Any]) -> tuple[float, Any]:
         """(milliseconds, result) of ``fn()``."""
         if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
-            start.record()
-            out = fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end), out
-        t0 = self._t()
+        start = self.mark()
         out = fn()
-        return 1e3 * (self._t() - t0), out
+        return self.ms(start, self.mark()), out
 
 
 def _malloc_trim() -> None:
@@ -646,78 +652,81 @@ def timed_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, list[nn.Module]
 
 
 class StepTimer:
-    """Times the parts of one prefill with hooks: vision tower, projector, entry into the LLM, in-LLM pruning."""
+    """Times the parts of one prefill with hooks that set clock marks: vision tower, projector, entry into the LLM,
+    in-LLM pruning. Read the parts after the pass."""
 
     def __init__(self, model: nn.Module, clock: Clock) -> None:
         self.clock = clock
-        self.t0 = 0.0
-        self.vision = self.projector = self.llm_prune = 0.0
-        self.vision_end = 0.0
-        self.llm_entry: Optional[float] = None
+        self.t0: Any = None
+        self.vision_start: Any = None
+        self.vision_end: Any = None
+        self.llm_entry: Any = None
+        self.projector_spans: list[tuple[Any, Any]] = []
+        self.prune_spans: list[tuple[Any, Any]] = []
+        self._projector_start: Any = None
         self._handles = []
-        self._starts: dict[str, float] = {}
-        self._done: set[str] = set()
         proj, embed, blocks, llm = timed_parts(model)
-        self._handles.append(proj.register_forward_pre_hook(self._pre("projector")))
-        self._handles.append(proj.register_forward_hook(self._post("projector")))
+        self._handles.append(proj.register_forward_pre_hook(self._projector_in))
+        self._handles.append(proj.register_forward_hook(self._projector_out))
         # The vision forward is timed from the patch embedding to the last block that runs: the unpatched model
         # calls the tower's forward, encoder-side pruning on LLaVA runs the blocks up to the feature layer itself.
-        self._handles.append(embed.register_forward_pre_hook(self._pre("vision")))
+        self._handles.append(embed.register_forward_pre_hook(self._vision_in))
         for block in blocks:
             self._handles.append(block.register_forward_hook(self._vision_block_done))
         self._handles.append(llm.register_forward_pre_hook(self._enter_llm))
         self._wrapped = None
 
-    def _pre(self, name: str):
-        def hook(module, args):
-            if name not in self._done:
-                self._starts[name] = self.clock.now()
-        return hook
+    def _projector_in(self, module, args):
+        if not self.projector_spans:
+            self._projector_start = self.clock.mark()
 
-    def _post(self, name: str):
+    def _projector_out(self, module, args, out):
         """Only the first call per pass counts: DeSAP on Qwen2.5-VL runs the merger again on its decoupled
         attention, which is selection work, not the projection of the image."""
-        def hook(module, args, out):
-            if name in self._starts:
-                setattr(self, name, getattr(self, name) + self.clock.now() - self._starts.pop(name))
-                self._done.add(name)
-        return hook
+        if self._projector_start is not None:
+            self.projector_spans.append((self._projector_start, self.clock.mark()))
+            self._projector_start = None
+
+    def _vision_in(self, module, args):
+        if self.vision_start is None:
+            self.vision_start = self.clock.mark()
 
     def _vision_block_done(self, module, args, out):
-        self.vision_end = self.clock.now()
+        self.vision_end = self.clock.mark()
 
     def _enter_llm(self, module, args):
         if self.llm_entry is None:
-            self.llm_entry = self.clock.now()
+            self.llm_entry = self.clock.mark()
 
     def wrap_pruner(self, pruner: Any) -> None:
-        """Accumulate the time of the in-LLM pruner's per-layer prefill step (an instance attribute, removed later)."""
+        """Mark the in-LLM pruner's per-layer prefill step (an instance attribute, removed later)."""
         orig = pruner._prefill
 
         def timed(*args, **kwargs):
-            t = self.clock.now()
+            start = self.clock.mark()
             try:
                 return orig(*args, **kwargs)
             finally:
-                self.llm_prune += self.clock.now() - t
+                self.prune_spans.append((start, self.clock.mark()))
 
         pruner.__dict__["_prefill"] = timed
         self._wrapped = pruner
 
     def start(self) -> None:
-        self.vision = self.projector = self.llm_prune = 0.0
-        self.vision_end = 0.0
-        self._starts.clear()
-        self._done.clear()
-        self.llm_entry = None
-        self.t0 = self.clock.now()
+        self.vision_start = self.vision_end = self.llm_entry = self._projector_start = None
+        self.projector_spans, self.prune_spans = [], []
+        self.t0 = self.clock.mark()
 
     def pre_llm_overhead_ms(self) -> float:
         """Time from the call to the LLM's entry that is neither vision tower nor projector."""
         if self.llm_entry is None:
             return 0.0
-        vision = self.vision_end - self._starts.pop("vision", self.vision_end)
-        return 1e3 * (self.llm_entry - self.t0 - vision - self.projector)
+        vision = self.clock.ms(self.vision_start, self.vision_end) if self.vision_start is not None else 0.0
+        projector = sum(self.clock.ms(a, b) for a, b in self.projector_spans)
+        return self.clock.ms(self.t0, self.llm_entry) - vision - projector
+
+    def llm_prune_ms(self) -> float:
+        return sum(self.clock.ms(a, b) for a, b in self.prune_spans)
 
     def remove(self) -> None:
         for h in self._handles:
@@ -797,14 +806,16 @@ class Cell:
     def time_prefill(self) -> None:
         timer = self._enter()
         try:
+            if self.clock.cuda:
+                torch.cuda.synchronize()
             timer.start()
             ms, out = self.clock.time(self._prefill)
             del out
+            self.pre_llm.append(timer.pre_llm_overhead_ms())
+            self.llm_prune.append(timer.llm_prune_ms())
         finally:
             self._exit(timer)
         self.prefills.append(ms)
-        self.pre_llm.append(timer.pre_llm_overhead_ms())
-        self.llm_prune.append(1e3 * timer.llm_prune)
 
     def time_first_token(self) -> None:
         timer = self._enter()

@@ -40,13 +40,13 @@ def shrink_prompt(
     lengths = keep_real.sum(-1)
     width = int(lengths.max())
     left = attention_mask is not None and bool((attention_mask[:, 0] == 0).any())
-    cols = torch.zeros(b, width, dtype=torch.long, device=input_ids.device)
-    valid = torch.zeros(b, width, dtype=torch.bool, device=input_ids.device)
-    for row in range(b):
-        c = torch.nonzero(keep_real[row])[:, 0]
-        sl = slice(width - len(c), width) if left else slice(0, len(c))
-        cols[row, sl] = c
-        valid[row, sl] = True
+    # surviving columns of each row first, in their original order (a stable sort of the drop flags)
+    order = torch.sort((~keep_real).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    slot = torch.arange(width, device=input_ids.device).expand(b, width)
+    if left:  # row r's survivors fill the last lengths[r] slots
+        slot = slot - (width - lengths)[:, None]
+    valid = (slot >= 0) & (slot < lengths[:, None])
+    cols = torch.gather(order, 1, slot.clamp(0, max(width - 1, 0))).masked_fill(~valid, 0)
     return cols, valid
 
 
