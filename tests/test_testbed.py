@@ -231,6 +231,18 @@ def test_tiny_build_roundtrip(tmp_path):
     again = evaluate(model, processor, load_split("val", 5, image_size=grid * 8))
     assert again == res["val"]
 
+    # the in-LLM methods' defaults for a 2-layer LLM travel with the checkpoint, and --set overrides them
+    from vlprune.evaluation import effective_options, evaluate as evaluate_methods, load_model
+    from vlprune.testbed.train import method_options
+
+    loaded = load_model(str(tmp_path))
+    assert loaded.options == method_options(TestbedSpec(**TINY)) and loaded.options["fastv"] == {"layer": 1}
+    options = effective_options(loaded, {"asap": {"threshold": 0.8}})
+    assert options["asap"] == {"layer": 1, "threshold": 0.8}
+    report = evaluate_methods(loaded, load_split("val", 4, image_size=grid * 8), ["fastv", "visiondrop", "asap"],
+                              [4], options=options)
+    assert [r["method"] for r in report["results"]] == ["fastv", "visiondrop", "asap"]
+
 
 def test_training_inputs_match_the_stock_llava_path():
     """The fast training path (own pixel conversion, cached vision features, inputs_embeds)
@@ -361,8 +373,10 @@ def test_shipped_checkpoint_was_built_with_the_default_spec():
     from dataclasses import asdict
 
     from vlprune.testbed import checkpoint_dir
-    from vlprune.testbed.train import TestbedSpec
+    from vlprune.testbed.train import TestbedSpec, method_options
 
     record = json.loads((checkpoint_dir() / "testbed_build.json").read_text())
     assert record["spec"] == asdict(TestbedSpec())
     assert record["val"]["n"] == TestbedSpec().val_n
+    options = json.loads((checkpoint_dir() / "method_options.json").read_text())
+    assert options == method_options(TestbedSpec())

@@ -109,10 +109,11 @@ def eval_command(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .evaluation import evaluate, load_model, method_kwargs
+    from .evaluation import effective_options, evaluate, load_model, method_kwargs
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     loaded = load_model(model, clip, torch_dtype, device)
+    options = effective_options(loaded, _options(option))
     names, keeps = _names(methods), _ints(keep)
     if bench != "testbed":
         from .bench.readers import canonical_bench, read
@@ -126,7 +127,7 @@ def eval_command(
             task = bar.add_task("full", total=n_items * (1 + len(names) * len(keeps)))
             report = run_benchmark(loaded, bench, names, keeps, out_dir, limit, batch_size, max_new_tokens,
                                    lambda label, n: bar.update(task, advance=n, description=label),
-                                   lambda m: {**method_kwargs(m, loaded), **_options(option).get(m, {})})
+                                   lambda m: {**method_kwargs(m, loaded), **options.get(m, {})})
         print_bench_report(report)
         _write_json(json_path, report)
         return
@@ -141,8 +142,8 @@ def eval_command(
         def progress(label: str, n: int) -> None:
             bar.update(task, advance=n, description=label)
 
-        report = evaluate(loaded, samples, names, keeps, batch_size, progress, options=_options(option))
-    report.update({"bench": bench, "split": split, "seed": seed, "options": _options(option)})
+        report = evaluate(loaded, samples, names, keeps, batch_size, progress, options=options)
+    report.update({"bench": bench, "split": split, "seed": seed, "options": options})
     print_report(report)
     _write_json(json_path, report)
 
@@ -198,7 +199,7 @@ def show_command(
     api.remove(loaded.model)
     full_answer = answer(loaded, [sample])[0].strip()
     for name in _names(methods) if methods else [method]:
-        api.apply(loaded.model, name, keep, **method_kwargs(name, loaded))
+        api.apply(loaded.model, name, keep, **method_kwargs(name, loaded), **loaded.options.get(name, {}))
         pred = answer(loaded, [sample])[0].strip()
         kept = api.last_selection(loaded.model)
         api.remove(loaded.model)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ class LoadedModel:
     processor: Any
     clip: Any  # path or object for DeSAP
     name: str
+    options: dict[str, dict] = field(default_factory=dict)  # the checkpoint's method_options.json, if any
 
 
 def resolve_model(name: str) -> Path | str:
@@ -45,7 +47,19 @@ def load_model(name: str, clip: str | None = None, dtype: torch.dtype = torch.fl
     processor = AutoProcessor.from_pretrained(str(path))
     if clip is None and (Path(path) / "clip" / "config.json").exists():  # testbed layout: CLIP beside the LVLM
         clip = str(Path(path) / "clip")
-    return LoadedModel(model, processor, clip, name)
+    options_file = Path(path) / METHOD_OPTIONS_FILE
+    options = json.loads(options_file.read_text()) if options_file.exists() else {}
+    return LoadedModel(model, processor, clip, name, options)
+
+
+METHOD_OPTIONS_FILE = "method_options.json"
+
+
+def effective_options(loaded: LoadedModel, user: dict[str, dict]) -> dict[str, dict]:
+    """Per-method options: the checkpoint's own defaults (``method_options.json``, e.g. the testbed's in-LLM
+    pruning layer for its 2-layer LLM), overridden option by option by the user's ``--set``."""
+    names = set(loaded.options) | set(user)
+    return {m: {**loaded.options.get(m, {}), **user.get(m, {})} for m in sorted(names)}
 
 
 def shape_of(model: Any, visual_tokens: int) -> ModelShape:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from . import scenes
 
-__all__ = ["TestbedSpec", "build", "make_clip", "make_llava", "make_processor", "make_tokenizer"]
+__all__ = ["TestbedSpec", "build", "make_clip", "make_llava", "make_processor", "make_tokenizer", "method_options"]
 
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, IMAGE_ID = range(5)
@@ -55,16 +55,16 @@ class TestbedSpec:
     text_heads: int = 4
     projection_dim: int = 64      # CLIP joint space
     llm_width: int = 128
-    llm_layers: int = 4
+    llm_layers: int = 2
     llm_heads: int = 4
     llm_ffn: int = 384
     clip_steps: int = 500
     clip_batch: int = 64
     clip_lr: float = 1e-3
-    llava_steps: int = 4500
+    llava_steps: int = 6000
     llava_batch: int = 32
     llava_lr: float = 2e-3
-    turns: int = 6                # questions per training conversation (LLaVA-style multi-turn)
+    turns: int = 12               # questions per training conversation (LLaVA-style multi-turn)
     pool: int = 12000             # stage-2 training scenes (frozen features computed once)
     curriculum: float = 0.3       # CLIP: scene complexity ramps 0 -> 1 over this fraction of the steps
     token_loss: float = 1.0       # weight of CLIP's token-wise (FILIP) loss beside the global one
@@ -533,6 +533,25 @@ def train_llava(model, spec: TestbedSpec, processor, pool: ConversationPool, ste
     return {"llava_loss": ema[0] if ema else None, "llava_train_acc": ema[1] if ema else None}
 
 
+def method_options(spec: TestbedSpec) -> dict[str, dict]:
+    """Defaults of the in-LLM methods for this testbed's LLM depth, saved as ``method_options.json`` beside the
+    checkpoint (``vlprune eval`` / ``show`` apply them; ``--set`` overrides). The papers prune after layer 2 of
+    32 and VisionDrop after 8/16/24; a pruning layer must lie inside the LLM, so a 2-layer LLM prunes after its
+    first layer, and below 4 layers VisionDrop keeps one LLM stage at half depth with the first and last of its
+    official segment ratios."""
+    from ..methods.visiondrop import VisionDropConfig
+
+    options: dict[str, dict] = {}
+    if spec.llm_layers <= 2:
+        options.update({name: {"layer": 1} for name in ("asap", "fastv", "fastv+bimask")})
+    if spec.llm_layers < 4:
+        vd = VisionDropConfig()
+        options["visiondrop"] = {"layer_fractions": [0.5],
+                                 "stage_ratios": [vd.stage_ratios[0], vd.stage_ratios[-1]],
+                                 "contextual_ratios": [vd.contextual_ratios[0], vd.contextual_ratios[-1]]}
+    return options
+
+
 def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip_steps: int | None = None,
           llava_steps: int | None = None, progress: bool = True, spec: TestbedSpec | None = None,
           val_n: int | None = None, threads: int | None = 2, log_file: str | Path | None = None,
@@ -545,6 +564,7 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
     and per family, greedy decoding, first word). Deterministic for a given seed
     and thread count. ``clip_dir`` skips stage 1 and reuses a saved CLIP.
     """
+    from ..evaluation import METHOD_OPTIONS_FILE
     from .evaluate import evaluate
 
     from . import checkpoint_dir
@@ -619,6 +639,7 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
     model = model.cpu()
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    (out / METHOD_OPTIONS_FILE).write_text(json.dumps(method_options(spec), indent=2) + "\n")
     result["time_total_s"] = time.perf_counter() - t0
     (out / "testbed_build.json").write_text(json.dumps(result, indent=2) + "\n")
     log(f"done {json.dumps({k: v for k, v in result.items() if k != 'spec'})}")
