@@ -1,8 +1,8 @@
 """Accuracy-retention benchmark on the bundled testbed: methods x budgets, per-family accuracy, object recall."""
 from __future__ import annotations
 
-from collections import defaultdict
 import json
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -12,6 +12,9 @@ import torch
 from . import api
 from .flops import method_tflops
 from .presets import ModelShape
+
+
+METHOD_OPTIONS_FILE = "method_options.json"  # per-method option defaults a checkpoint may carry
 
 
 @dataclass
@@ -51,8 +54,6 @@ def load_model(name: str, clip: str | None = None, dtype: torch.dtype = torch.fl
     options = json.loads(options_file.read_text()) if options_file.exists() else {}
     return LoadedModel(model, processor, clip, name, options)
 
-
-METHOD_OPTIONS_FILE = "method_options.json"
 
 
 def effective_options(loaded: LoadedModel, user: dict[str, dict]) -> dict[str, dict]:

@@ -558,8 +558,9 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
           clip_dir: str | Path | None = None, device: str = "cpu") -> dict:
     """Train both stages and save them under ``out_dir`` (default: the packaged checkpoint).
 
-    Layout: ``out_dir/`` holds the LLaVA model and its processor, ``out_dir/clip/``
-    the full CLIP model (text tower + projections), its tokenizer and image processor.
+    Layout: ``out_dir/`` holds the LLaVA model, its processor and ``method_options.json``
+    (:func:`method_options`), ``out_dir/clip/`` the full CLIP model (text tower +
+    projections), its tokenizer and image processor.
     Returns timings (seconds), training summaries and the val accuracy (overall
     and per family, greedy decoding, first word). Deterministic for a given seed
     and thread count. ``clip_dir`` skips stage 1 and reuses a saved CLIP.
