@@ -806,8 +806,6 @@ class Cell:
     def time_prefill(self) -> None:
         timer = self._enter()
         try:
-            if self.clock.cuda:
-                torch.cuda.synchronize()
             timer.start()
             ms, out = self.clock.time(self._prefill)
             del out

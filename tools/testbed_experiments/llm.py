@@ -1,5 +1,6 @@
 import sys, time, random, math, json, torch, torch.nn.functional as F
 from vlprune.testbed import train, scenes
+from oracle_features import oracle_features
 from dataclasses import replace
 torch.set_num_threads(2); torch.manual_seed(0)
 import argparse
@@ -39,18 +40,7 @@ with torch.no_grad():
         hs = model.model.vision_tower(pix, output_hidden_states=True).hidden_states[a.layer][:, 1:]
         feats[s:s+256] = hs
 if a.oracle:
-    g = torch.Generator().manual_seed(0)
-    P = torch.randn(6 + 5 + 3 + 1, spec.vision_width, generator=g)
-    cols, shps, szs = list(scenes.COLORS), list(scenes.SHAPES), list(scenes.SIZES)
-    for i, (smp, _) in enumerate(convs):
-        f = torch.zeros(144, 15)
-        for o in smp.objects:
-            x0, y0, x1, y1 = [v // 8 for v in o.box]
-            for yy in range(y0, y1):
-                for xx in range(x0, x1):
-                    p = yy * 12 + xx
-                    f[p, cols.index(o.color)] = 1; f[p, 6 + shps.index(o.shape)] = 1; f[p, 11 + szs.index(o.size)] = 1; f[p, 14] = 1
-        feats[i] = f @ P + 0.1 * torch.randn(144, spec.vision_width, generator=g)
+    feats[:] = oracle_features([c[0].objects for c in convs], spec.vision_width)
 print("features", time.time() - t0, flush=True)
 # projector init: centre + scale
 mu = feats.reshape(-1, feats.shape[-1]).mean(0); sd = (feats - mu).pow(2).mean().sqrt()

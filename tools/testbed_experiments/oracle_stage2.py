@@ -4,23 +4,13 @@
 """
 import sys, json, torch
 from dataclasses import replace
-from vlprune.testbed import train, scenes
+from vlprune.testbed import train
+from oracle_features import oracle_features
 torch.set_num_threads(2)
 orig = train.ConversationPool.__init__
 def init(self, model, spec, ip, n, batch_size=256):
     orig(self, model, spec, ip, n, batch_size)
-    g = torch.Generator().manual_seed(0)
-    P = torch.randn(6 + 5 + 2 + 1, spec.vision_width, generator=g)
-    cols, shps, szs = list(scenes.COLORS), list(scenes.SHAPES), list(scenes.SIZES)
-    for i, smp in enumerate(self.samples):
-        f = torch.zeros(144, 14)
-        for o in smp.objects:
-            x0, y0, x1, y1 = [v // 8 for v in o.box]
-            for yy in range(y0, y1):
-                for xx in range(x0, x1):
-                    p = yy * 12 + xx
-                    f[p, cols.index(o.color)] = 1; f[p, 6 + shps.index(o.shape)] = 1; f[p, 11 + szs.index(o.size)] = 1; f[p, 13] = 1
-        self.feats[i] = f @ P + 0.1 * torch.randn(144, spec.vision_width, generator=g)
+    self.feats[:] = oracle_features([smp.objects for smp in self.samples], spec.vision_width)
 train.ConversationPool.__init__ = init
 clip_dir, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 kw = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}

@@ -3,7 +3,7 @@ saved testbed) and from the frozen CLIP features before it?
     python position_probe.py [CHECKPOINT_DIR]      (a LLaVA testbed; or --clip CLIP_DIR for a CLIP alone)"""
 import sys
 import torch, torch.nn.functional as F
-from vlprune.testbed import checkpoint_dir, scenes, train
+from vlprune.testbed import boxes_to_patch_mask, checkpoint_dir, scenes, train
 
 
 def linear_probe(X, y, classes=12):
@@ -27,14 +27,8 @@ def probe_positions(vision_model, projector=None, n=1500):
         layers = [(f"CLIP hidden_states[{k}]", h[:, 1:]) for k, h in enumerate(hs)]
         if projector is not None:
             layers.append(("projector out", projector(hs[-2][:, 1:])))
-    col, row = torch.full((n, 144), -1), torch.full((n, 144), -1)
-    for i, s in enumerate(S):
-        for o in s.objects:
-            x0, y0, x1, y1 = [v // 8 for v in o.box]
-            for yy in range(y0, y1):
-                for xx in range(x0, x1):
-                    col[i, yy * 12 + xx], row[i, yy * 12 + xx] = xx, yy
-    obj = col >= 0
+    obj = torch.stack([boxes_to_patch_mask([o.box for o in s.objects], 96, 12) for s in S])
+    col, row = (torch.arange(144) % 12).expand(n, 144), (torch.arange(144) // 12).expand(n, 144)
     for name, X in layers:
         print(name, "column (acc, mean |error| in cells)", linear_probe(X[obj], col[obj]),
               "row", linear_probe(X[obj], row[obj]), flush=True)
