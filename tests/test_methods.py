@@ -97,6 +97,37 @@ def test_vispruner_important_tokens_are_top_cls_attention():
     assert top5 <= set(sel.indices[0].tolist())
 
 
+def loop_remove_duplicates(features, candidates, target, per_round):
+    """VisPruner's duplicate removal for one image, written round by round over Python lists."""
+    unit = torch.nn.functional.normalize(features.float(), dim=-1)
+    remaining = sorted(candidates)
+    while len(remaining) > target:
+        r = min(per_round, len(remaining) - target, (len(remaining) + 1) // 2)
+        a, b = remaining[0::2], remaining[1::2]
+        if not b:
+            return remaining[:target]
+        redundancy = [max(float(unit[i] @ unit[j]) for j in b) for i in a]
+        dropped = {a[p] for p in sorted(range(len(a)), key=lambda p: -redundancy[p])[:r]}
+        remaining = [i for i in remaining if i not in dropped]
+    return remaining
+
+
+@settings(max_examples=30, deadline=None)
+@given(b=st.integers(1, 3), n=st.integers(2, 40), frac=st.floats(0.0, 1.0), per_round=st.integers(1, 9),
+       seed=st.integers(0, 1000))
+def test_vispruner_duplicate_removal_equals_round_by_round_loop(b, n, frac, per_round, seed):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(b, n, 5, generator=g)
+    m = max(1, int(n * 0.8))
+    candidates = torch.sort(torch.rand(b, n, generator=g).argsort(-1)[:, :m], -1).values
+    target = int(frac * (m - 1)) + 1
+    got = vispruner.remove_duplicates(features, candidates, target, per_round)
+    assert got.shape == (b, target)
+    for row in range(b):
+        want = loop_remove_duplicates(features[row], candidates[row].tolist(), target, per_round)
+        assert sorted(got[row].tolist()) == want
+
+
 def loop_alignment(a, vs, s, qt, lam):
     """Eq. 3 written with explicit loops over patches i and text tokens j."""
     norm = lambda x: x / x.norm()

@@ -48,9 +48,10 @@ def remove_duplicates(features: torch.Tensor, candidates: torch.Tensor, target: 
         rows = torch.gather(sim_all, 1, a.unsqueeze(-1).expand(-1, -1, sim_all.shape[2]))
         sim = torch.gather(rows, 2, b.unsqueeze(1).expand(-1, a.shape[1], -1))
         redundancy = sim.max(dim=-1).values  # (B, |a|)
-        drop = topk_indices(redundancy, r)
-        keep_a = ~mask_from_indices(drop, a.shape[1])
-        kept_a = a[keep_a].view(a.shape[0], a.shape[1] - r)
+        # the r most redundant go (topk_indices' order: descending, ties to the lower index); gathering the
+        # rest of that order instead of boolean-indexing a keeps the loop free of host syncs
+        order = torch.sort(redundancy.float(), dim=-1, descending=True, stable=True).indices
+        kept_a = torch.gather(a, 1, order[:, r:])
         pos = torch.cat([kept_a, b], dim=1)
         order = torch.sort(torch.gather(candidates, 1, pos), dim=1).indices
         pos = torch.gather(pos, 1, order)
@@ -63,7 +64,8 @@ def select(source: SignalSource, keep: int, cfg: VisPrunerConfig) -> Selection:
     n_important = int(round(keep * cfg.important_ratio))
     important = topk_indices(source.cls_attention(), n_important)
     rest_mask = ~mask_from_indices(important, n)
-    rest = torch.arange(n, device=feats.device).expand(feats.shape[0], n)[rest_mask].view(feats.shape[0], -1)
+    # the unimportant indices in ascending order, without a boolean index (no host sync)
+    rest = torch.sort(rest_mask.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, : n - n_important]
     diverse = remove_duplicates(feats, rest, keep - n_important, cfg.removals_per_round)
     kept = spatial_sort(torch.cat([important, diverse], dim=1))
     return Selection(features=gather_rows(feats, kept), indices=kept)

@@ -141,10 +141,19 @@ class _VisionPass:
         counts = [t * h * w // self.unit for t, h, w in self.grids]
         bounds = [0] + torch.tensor(counts).cumsum(0).tolist()
         self.unit_ranges = list(zip(bounds[:-1], bounds[1:]))
-        flat = pixel_values.detach().float().cpu()
-        patch_bounds = [b * self.unit for b in bounds]
-        self.image_keys = [zlib.crc32(flat[a:b].numpy().tobytes()) for a, b in zip(patch_bounds[:-1], patch_bounds[1:])]
+        self._pixel_values = pixel_values
         self._cache: dict[tuple, Any] = {}
+
+    @property
+    def image_keys(self) -> list[int]:
+        """A CRC32 of each image's pixel rows, computed on first use only (seeded methods ask for it; the copy
+        to the host costs ~19 MB at 896 x 896, so nothing else pays for it)."""
+        def compute():
+            flat = self._pixel_values.detach().float().cpu()
+            bounds = [(a * self.unit, b * self.unit) for a, b in self.unit_ranges]
+            return [zlib.crc32(flat[a:b].numpy().tobytes()) for a, b in bounds]
+
+        return self._cached(("image_keys",), compute)
 
     def _cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
         if key not in self._cache:
