@@ -380,3 +380,52 @@ def test_shipped_checkpoint_was_built_with_the_default_spec():
     assert record["val"]["n"] == TestbedSpec().val_n
     options = json.loads((checkpoint_dir() / "method_options.json").read_text())
     assert options == method_options(TestbedSpec())
+
+
+def test_position_loss_reads_rows_and_columns():
+    """The patch-position term is ~0 when the features name each patch's row and column, and large when they
+    name the transposed grid (rows and columns swapped)."""
+    from vlprune.testbed.train import position_loss
+
+    grid = 5
+    p = torch.arange(grid * grid)
+    eye = torch.eye(grid) * 30
+
+    def features(row, col):
+        return torch.cat([eye[row], eye[col]], -1).expand(3, -1, -1)
+
+    head = torch.nn.Linear(2 * grid, 2 * grid, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(2 * grid))
+    assert position_loss(features(p // grid, p % grid), head, grid) < 1e-6
+    assert position_loss(features(p % grid, p // grid), head, grid) > 5
+
+
+def test_clip_position_term_trains_the_blocks_below_the_feature_layer():
+    """clip_losses adds the position term on hidden state -2 (what LLaVA takes): it raises the loss, and its
+    gradient reaches the head and every block below that layer but not the last block."""
+    from vlprune.testbed.train import (TestbedSpec, clip_losses, content_word_ids, make_clip, make_clip_tokenizer,
+                                       make_tokenizer, position_loss)
+
+    spec = TestbedSpec(**TINY, grid=4)
+    torch.manual_seed(0)
+    clip = make_clip(spec, len(make_tokenizer()))
+    tok = make_clip_tokenizer()
+    text = tok(["a red circle", "a blue square", "a red square", "a blue circle"], padding=True,
+               return_tensors="pt")
+    pix = torch.randn(2, 3, spec.image_size, spec.image_size)
+    head = torch.nn.Linear(spec.vision_width, 2 * spec.grid)
+    content = content_word_ids(tok)
+    args = (clip, pix, text["input_ids"], text["attention_mask"], content, 1.0)
+    base, _ = clip_losses(*args)
+    with_position, _ = clip_losses(*args, head, 0.5)
+    hs = clip.vision_model(pixel_values=pix, output_hidden_states=True).hidden_states
+    expected = base + 0.5 * position_loss(hs[-2][:, 1:], head, spec.grid)
+    assert torch.allclose(with_position, expected, atol=1e-5)
+    clip.zero_grad()
+    position_loss(clip.vision_model(pixel_values=pix, output_hidden_states=True).hidden_states[-2][:, 1:],
+                  head, spec.grid).backward()
+    layers = clip.vision_model.encoder.layers
+    assert head.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layers[0].parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in layers[-1].parameters())

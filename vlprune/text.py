@@ -44,7 +44,11 @@ def strip_chat_template(text: str) -> str:
 def questions_from_ids(
     input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image_token_id: int, tokenizer: Any
 ) -> list[str]:
-    """Per sample: the text after its last image token, decoded, chat template removed ('' if none)."""
+    """Per sample: the text after its last image token, decoded, chat template removed ('' if none).
+
+    The ids come to the host once (one device sync for the batch, not four per sample)."""
+    input_ids = input_ids.cpu()
+    attention_mask = attention_mask.cpu() if attention_mask is not None else None
     out = []
     for b in range(input_ids.shape[0]):
         ids = input_ids[b] if attention_mask is None else input_ids[b][attention_mask[b].bool()]

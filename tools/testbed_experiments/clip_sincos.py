@@ -1,9 +1,9 @@
 """Stage 1 with the CLIP position embeddings initialised as fixed-scale 2D sin-cos (MAE-style) instead of
 random, then the position probe: does patch position survive to layer -2?
     python clip_sincos.py STEPS OUT_DIR [SCALE]"""
-import sys, time, math, torch
+import sys, math, torch
 from vlprune.testbed import train
-from position_probe import probe_positions
+from position_probe import train_clip_and_probe
 torch.set_num_threads(2); torch.manual_seed(0)
 steps, out, scale = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]) if len(sys.argv) > 3 else 1.0
 spec = train.TestbedSpec()
@@ -16,9 +16,4 @@ pe = torch.cat([f(p.flatten()[:, None].float() * freq) for p in (xs, ys) for f i
 with torch.no_grad():
     w = clip.vision_model.embeddings.position_embedding.weight
     w.zero_(); w[1:] = scale * pe
-t0 = time.time()
-r = train.train_clip(clip, spec, ctok, proc.image_processor, steps, 0, progress=False,
-                     log=lambda m: print(f"{time.time() - t0:.0f}s", m, flush=True))
-print(r, time.time() - t0, flush=True)
-clip.save_pretrained(out)
-probe_positions(clip.eval().vision_model)
+train_clip_and_probe(clip, spec, ctok, proc, steps, out)

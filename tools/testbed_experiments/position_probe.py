@@ -34,6 +34,17 @@ def probe_positions(vision_model, projector=None, n=1500):
               "row", linear_probe(X[obj], row[obj]), flush=True)
 
 
+def train_clip_and_probe(clip, spec, tokenizer, processor, steps, out):
+    """Stage 1 on ``clip`` (logged with wall time), save it to ``out``, then :func:`probe_positions` on it."""
+    import time
+    t0 = time.time()
+    r = train.train_clip(clip, spec, tokenizer, processor.image_processor, steps, 0, progress=False,
+                         log=lambda m: print(f"{time.time() - t0:.0f}s", m, flush=True))
+    print(r, time.time() - t0, flush=True)
+    clip.save_pretrained(out)
+    probe_positions(clip.eval().vision_model)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(2)
     if sys.argv[1:2] == ["--clip"]:

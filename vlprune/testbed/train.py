@@ -68,6 +68,7 @@ class TestbedSpec:
     pool: int = 12000             # stage-2 training scenes (frozen features computed once)
     curriculum: float = 0.3       # CLIP: scene complexity ramps 0 -> 1 over this fraction of the steps
     token_loss: float = 1.0       # weight of CLIP's token-wise (FILIP) loss beside the global one
+    position_loss: float = 1.0    # CLIP: weight of the patch-position term (layer -2 patches name their row/column)
     describe_prob: float = 0.0    # share of conversations with a dense "Describe the image ." turn
     bf16: bool = True             # bf16 autocast for both stages
     align_loss: float = 1.0       # stage 2: projected patches predict their object's colour/shape words
@@ -307,15 +308,36 @@ def content_word_ids(tokenizer) -> torch.Tensor:
     return torch.tensor(tokenizer.convert_tokens_to_ids(words))
 
 
-def clip_losses(clip, pix, ids, mask, content: torch.Tensor, token_weight: float):
+def position_loss(patches: torch.Tensor, head: torch.nn.Module, grid: int) -> torch.Tensor:
+    """Patch-position term: a linear ``head`` reads every patch's row and column (``grid`` classes each)
+    from ``patches`` ``(B, grid**2, d)``; cross-entropy, averaged over the two.
+
+    Large CLIP towers keep where a patch lies in the features LLaVA takes (the position table survives 23
+    blocks trained on 400M captions); a 4-block tower trained for minutes washes it out (column read at 16 %
+    from layer -2, tools/testbed_experiments/position_probe.py), and then no language model on top can answer
+    "left or right". This term asks the tiny tower to keep it. The head is discarded after stage 1."""
+    p = torch.arange(grid * grid, device=patches.device)
+    logits = head(patches).float()                                        # (B, P, 2 * grid)
+    rows, cols = logits[..., :grid], logits[..., grid:]
+    target_r = (p // grid).expand(patches.shape[0], -1)
+    target_c = (p % grid).expand(patches.shape[0], -1)
+    return (F.cross_entropy(rows.reshape(-1, grid), target_r.reshape(-1))
+            + F.cross_entropy(cols.reshape(-1, grid), target_c.reshape(-1))) / 2
+
+
+def clip_losses(clip, pix, ids, mask, content: torch.Tensor, token_weight: float,
+                position_head: torch.nn.Module | None = None, position_weight: float = 0.0,
+                feature_layer: int = -2):
     """Contrastive losses of one batch: B images against their B captions and B hard negatives.
 
     Global: InfoNCE on the [CLS] / EOS embeddings (CLIP). Token-wise (FILIP, Yao et al.
     2021): an image-caption score is the mean over the caption's content words of the
     best-matching patch, ``mean_w max_p <patch_p, word_w>``, so that individual patches
-    (not only [CLS]) align with the words that describe them.
+    (not only [CLS]) align with the words that describe them. With ``position_weight`` > 0,
+    plus :func:`position_loss` on the patches of hidden state ``feature_layer`` (what LLaVA takes).
     """
-    vis = clip.vision_model(pixel_values=pix)
+    use_position = position_head is not None and position_weight > 0
+    vis = clip.vision_model(pixel_values=pix, output_hidden_states=use_position)
     txt = clip.text_model(input_ids=ids, attention_mask=mask)
     img = F.normalize(clip.visual_projection(vis.pooler_output), dim=-1)
     cap = F.normalize(clip.text_projection(txt.pooler_output), dim=-1)
@@ -336,6 +358,9 @@ def clip_losses(clip, pix, ids, mask, content: torch.Tensor, token_weight: float
         best = torch.einsum("ipd,jtd->ijtp", patches, words).amax(-1)           # [b, 2b, T]
         tok = (best * keep).sum(-1) / keep.sum(-1).clamp(min=1)
         loss = loss + token_weight * nce(scale * tok)
+    if use_position:
+        patches = vis.hidden_states[feature_layer][:, 1:]
+        loss = loss + position_weight * position_loss(patches, position_head, int(math.isqrt(patches.shape[1])))
     acc = (logits.argmax(-1) == target).float().mean()
     return loss, acc
 
@@ -345,7 +370,9 @@ def train_clip(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, 
     clip.train()
     dev = clip.device
     content = content_word_ids(tokenizer)
-    opt = torch.optim.AdamW(clip.parameters(), lr=spec.clip_lr, weight_decay=0.05, betas=(0.9, 0.98))
+    head = torch.nn.Linear(spec.vision_width, 2 * spec.grid).to(dev) if spec.position_loss > 0 else None
+    params = list(clip.parameters()) + (list(head.parameters()) if head is not None else [])
+    opt = torch.optim.AdamW(params, lr=spec.clip_lr, weight_decay=0.05, betas=(0.9, 0.98))
     ema = None
     with _progress(progress) as bar:
         task = bar.add_task("CLIP", total=steps, info="")
@@ -355,10 +382,10 @@ def train_clip(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, 
             pix, ids, mask = (t.to(dev) for t in _clip_batch(step, spec, image_processor, tokenizer, seed,
                                                              _complexity(step, steps, spec.curriculum)))
             with _autocast(dev, spec.bf16):
-                loss, acc = clip_losses(clip, pix, ids, mask, content, spec.token_loss)
+                loss, acc = clip_losses(clip, pix, ids, mask, content, spec.token_loss, head, spec.position_loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             ema = (loss.item(), acc.item()) if ema is None else (0.95 * ema[0] + 0.05 * loss.item(),
                                                                  0.95 * ema[1] + 0.05 * acc.item())
