@@ -312,10 +312,11 @@ def position_loss(patches: torch.Tensor, head: torch.nn.Module, grid: int) -> to
     """Patch-position term: a linear ``head`` reads every patch's row and column (``grid`` classes each)
     from ``patches`` ``(B, grid**2, d)``; cross-entropy, averaged over the two.
 
-    Large CLIP towers keep where a patch lies in the features LLaVA takes (the position table survives 23
-    blocks trained on 400M captions); a 4-block tower trained for minutes washes it out (column read at 16 %
-    from layer -2, tools/testbed_experiments/position_probe.py), and then no language model on top can answer
-    "left or right". This term asks the tiny tower to keep it. The head is discarded after stage 1."""
+    LLaVA's language model sees the image tokens only in raster order, so where a patch lies has to come from
+    the vision features. A 4-block tower trained for minutes washes its position table out (column linearly
+    read at 16 % from layer -2, chance 8 %: tools/testbed_experiments/position_probe.py), and then no
+    language model on top can answer "left or right". This term asks the tiny tower to keep it. The head is
+    discarded after stage 1."""
     p = torch.arange(grid * grid, device=patches.device)
     logits = head(patches).float()                                        # (B, P, 2 * grid)
     rows, cols = logits[..., :grid], logits[..., grid:]
