@@ -55,7 +55,6 @@ def load_model(name: str, clip: str | None = None, dtype: torch.dtype = torch.fl
     return LoadedModel(model, processor, clip, name, options)
 
 
-
 def effective_options(loaded: LoadedModel, user: dict[str, dict]) -> dict[str, dict]:
     """Per-method options: the checkpoint's own defaults (``method_options.json``, e.g. the testbed's in-LLM
     pruning layer for its 2-layer LLM), overridden option by option by the user's ``--set``."""

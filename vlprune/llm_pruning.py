@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .attention import decoder_attention_logits, decoder_attention_probs, mask_logits
+from .ops import descending_order
 
 
 @dataclass
@@ -227,7 +228,7 @@ class LLMPruner:
             if stage.select is not None:
                 out = stage.select(inputs)
                 inputs.scores, inputs.aux = out if isinstance(out, tuple) else (out, inputs.aux)
-            order = torch.sort(inputs.scores.float(), dim=-1, descending=True, stable=True).indices
+            order = descending_order(inputs.scores)
             kept_slots = torch.sort(order[:, :k], dim=-1).values
             dropped_slots = torch.sort(order[:, k:], dim=-1).values
             if stage.merge is not None:

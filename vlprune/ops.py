@@ -10,6 +10,19 @@ def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def descending_order(scores: torch.Tensor) -> torch.Tensor:
+    """Every column of each row (B, N) by descending score, ties towards the lower index (a stable sort: a tiny
+    decreasing ramp would change real scores). Returns (B, N)."""
+    return torch.sort(scores.float(), dim=-1, descending=True, stable=True).indices
+
+
+def true_first(mask: torch.Tensor) -> torch.Tensor:
+    """Column indices of each row of a bool (B, N) mask: the True ones in ascending order, then the False ones.
+
+    The per-row positions of a mask without a boolean index (whose variable length costs a host sync)."""
+    return torch.sort((~mask).to(torch.uint8), dim=-1, stable=True).indices
+
+
 def topk_indices(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
     """Indices of the ``k`` highest ``scores`` per row (B, N), optionally outside ``exclude`` (bool, B x N).
 
@@ -18,9 +31,7 @@ def topk_indices(scores: torch.Tensor, k: int, exclude: torch.Tensor | None = No
     s = scores.float()
     if exclude is not None:
         s = s.masked_fill(exclude, float("-inf"))
-    # stable tie-break: a tiny decreasing ramp would change real scores; sort instead.
-    order = torch.sort(s, dim=-1, descending=True, stable=True).indices
-    return order[:, :k]
+    return descending_order(s)[:, :k]
 
 
 def spatial_sort(index: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from .ops import true_first
+
 # per-token inputs that must follow input_ids, and what fills their padding
 PER_TOKEN_INPUTS = {"attention_mask": 0, "labels": -100, "token_type_ids": 0, "mm_token_type_ids": 0}
 
@@ -40,8 +42,7 @@ def shrink_prompt(
     lengths = keep_real.sum(-1)
     width = int(lengths.max())
     left = attention_mask is not None and bool((attention_mask[:, 0] == 0).any())
-    # surviving columns of each row first, in their original order (a stable sort of the drop flags)
-    order = torch.sort((~keep_real).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+    order = true_first(keep_real)[:, :width]  # surviving columns of each row first, in their original order
     slot = torch.arange(width, device=input_ids.device).expand(b, width)
     if left:  # row r's survivors fill the last lengths[r] slots
         slot = slot - (width - lengths)[:, None]

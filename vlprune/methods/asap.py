@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..attention import decoder_qk, mask_logits
 from ..llm_pruning import LLMStage, StageInputs
-from ..ops import gather_rows, mask_from_indices, topk_indices
+from ..ops import descending_order, gather_rows, mask_from_indices, topk_indices
 from ..registry import register_method
 
 QUERIES = ("all", "image", "text", "last")
@@ -184,8 +184,7 @@ def consolidate(
     b, n, d = features.shape
     top = torch.sort(topk_indices(attention, k), dim=-1).values  # (B, k), sequence order
     sal = torch.gather(s_hat, 1, top)
-    order = torch.sort(sal, dim=-1, descending=True, stable=True).indices  # saliency desc, earlier first
-    visit = torch.gather(top, 1, order)  # (B, k) token slots in visiting order
+    visit = torch.gather(top, 1, descending_order(sal))  # (B, k) token slots by saliency, earlier first on ties
     h = gather_rows(features, visit).float()
     w = torch.gather(s_hat, 1, visit).float() + 1e-6
     unit = F.normalize(h, dim=-1)

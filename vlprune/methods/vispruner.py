@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..ops import gather_rows, mask_from_indices, spatial_sort, topk_indices
+from ..ops import descending_order, gather_rows, mask_from_indices, spatial_sort, topk_indices, true_first
 from ..registry import register_method
 from .base import Selection, SignalSource
 
@@ -48,10 +48,9 @@ def remove_duplicates(features: torch.Tensor, candidates: torch.Tensor, target: 
         rows = torch.gather(sim_all, 1, a.unsqueeze(-1).expand(-1, -1, sim_all.shape[2]))
         sim = torch.gather(rows, 2, b.unsqueeze(1).expand(-1, a.shape[1], -1))
         redundancy = sim.max(dim=-1).values  # (B, |a|)
-        # the r most redundant go (topk_indices' order: descending, ties to the lower index); gathering the
-        # rest of that order instead of boolean-indexing a keeps the loop free of host syncs
-        order = torch.sort(redundancy.float(), dim=-1, descending=True, stable=True).indices
-        kept_a = torch.gather(a, 1, order[:, r:])
+        # the r most redundant go; gathering the rest of their order instead of boolean-indexing a keeps the
+        # loop free of host syncs
+        kept_a = torch.gather(a, 1, descending_order(redundancy)[:, r:])
         pos = torch.cat([kept_a, b], dim=1)
         order = torch.sort(torch.gather(candidates, 1, pos), dim=1).indices
         pos = torch.gather(pos, 1, order)
@@ -64,8 +63,7 @@ def select(source: SignalSource, keep: int, cfg: VisPrunerConfig) -> Selection:
     n_important = int(round(keep * cfg.important_ratio))
     important = topk_indices(source.cls_attention(), n_important)
     rest_mask = ~mask_from_indices(important, n)
-    # the unimportant indices in ascending order, without a boolean index (no host sync)
-    rest = torch.sort(rest_mask.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, : n - n_important]
+    rest = true_first(rest_mask)[:, : n - n_important]  # the unimportant indices, ascending
     diverse = remove_duplicates(feats, rest, keep - n_important, cfg.removals_per_round)
     kept = spatial_sort(torch.cat([important, diverse], dim=1))
     return Selection(features=gather_rows(feats, kept), indices=kept)
