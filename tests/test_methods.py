@@ -47,6 +47,9 @@ class FakeSource:
     def question(self):
         return self._text, self._mask, self._eos
 
+    def has_question(self):
+        return bool(self._mask.any())
+
     def image_keys(self):
         return self._keys
 

@@ -14,8 +14,8 @@ from .llm_pruning import LLMPruner
 from .methods.base import Selection, check_keep
 from .models import Adapter, get_adapter
 from .registry import MethodSpec, get_method
-from .splice import PER_TOKEN_INPUTS, apply_columns, shrink_prompt
-from .text import ClipText, load_clip_text, questions_from_ids
+from .splice import PER_TOKEN_INPUTS, apply_columns, copy_to_device, shrink_prompt
+from .text import ClipText, QuestionBatch, load_clip_text, questions_from_ids
 
 _STATE = "_vlprune_state"
 
@@ -40,7 +40,7 @@ class _Run:
     """Per-call context handed to an adapter's ``prune_images``."""
 
     select: Any
-    image_questions: list[str] | None
+    questions: QuestionBatch | None  # the question of every image (prompt order), encoded on first use
     clip_text: ClipText | None
 
 
@@ -220,11 +220,15 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
     if input_ids is None:
         raise ValueError("encoder-side pruning needs input_ids (to shrink the image placeholders)")
     mask = call.get("attention_mask")
-    per_sample = adapter.images_per_sample(input_ids)
+    # The prompt is planned on a host copy of the ids, made before the vision tower is queued: on a GPU, every
+    # value read from a device tensor after that point would make the host wait for the tower to finish.
+    ids_host = input_ids.cpu()
+    mask_host = mask.cpu() if mask is not None else None
+    per_sample = adapter.images_per_sample(ids_host)
     state.images_per_sample = per_sample
     image_questions = None
     if state.clip_text is not None:
-        qs = _questions(state, input_ids, mask)
+        qs = _questions(state, ids_host, mask_host)
         image_questions = [q for q, n in zip(qs, per_sample) for _ in range(n)]
 
     def select(source: Any) -> Selection:
@@ -232,11 +236,13 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
         return state.spec.encoder(source, keep, state.config)
 
     with torch.no_grad():
-        result = adapter.prune_images(call, _Run(select, image_questions, state.clip_text))
+        questions = QuestionBatch(state.clip_text, image_questions) if image_questions is not None else None
+        result = adapter.prune_images(call, _Run(select, questions, state.clip_text))
     cols, valid = shrink_prompt(
-        input_ids, mask, adapter.image_token_id, result.tokens_per_image, [f.shape[0] for f in result.features]
+        ids_host, mask_host, adapter.image_token_id, result.tokens_per_image, [f.shape[0] for f in result.features]
     )
-    pad = _pad_id(input_ids, mask, adapter)
+    cols, valid = copy_to_device(cols, input_ids.device), copy_to_device(valid, input_ids.device)
+    pad = _pad_id(ids_host, mask_host, adapter)
     original = call
     call = dict(call)
     call["input_ids"] = apply_columns(input_ids, cols, valid, pad)

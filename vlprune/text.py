@@ -72,20 +72,57 @@ class ClipText:
     def encode(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-token embeddings S_q (B, T, e) = text_projection(last_hidden_state), mask (B, T), EOS row q_t (B, e).
 
-        An empty question gets an all-False mask (DeSAP then falls back to the visual cue).
+        An empty question gets an all-False mask (DeSAP then falls back to the visual cue). The mask is built on
+        the host, so nothing here waits for work already queued on the device.
         """
         device = self.text_projection.weight.device
         batch = self.tokenizer(
             [q if q else "." for q in questions], padding=True, truncation=True,
             max_length=self.max_length, return_tensors="pt",
-        ).to(device)
-        out = self.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        )
+        empty = torch.tensor([not q for q in questions])
+        mask = batch["attention_mask"].bool() & ~empty.unsqueeze(-1)
+        out = self.text_model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
         tokens = self.text_projection(out.last_hidden_state)
         eos = self.text_projection(out.pooler_output)
-        mask = batch["attention_mask"].bool()
-        empty = torch.tensor([not q for q in questions], device=device)
-        mask = mask & ~empty.unsqueeze(-1)
-        return tokens, mask, eos
+        return tokens, mask.to(device), eos
+
+
+class QuestionBatch:
+    """The questions of one call's images (prompt order), encoded once, batched, when a signal source first asks.
+
+    On a GPU the encoding runs on a side stream: it is asked for after the vision tower has been queued, and the
+    host-to-device copies of the token ids (synchronising copies) then wait only for the side stream, so the text
+    tower's kernels are launched while the tower still runs and overlap with it; the main stream waits for the
+    side stream only where the embeddings are used. ``present`` is known on the host without any device sync.
+    """
+
+    def __init__(self, encoder: Any, questions: list[str]) -> None:
+        self.encoder = encoder
+        self.questions = list(questions)
+        self.present = [bool(q) for q in self.questions]
+        self._encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _encode(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if device.type != "cuda":
+            return tuple(t.to(device) for t in self.encoder.encode(self.questions))
+        main = torch.cuda.current_stream(device)
+        side = torch.cuda.Stream(device)
+        with torch.cuda.stream(side):
+            encoded = tuple(t.to(device) for t in self.encoder.encode(self.questions))
+        main.wait_stream(side)
+        for t in encoded:
+            t.record_stream(main)  # made on the side stream, read on the main one
+        return encoded
+
+    def rows(self, images: slice, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens (I, T, e), mask (I, T), global text row (I, e)) of the images in ``images``, on ``device``."""
+        if self._encoded is None:
+            self._encoded = self._encode(device)
+        return tuple(t[images] for t in self._encoded)
+
+    def any_present(self, images: slice) -> bool:
+        return any(self.present[images])
 
 
 def load_clip_text(clip: Any, tokenizer: Any = None) -> ClipText:

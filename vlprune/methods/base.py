@@ -53,6 +53,9 @@ class SignalSource(Protocol):
         """Per-token CLIP text embeddings (B, T, e), their mask (B, T), and the EOS embedding (B, e)."""
         ...
 
+    def has_question(self) -> bool:  # any image of the batch has a question; known on the host (no device sync)
+        ...
+
 
 def check_keep(keep: int, n: int, *, minimum: int = 1) -> None:
     """Raise a clear error for a budget that cannot be honoured."""

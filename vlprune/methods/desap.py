@@ -100,11 +100,11 @@ def select(source: SignalSource, keep: int, cfg: DesapConfig) -> Selection:
     """DeSAP on one batch of images: decoupled similarity + [CLS] saliency, rank & prune, merge."""
     feats = source.features()
     salient = source.cls_attention()
-    text, text_mask, eos = source.question()
-    has_text = text_mask.any(dim=-1)  # (B,) images whose prompt carries a question
-    k1 = int(round(keep * cfg.task_ratio)) if bool(has_text.any()) else 0
+    k1 = int(round(keep * cfg.task_ratio)) if source.has_question() else 0
     if k1 > 0:
-        joint = source.decoupled(cfg.attention)  # (B, 1+N, e)
+        joint = source.decoupled(cfg.attention)  # (B, 1+N, e); queued before the text side, which may overlap it
+        text, text_mask, eos = source.question()
+        has_text = text_mask.any(dim=-1)  # (B,) images whose prompt carries a question
         if cfg.fcma:
             task = fine_grained_alignment(joint[:, 1:], joint[:, 0], text, eos, text_mask, cfg.lam)
         else:

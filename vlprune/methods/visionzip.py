@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..ops import gather_rows, mask_from_indices, spatial_sort, topk_indices
+from ..ops import gather_rows, mask_from_indices, spatial_sort, topk_indices, true_first
 from ..registry import register_method
 from .base import Selection, SignalSource
 
@@ -37,21 +37,24 @@ def contextual_merge(
     """
     b, m = rest.shape
     step = max(1, m // n_contextual)
-    slots = torch.arange(0, m, step, device=rest.device)[:n_contextual]
-    is_target = torch.zeros(m, dtype=torch.bool, device=rest.device)
-    is_target[slots] = True
+    # targets: every step-th rest token (n_contextual of them, since step <= m / n_contextual); integer indices
+    # rather than a boolean mask keep this free of host syncs
+    positions = torch.arange(m, device=rest.device)
+    is_target = (positions % step == 0) & (positions < n_contextual * step)
+    order = true_first(is_target)
+    targets, others = order[:n_contextual], order[n_contextual:]
     unit = F.normalize(gather_rows(keys.float(), rest), dim=-1)
-    sim = unit[:, ~is_target] @ unit[:, is_target].transpose(1, 2)  # (B, M-C, C)
+    sim = unit[:, others] @ unit[:, targets].transpose(1, 2)  # (B, M-C, C)
     choice = sim.argmax(-1)
     one_hot = F.one_hot(choice, n_contextual).float()  # (B, M-C, C)
     rest_feats = gather_rows(features, rest).float()
-    summed = one_hot.transpose(1, 2) @ rest_feats[:, ~is_target]
+    summed = one_hot.transpose(1, 2) @ rest_feats[:, others]
     counts = one_hot.sum(1).clamp(min=1).unsqueeze(-1)
-    tokens = rest_feats[:, is_target] + summed / counts
+    tokens = rest_feats[:, targets] + summed / counts
     assign = torch.empty(b, m, dtype=torch.long, device=rest.device)
-    assign[:, is_target] = torch.arange(n_contextual, device=rest.device)
-    assign[:, ~is_target] = choice
-    return tokens.to(features.dtype), rest[:, is_target], assign
+    assign.scatter_(1, targets.expand(b, -1), torch.arange(n_contextual, device=rest.device).expand(b, -1))
+    assign.scatter_(1, others.expand(b, -1), choice)
+    return tokens.to(features.dtype), rest[:, targets], assign
 
 
 def select(source: SignalSource, keep: int, cfg: VisionZipConfig) -> Selection:
@@ -72,7 +75,7 @@ def select(source: SignalSource, keep: int, cfg: VisionZipConfig) -> Selection:
     assign.scatter_(1, dominant, torch.arange(n_dom, device=feats.device).expand(b, n_dom) + (cls is not None))
     if n_ctx > 0:
         rest_mask = ~mask_from_indices(dominant, n)
-        rest = torch.arange(n, device=feats.device).expand(b, n)[rest_mask].view(b, n - n_dom)
+        rest = true_first(rest_mask)[:, : n - n_dom]  # the non-dominant indices, ascending
         ctx, targets, slot = contextual_merge(feats, source.keys(), rest, n_ctx)
         parts.append(ctx)
         indices.append(targets)

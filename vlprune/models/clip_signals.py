@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..attention import decoupled_attention, vit_attention_probs, vit_keys
-from ..text import ClipText
+from ..text import ClipText, QuestionBatch
 
 
 def check_llava_feature_config(config, family: str) -> None:
@@ -36,7 +36,7 @@ class ClipVisionSignals:
         vision_model: nn.Module,
         pixel_values: torch.Tensor,
         feature_layer: int,
-        questions: list[str] | None = None,
+        questions: QuestionBatch | None = None,
         clip_text: ClipText | None = None,
         grid: tuple[int, int] | None = None,
     ) -> None:
@@ -106,11 +106,12 @@ class ClipVisionSignals:
         return proj(a_d.to(device=proj.weight.device, dtype=proj.weight.dtype)).to(s.device)
 
     def question(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.clip_text is None or self.questions is None:
+        if self.questions is None:
             raise ValueError("no question encoder: pass clip=... (and processor=...) to vlprune.apply")
-        tokens, mask, eos = self.clip_text.encode(self.questions)
-        dev = self.pixel_values.device
-        return tokens.to(dev), mask.to(dev), eos.to(dev)
+        return self.questions.rows(slice(None), self.pixel_values.device)
+
+    def has_question(self) -> bool:
+        return self.questions is not None and self.questions.any_present(slice(None))
 
     def image_keys(self) -> list[int]:
         flat = self.pixel_values.detach().float().cpu().reshape(self.pixel_values.shape[0], -1)

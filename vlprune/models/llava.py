@@ -26,7 +26,7 @@ class LlavaAdapter(Adapter):
         tower = self.model.model.vision_tower
         source = ClipVisionSignals(
             tower, pixel_values.to(tower.dtype), self.model.config.vision_feature_layer,
-            questions=run.image_questions, clip_text=run.clip_text, grid=(self.side, self.side),
+            questions=run.questions, clip_text=run.clip_text, grid=(self.side, self.side),
         )
         sel = run.select(source)
         feats = self.model.model.multi_modal_projector(sel.features)

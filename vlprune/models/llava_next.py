@@ -86,9 +86,9 @@ class _PatchSubset:
     """A ``SignalSource`` over chosen (tile, patch) pairs of a batch of CLIP tiles (one image, or one tile)."""
 
     def __init__(self, tiles: ClipVisionSignals, tile: torch.Tensor, patch: torch.Tensor, cls_tile: int,
-                 question: str | None, encoder: Any, cache: dict, key: int, grid: tuple[int, int]) -> None:
+                 image: int, questions: Any, cache: dict, key: int, grid: tuple[int, int]) -> None:
         self.tiles, self.tile, self.patch, self.cls_tile = tiles, tile, patch, cls_tile
-        self._question, self.encoder, self._cache, self.key, self.grid = question, encoder, cache, key, grid
+        self.image, self.questions, self._cache, self.key, self.grid = image, questions, cache, key, grid
 
     def _pick(self, x: torch.Tensor) -> torch.Tensor:
         return x[self.tile.to(x.device), self.patch.to(x.device)].unsqueeze(0)
@@ -113,11 +113,12 @@ class _PatchSubset:
         return torch.cat([d[self.cls_tile, :1], rows], 0).unsqueeze(0)
 
     def question(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.encoder is None or self._question is None:
+        if self.questions is None:
             raise ValueError("no question encoder: pass clip=... (and processor=...) to vlprune.apply")
-        tokens, mask, eos = self.encoder.encode([self._question])
-        dev = self.tiles.pixel_values.device
-        return tokens.to(dev), mask.to(dev), eos.to(dev)
+        return self.questions.rows(slice(self.image, self.image + 1), self.tiles.pixel_values.device)
+
+    def has_question(self) -> bool:
+        return self.questions is not None and self.questions.any_present(slice(self.image, self.image + 1))
 
     def image_keys(self) -> list[int]:
         return [self.key]
@@ -271,7 +272,6 @@ class LlavaNextAdapter(Adapter):
         out = PrunedImages(features=[], tokens_per_image=[], indices=[], assign=[], grids=[])
         first = 0
         for i, lay in enumerate(layouts):
-            question = run.image_questions[i] if run.image_questions is not None else None
             key = zlib.crc32(str(tile_keys[first: first + lay.n_tiles]).encode())
             if self.budget == "global":
                 groups = [torch.arange(lay.tile.shape[0])]
@@ -281,8 +281,8 @@ class LlavaNextAdapter(Adapter):
             pieces = []
             for g_i, members in enumerate(groups):
                 cls_tile = first + int(lay.tile[members[0]])
-                sub = _PatchSubset(tiles, first + lay.tile[members], lay.patch[members], cls_tile, question,
-                                   run.clip_text, cache, zlib.crc32(f"{key}/{g_i}".encode()), lay.grid)
+                sub = _PatchSubset(tiles, first + lay.tile[members], lay.patch[members], cls_tile, i,
+                                   run.questions, cache, zlib.crc32(f"{key}/{g_i}".encode()), lay.grid)
                 sel = run.select(sub)
                 pieces.append({
                     "vis": sel.features[0], "index": members.to(sel.indices.device)[sel.indices[0]].cpu(),

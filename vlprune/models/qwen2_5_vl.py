@@ -50,11 +50,12 @@ class LlmEmbeddingQuestions:
         rows = [self.tokenizer(q, add_special_tokens=False)["input_ids"][: self.max_length] if q else []
                 for q in questions]
         width = max(1, max(len(r) for r in rows))
-        ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
-        mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)  # built on the host, copied once
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(r)] = True
+        ids, mask = ids.to(device), mask.to(device)
         tokens = self.embed_tokens(ids).float()
         mean = (tokens * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return tokens, mask, mean
@@ -63,8 +64,8 @@ class LlmEmbeddingQuestions:
 class _QwenImage:
     """``SignalSource`` of one image (B = 1) of a Qwen2.5-VL vision pass; every signal is computed on first use."""
 
-    def __init__(self, vit: "_VisionPass", i: int, question: str | None, encoder: Any) -> None:
-        self.vit, self.i, self._question, self.encoder = vit, i, question, encoder
+    def __init__(self, vit: "_VisionPass", i: int, questions: Any) -> None:
+        self.vit, self.i, self.questions = vit, i, questions
         t, h, w = vit.grids[i]
         self.grid = (h // vit.merge, w // vit.merge)
 
@@ -86,11 +87,12 @@ class _QwenImage:
         return torch.cat([rows.mean(1, keepdim=True), rows], 1)
 
     def question(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.encoder is None or self._question is None:
+        if self.questions is None:
             raise ValueError("no question encoder: pass processor=... to vlprune.apply")
-        tokens, mask, glob = self.encoder.encode([self._question])
-        dev = self.vit.merged.device
-        return tokens.to(dev), mask.to(dev), glob.to(dev)
+        return self.questions.rows(slice(self.i, self.i + 1), self.vit.merged.device)
+
+    def has_question(self) -> bool:
+        return self.questions is not None and self.questions.any_present(slice(self.i, self.i + 1))
 
     def image_keys(self) -> list[int]:
         return [self.vit.image_keys[self.i]]
@@ -315,8 +317,7 @@ class Qwen2_5_VLAdapter(Adapter):
         vit = _VisionPass(self.model.model.visual, kwargs["pixel_values"], thw, self.vision_layer)
         out = PrunedImages(features=[], tokens_per_image=[], indices=[], assign=[], grids=[])
         for i in range(len(vit.grids)):
-            q = run.image_questions[i] if run.image_questions is not None else None
-            src = _QwenImage(vit, i, q, run.clip_text)
+            src = _QwenImage(vit, i, run.questions)
             sel = run.select(src)
             out.features.append(sel.features[0])
             out.tokens_per_image.append(src.features().shape[1])
