@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from .cuda_graph import GraphedCall, graphs_enabled
+from .splice import copy_to_device
 
 # Role markers and answer-format boilerplate of common chat templates (LLaVA-1.5 "USER: ... ASSISTANT:",
 # Vicuna, Llama-2 [INST], ChatML, Qwen, Mistral) and of the LLaVA evaluation prompts.
@@ -67,6 +70,7 @@ class ClipText:
     visual_projection: nn.Module
     tokenizer: Any
     max_length: int = 77
+    _graphed: GraphedCall | None = field(default=None, init=False, repr=False)
 
     @torch.no_grad()
     def encode(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -82,10 +86,35 @@ class ClipText:
         )
         empty = torch.tensor([not q for q in questions])
         mask = batch["attention_mask"].bool() & ~empty.unsqueeze(-1)
-        out = self.text_model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-        tokens = self.text_projection(out.last_hidden_state)
-        eos = self.text_projection(out.pooler_output)
+        ids = batch["input_ids"]
+        if device.type == "cuda" and graphs_enabled():
+            tokens, eos = self._encode_graphed(ids, device)
+        else:
+            out = self.text_model(input_ids=ids.to(device), attention_mask=batch["attention_mask"].to(device))
+            tokens = self.text_projection(out.last_hidden_state)
+            eos = self.text_projection(out.pooler_output)
         return tokens, mask.to(device), eos
+
+    def _project_text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text_projection of every position, of the pooled [EOS] row) under the causal mask alone."""
+        out = self.text_model(input_ids=ids)
+        return self.text_projection(out.last_hidden_state), self.text_projection(out.pooler_output)
+
+    def _encode_graphed(self, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text tower replayed from a CUDA graph (its ~200 small kernels cost more host time to launch than
+        GPU time to run). Ids are right-padded to a multiple of 16 so few shapes occur, and no padding mask is
+        passed: under CLIP's causal mask a real token never sees the padding after it, so the rows of real tokens
+        and the pooled [EOS] row (found from the ids) are those of the masked call."""
+        if self._graphed is None:
+            self._graphed = GraphedCall(self._project_text)
+        b, t = ids.shape
+        width = min(max(self.max_length, t), -(-t // 16) * 16)
+        if width > t:
+            pad = getattr(self.tokenizer, "pad_token_id", None) or 0
+            ids = torch.cat([ids, ids.new_full((b, width - t), pad)], 1)
+        weights = (self.text_projection.weight.data_ptr(), next(self.text_model.parameters()).data_ptr())
+        tokens, eos = self._graphed(copy_to_device(ids, device), key=weights)
+        return tokens[:, :t], eos
 
 
 class QuestionBatch:

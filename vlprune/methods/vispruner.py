@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..cuda_graph import GraphedCall
 from ..ops import descending_order, gather_rows, mask_from_indices, spatial_sort, topk_indices, true_first
 from ..registry import register_method
 from .base import Selection, SignalSource
@@ -57,6 +58,11 @@ def remove_duplicates(features: torch.Tensor, candidates: torch.Tensor, target: 
     return torch.gather(candidates, 1, pos)
 
 
+# on a GPU the rounds (about ten small kernels each, hundreds of rounds at LLaVA-NeXT's 2880 patches) are launched
+# once, from a CUDA graph per input shape
+_remove_duplicates_graphed = GraphedCall(remove_duplicates)
+
+
 def select(source: SignalSource, keep: int, cfg: VisPrunerConfig) -> Selection:
     feats = source.features()
     n = feats.shape[1]
@@ -64,7 +70,7 @@ def select(source: SignalSource, keep: int, cfg: VisPrunerConfig) -> Selection:
     important = topk_indices(source.cls_attention(), n_important)
     rest_mask = ~mask_from_indices(important, n)
     rest = true_first(rest_mask)[:, : n - n_important]  # the unimportant indices, ascending
-    diverse = remove_duplicates(feats, rest, keep - n_important, cfg.removals_per_round)
+    diverse = _remove_duplicates_graphed(feats, rest, target=keep - n_important, per_round=cfg.removals_per_round)
     kept = spatial_sort(torch.cat([important, diverse], dim=1))
     return Selection(features=gather_rows(feats, kept), indices=kept)
 
