@@ -50,18 +50,3 @@ def test_question_batch_encodes_once_for_every_image_and_knows_presence_on_the_h
     t2, m2, _ = batch.rows(slice(2, 3), torch.device("cpu"))
     assert calls == [["a b", "", "c"]]  # one batched encoding for all images
     assert torch.equal(t2, torch.arange(12, 18.0).view(1, 2, 3)) and m0.all() and m2.all()
-
-
-def test_question_batch_finds_its_questions_only_when_first_used():
-    found = []
-
-    class Encoder:
-        def encode(self, qs):
-            return torch.zeros(len(qs), 1, 2), torch.ones(len(qs), 1, dtype=torch.bool), torch.zeros(len(qs), 2)
-
-    batch = QuestionBatch(Encoder(), lambda: found.append(1) or ["q", ""])
-    assert found == []  # the prompt is decoded after the vision tower is queued, not before
-    assert batch.any_present(slice(None))
-    assert found == [1] and batch.present == [True, False]
-    batch.rows(slice(None), torch.device("cpu"))
-    assert found == [1]

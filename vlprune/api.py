@@ -226,19 +226,17 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
     mask_host = mask.cpu() if mask is not None else None
     per_sample = adapter.images_per_sample(ids_host)
     state.images_per_sample = per_sample
-    questions = None
+    image_questions = None
     if state.clip_text is not None:
-        def image_questions() -> list[str]:  # found on first use, once the vision tower is queued
-            qs = _questions(state, ids_host, mask_host)
-            return [q for q, n in zip(qs, per_sample) for _ in range(n)]
-
-        questions = QuestionBatch(state.clip_text, image_questions)
+        qs = _questions(state, ids_host, mask_host)
+        image_questions = [q for q, n in zip(qs, per_sample) for _ in range(n)]
 
     def select(source: Any) -> Selection:
         keep = min(state.keep, source.features().shape[1])
         return state.spec.encoder(source, keep, state.config)
 
     with torch.no_grad():
+        questions = QuestionBatch(state.clip_text, image_questions) if image_questions is not None else None
         result = adapter.prune_images(call, _Run(select, questions, state.clip_text))
     cols, valid = shrink_prompt(
         ids_host, mask_host, adapter.image_token_id, result.tokens_per_image, [f.shape[0] for f in result.features]
@@ -257,7 +255,7 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
     call = adapter.finish_call(original, call, cols, valid)
     state.last = KeptTokens(
         method=state.spec.name, keep=state.keep, indices=result.indices, grids=result.grids,
-        assign=result.assign, questions=questions.questions if questions is not None else [],
+        assign=result.assign, questions=image_questions or [],
     )
     return call
 

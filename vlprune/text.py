@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -124,25 +124,13 @@ class QuestionBatch:
     host-to-device copies of the token ids (synchronising copies) then wait only for the side stream, so the text
     tower's kernels are launched while the tower still runs and overlap with it; the main stream waits for the
     side stream only where the embeddings are used. ``present`` is known on the host without any device sync.
-    ``questions`` may be a callable that finds them (decoding the prompt): it then runs on first use too, on the
-    host while the GPU runs the tower, instead of delaying the tower's launch.
     """
 
-    def __init__(self, encoder: Any, questions: list[str] | Callable[[], list[str]]) -> None:
+    def __init__(self, encoder: Any, questions: list[str]) -> None:
         self.encoder = encoder
-        self._find = questions if callable(questions) else None
-        self._questions = None if callable(questions) else list(questions)
+        self.questions = list(questions)
+        self.present = [bool(q) for q in self.questions]
         self._encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-
-    @property
-    def questions(self) -> list[str]:
-        if self._questions is None:
-            self._questions = list(self._find())
-        return self._questions
-
-    @property
-    def present(self) -> list[bool]:
-        return [bool(q) for q in self.questions]
 
     def _encode(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if device.type != "cuda":
