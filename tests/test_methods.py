@@ -204,6 +204,35 @@ def test_recomputed_cls_attention_equals_eager(tiny, pixels):
     torch.testing.assert_close(src.cls_attention(), want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["qq", "qk", "kk", "vv"])
+def test_decoupled_attention_equals_explicit_softmax_and_qk_equals_the_block(tiny, pixels, mode):
+    """Eq. 2 through the fused kernel equals the explicit map softmax(A B^T / sqrt(d)) V; with the ordinary pair
+    ("qk") it is exactly the block's own eager self-attention output."""
+    from vlprune.attention import decoupled_attention, split_heads
+    from vlprune.models.clip_signals import ClipVisionSignals
+
+    model = tiny.model
+    tower = model.model.vision_tower
+    src = ClipVisionSignals(tower, pixels, model.config.vision_feature_layer)
+    attn = src.next_block.self_attn
+    normed = src.next_block.layer_norm1(src.hidden_states[src.f])
+    with torch.no_grad():
+        got = decoupled_attention(attn, normed, mode)
+        proj = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}
+        a, b = (split_heads(proj[c](normed), attn.num_heads) for c in mode)
+        v = split_heads(attn.v_proj(normed), attn.num_heads)
+        probs = torch.softmax(a @ b.transpose(-1, -2) * attn.head_dim**-0.5, dim=-1)
+        want = attn.out_proj((probs @ v).transpose(1, 2).reshape(normed.shape))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        if mode == "qk":
+            model.set_attn_implementation({"vision_config": "eager"})
+            try:
+                block_out = attn(hidden_states=normed)[0]
+            finally:
+                model.set_attn_implementation({"vision_config": "sdpa"})
+            torch.testing.assert_close(got, block_out, rtol=1e-5, atol=1e-5)
+
+
 def test_recomputed_llm_attention_equals_eager(tiny):
     from vlprune.attention import decoder_attention_probs
     from vlprune.models.llava import LlavaAdapter

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 DecoupledMode = Literal["qq", "qk", "kk", "vv"]
@@ -38,6 +39,8 @@ def decoupled_attention(attn: nn.Module, normed: torch.Tensor, mode: DecoupledMo
 
     ``mode`` picks the pair that forms the attention map (the paper's ablation, Table 4b):
     "qq" (default, best in the paper), "qk" (ordinary attention), "kk", "vv". Returns (B, N, D).
+    The map is never materialised: one fused ``scaled_dot_product_attention`` call (N x N per head is not needed,
+    only its product with V).
     """
     h = attn.num_heads
     proj = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj}
@@ -46,9 +49,8 @@ def decoupled_attention(attn: nn.Module, normed: torch.Tensor, mode: DecoupledMo
     a = split_heads(proj[mode[0]](normed), h)
     b = a if mode[1] == mode[0] else split_heads(proj[mode[1]](normed), h)
     v = split_heads(attn.v_proj(normed), h)
-    probs = torch.softmax((a @ b.transpose(-1, -2)).float() * attn.head_dim**-0.5, dim=-1).to(v.dtype)
-    out = (probs @ v).transpose(1, 2).reshape(normed.shape)
-    return attn.out_proj(out)
+    out = F.scaled_dot_product_attention(a, b, v, scale=attn.head_dim**-0.5)
+    return attn.out_proj(out.transpose(1, 2).reshape(normed.shape))
 
 
 def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
