@@ -4,6 +4,9 @@ A loop of small kernels (VisPruner's duplicate removal: ~10 kernels per round, h
 GPU far more host time to launch than device time to run. ``GraphedCall`` captures such a pure tensor function
 once per input signature and replays it: one launch instead of thousands. Off the GPU, while another capture is
 under way, or with ``VLPRUNE_CUDA_GRAPHS=0`` it simply calls the function.
+
+Costs: the first call per signature synchronises the device to capture; each kept graph holds its input buffers
+and its private memory pool on the GPU (VisPruner at LLaVA-NeXT's size: tens of MB), up to ``max_graphs`` of them.
 """
 from __future__ import annotations
 
