@@ -87,7 +87,8 @@ class ClipText:
         empty = torch.tensor([not q for q in questions])
         mask = batch["attention_mask"].bool() & ~empty.unsqueeze(-1)
         ids = batch["input_ids"]
-        if device.type == "cuda" and graphs_enabled():
+        # the graphed path relies on padding after the question (CLIP tokenizers pad on the right)
+        if device.type == "cuda" and graphs_enabled() and getattr(self.tokenizer, "padding_side", "right") == "right":
             tokens, eos = self._encode_graphed(ids, device)
         else:
             out = self.text_model(input_ids=ids.to(device), attention_mask=batch["attention_mask"].to(device))
