@@ -13,8 +13,9 @@ from torch import nn
 from .llm_pruning import LLMPruner
 from .methods.base import Selection, check_keep
 from .models import Adapter, get_adapter
+from .ops import copy_to_device
 from .registry import MethodSpec, get_method
-from .splice import PER_TOKEN_INPUTS, apply_columns, copy_to_device, shrink_prompt
+from .splice import PER_TOKEN_INPUTS, apply_columns, shrink_prompt
 from .text import ClipText, QuestionBatch, load_clip_text, questions_from_ids
 
 _STATE = "_vlprune_state"

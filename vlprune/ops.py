@@ -1,4 +1,4 @@
-"""Pure tensor helpers shared by the selection functions (no model knowledge)."""
+"""Pure tensor helpers shared by the selection functions and the runtime (no model knowledge)."""
 from __future__ import annotations
 
 import torch
@@ -69,3 +69,11 @@ def nearest_centre_merge(
     counts.scatter_add_(1, assign, torch.ones(b, n, device=features.device))
     merged = (sums / counts.unsqueeze(-1)).to(features.dtype)
     return merged, assign
+
+
+def copy_to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device``. CUDA: through pinned memory, non-blocking, so the host does not wait for
+    the work already queued (a plain copy from pageable memory synchronises the stream)."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)

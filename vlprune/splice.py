@@ -56,10 +56,3 @@ def apply_columns(x: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, fill
     out = torch.gather(x, 1, cols)
     return out.masked_fill(~valid, fill)
 
-
-def copy_to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A small host tensor on ``device``. CUDA: through pinned memory, non-blocking, so the host does not wait for
-    the work already queued (a plain copy from pageable memory synchronises the stream)."""
-    if device.type == "cuda" and x.device.type == "cpu":
-        return x.pin_memory().to(device, non_blocking=True)
-    return x.to(device)

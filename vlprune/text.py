@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .cuda_graph import GraphedCall, graphs_enabled
-from .splice import copy_to_device
+from .ops import copy_to_device
 
 # Role markers and answer-format boilerplate of common chat templates (LLaVA-1.5 "USER: ... ASSISTANT:",
 # Vicuna, Llama-2 [INST], ChatML, Qwen, Mistral) and of the LLaVA evaluation prompts.
