@@ -55,4 +55,3 @@ def apply_columns(x: torch.Tensor, cols: torch.Tensor, valid: torch.Tensor, fill
     """Gather a (B, L) per-token tensor to the surviving columns, padding with ``fill``."""
     out = torch.gather(x, 1, cols)
     return out.masked_fill(~valid, fill)
-
