@@ -4,7 +4,6 @@ import sys
 import types
 
 import pytest
-import torch
 from PIL import Image
 
 
@@ -102,7 +101,7 @@ def test_runner_is_resumable_and_scored(saved_tiny, tmp_path):
     for i in range(4):
         name = f"COCO_val2014_{i:012d}.jpg"
         Image.new("RGB", (16, 16), (i * 40, 10, 10)).save(data / "val2014" / name)
-        qs.append({"question_id": i, "image": name, "text": f"Is there a circle in the image?", "category": "random"})
+        qs.append({"question_id": i, "image": name, "text": "Is there a circle in the image?", "category": "random"})
         labels["random"].append({"question_id": i, "image": name, "text": "Is there a circle in the image?",
                                  "label": "yes" if i % 2 else "no"})
     (data / "llava_pope_test.jsonl").write_text("\n".join(json.dumps(q) for q in qs))

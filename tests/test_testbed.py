@@ -11,7 +11,7 @@ import torch
 
 from vlprune.testbed import FAMILIES, boxes_to_patch_mask, is_correct, load_split, normalize_answer, prompt_for
 from vlprune.testbed import scenes
-from vlprune.testbed.scenes import COLORS, COUNT_WORDS, PLURAL, SHAPES, iter_train_samples
+from vlprune.testbed.scenes import COUNT_WORDS, PLURAL, iter_train_samples
 
 
 def _same(a, b) -> bool:

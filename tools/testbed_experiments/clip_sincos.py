@@ -1,7 +1,7 @@
 """Stage 1 with the CLIP position embeddings initialised as fixed-scale 2D sin-cos (MAE-style) instead of
 random, then the position probe: does patch position survive to layer -2?
     python clip_sincos.py STEPS OUT_DIR [SCALE]"""
-import sys, math, torch
+import sys, torch
 from vlprune.testbed import train
 from position_probe import train_clip_and_probe
 torch.set_num_threads(2); torch.manual_seed(0)

@@ -1,4 +1,4 @@
-import sys, time, random, math, json, torch, torch.nn.functional as F
+import time, random, math, torch
 from vlprune.testbed import train, scenes
 from oracle_features import oracle_features
 from dataclasses import replace

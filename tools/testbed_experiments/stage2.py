@@ -1,4 +1,4 @@
-import sys, json, torch
+import sys, json
 from dataclasses import replace
 from vlprune.testbed import train
 clip_dir, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])

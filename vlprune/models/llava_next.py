@@ -133,7 +133,7 @@ def pack(pieces: list[dict], n_base: int, grid: tuple[int, int], n_patches: int,
     Returns (tokens (L, D), kept patch-space indices (sorted), assign (n_patches,) LLM position or -1).
     """
     hu, wu = grid
-    sp_feats, sp_index, sp_ref, tail_ref = [], [], [], []
+    sp_feats, sp_index, tail_ref = [], [], []
     for p_i, piece in enumerate(pieces):
         k, m = piece["feats"].shape[0], piece["index"].shape[0]
         v = piece["index"]

@@ -23,7 +23,7 @@ __all__ = ["evaluate", "predict"]
 def _shrink_image_run(input_ids: torch.Tensor, attention_mask: torch.Tensor, image_token_id: int, keep: int,
                       pad_id: int):
     """Drop surplus image tokens per row, then re-left-pad to a common length."""
-    rows, masks = [], []
+    rows = []
     for ids, m in zip(input_ids, attention_mask):
         ids = ids[m.bool()]
         pos = (ids == image_token_id).nonzero().flatten()
