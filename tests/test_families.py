@@ -326,6 +326,26 @@ def test_llava_next_newlines(next_t, newlines):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("method", ["desap", "visionzip", "vispruner", "random"])
+def test_pixels_are_hashed_only_for_seeded_methods(fam, method, monkeypatch):
+    """Hashing an image's pixels copies them to the host (a device sync on a GPU): only ``random`` may pay for it."""
+    import zlib
+
+    name, t = fam
+    calls = []
+    real_crc = zlib.crc32
+    monkeypatch.setattr(zlib, "crc32", lambda data, *a: calls.append(len(data)) or real_crc(data, *a))
+    inputs = _inputs(t, SIZES[name][:2], [1, 1])
+    try:
+        vlprune.apply(t.model, method, 6, **_kw(name, method, t))
+        t.model(**inputs)
+    finally:
+        vlprune.remove(t.model)
+    hashed = [n for n in calls if n >= 1000]  # pixel data (the seed keys derived from it are a few bytes)
+    assert bool(hashed) == (method == "random")
+
+
+@torch.no_grad()
 def test_qwen_positions_are_the_unpruned_ones(qwen_t):
     """Text after the image keeps its M-RoPE position; kept image tokens keep their (t, h, w) positions."""
     m = qwen_t.model

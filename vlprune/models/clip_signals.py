@@ -114,5 +114,10 @@ class ClipVisionSignals:
         return self.questions is not None and self.questions.any_present(slice(None))
 
     def image_keys(self) -> list[int]:
+        return self._image_keys
+
+    @cached_property
+    def _image_keys(self) -> list[int]:
+        """CRC32 of each image's pixels (once per pass, and only if a seeded method asks)."""
         flat = self.pixel_values.detach().float().cpu().reshape(self.pixel_values.shape[0], -1)
         return [zlib.crc32(row.numpy().tobytes()) for row in flat]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -82,11 +82,21 @@ def images_from_counts(input_ids: torch.Tensor, image_token_id: int, sizes: list
     return out
 
 
+def _subset_key(tiles: ClipVisionSignals, first: int, n_tiles: int, group: int) -> Callable[[], int]:
+    """The seed key of one selection call (an image's tiles, one group of them), computed only if a seeded
+    method asks: it hashes the tiles' pixels on the host (a device-to-host copy and a sync on a GPU)."""
+    def key() -> int:
+        image = zlib.crc32(str(tiles.image_keys()[first: first + n_tiles]).encode())
+        return zlib.crc32(f"{image}/{group}".encode())
+
+    return key
+
+
 class _PatchSubset:
     """A ``SignalSource`` over chosen (tile, patch) pairs of a batch of CLIP tiles (one image, or one tile)."""
 
     def __init__(self, tiles: ClipVisionSignals, tile: torch.Tensor, patch: torch.Tensor, cls_tile: int,
-                 image: int, questions: Any, cache: dict, key: int, grid: tuple[int, int]) -> None:
+                 image: int, questions: Any, cache: dict, key: Callable[[], int], grid: tuple[int, int]) -> None:
         self.tiles, self.tile, self.patch, self.cls_tile = tiles, tile, patch, cls_tile
         self.image, self.questions, self._cache, self.key, self.grid = image, questions, cache, key, grid
 
@@ -121,7 +131,7 @@ class _PatchSubset:
         return self.questions is not None and self.questions.any_present(slice(self.image, self.image + 1))
 
     def image_keys(self) -> list[int]:
-        return [self.key]
+        return [self.key()]
 
 
 def pack(pieces: list[dict], n_base: int, grid: tuple[int, int], n_patches: int,
@@ -266,13 +276,11 @@ class LlavaNextAdapter(Adapter):
         tower = model.vision_tower
         tiles = ClipVisionSignals(tower, pixel_values.to(tower.dtype), self.model.config.vision_feature_layer,
                                   clip_text=run.clip_text, grid=(self.side, self.side))
-        tile_keys = tiles.image_keys()
         cache: dict = {}
         s2 = self.side * self.side
         out = PrunedImages(features=[], tokens_per_image=[], indices=[], assign=[], grids=[])
         first = 0
         for i, lay in enumerate(layouts):
-            key = zlib.crc32(str(tile_keys[first: first + lay.n_tiles]).encode())
             if self.budget == "global":
                 groups = [torch.arange(lay.tile.shape[0])]
             else:
@@ -282,7 +290,7 @@ class LlavaNextAdapter(Adapter):
             for g_i, members in enumerate(groups):
                 cls_tile = first + int(lay.tile[members[0]])
                 sub = _PatchSubset(tiles, first + lay.tile[members], lay.patch[members], cls_tile, i,
-                                   run.questions, cache, zlib.crc32(f"{key}/{g_i}".encode()), lay.grid)
+                                   run.questions, cache, _subset_key(tiles, first, lay.n_tiles, g_i), lay.grid)
                 sel = run.select(sub)
                 pieces.append({
                     "vis": sel.features[0], "index": members.to(sel.indices.device)[sel.indices[0]].cpu(),
