@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..ops import copy_to_device
 from .base import Adapter, PrunedImages
 from .clip_signals import ClipVisionSignals, check_llava_feature_config
 
@@ -97,7 +98,11 @@ class _PatchSubset:
 
     def __init__(self, tiles: ClipVisionSignals, tile: torch.Tensor, patch: torch.Tensor, cls_tile: int,
                  image: int, questions: Any, cache: dict, key: Callable[[], int], grid: tuple[int, int]) -> None:
-        self.tiles, self.tile, self.patch, self.cls_tile = tiles, tile, patch, cls_tile
+        # the (tile, patch) index is built on the host; one non-blocking copy to the tiles' device, not a
+        # synchronising copy per signal
+        device = tiles.pixel_values.device
+        self.tiles, self.cls_tile = tiles, cls_tile
+        self.tile, self.patch = copy_to_device(tile, device), copy_to_device(patch, device)
         self.image, self.questions, self._cache, self.key, self.grid = image, questions, cache, key, grid
 
     def _pick(self, x: torch.Tensor) -> torch.Tensor:
