@@ -91,14 +91,14 @@ class ClipText:
         if device.type == "cuda" and graphs_enabled() and getattr(self.tokenizer, "padding_side", "right") == "right":
             tokens, eos = self._encode_graphed(ids, device)
         else:
-            out = self.text_model(input_ids=ids.to(device), attention_mask=batch["attention_mask"].to(device))
-            tokens = self.text_projection(out.last_hidden_state)
-            eos = self.text_projection(out.pooler_output)
+            tokens, eos = self._project_text(ids.to(device), batch["attention_mask"].to(device))
         return tokens, mask.to(device), eos
 
-    def _project_text(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(text_projection of every position, of the pooled [EOS] row) under the causal mask alone."""
-        out = self.text_model(input_ids=ids)
+    def _project_text(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text_projection of every position, of the pooled [EOS] row); without a mask, the causal one alone."""
+        out = self.text_model(input_ids=ids, attention_mask=attention_mask)
         return self.text_projection(out.last_hidden_state), self.text_projection(out.pooler_output)
 
     def _encode_graphed(self, ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,12 +134,15 @@ class QuestionBatch:
         self._encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def _encode(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if device.type != "cuda":
+        def encode() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             return tuple(t.to(device) for t in self.encoder.encode(self.questions))
+
+        if device.type != "cuda":
+            return encode()
         main = torch.cuda.current_stream(device)
         side = torch.cuda.Stream(device)
         with torch.cuda.stream(side):
-            encoded = tuple(t.to(device) for t in self.encoder.encode(self.questions))
+            encoded = encode()
         main.wait_stream(side)
         for t in encoded:
             t.record_stream(main)  # made on the side stream, read on the main one
