@@ -14,11 +14,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
-from vlprune import api
-from vlprune.speed import build, make_inputs, method_kwargs
+from prefill_case import bench_model, patched_prefill, synchronize
 
 
 def gpu_busy_ms(trace: dict) -> tuple[float, float]:
@@ -39,26 +37,15 @@ def gpu_busy_ms(trace: dict) -> tuple[float, float]:
 
 
 def main(model: str, layers: int, batch: int, keep: int, methods: list[str], out: Path) -> None:
-    dev = torch.device("cuda")
-    bm = build(model, layers, None, torch.bfloat16, dev)
-    inputs = make_inputs(bm, batch, 32, dev, torch.bfloat16)
+    bm, inputs = bench_model(model, layers, batch)
     for method in methods:
-        if method != "none":
-            api.apply(bm.model, method, keep, **method_kwargs(method, bm))
-
-        def prefill():
-            with torch.inference_mode():
-                return bm.model(**inputs, use_cache=True, logits_to_keep=1)
-
-        try:
+        with patched_prefill(bm, inputs, method, keep) as prefill:
             for _ in range(3):
                 prefill()
-            torch.cuda.synchronize()
+            synchronize()
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 prefill()
-                torch.cuda.synchronize()
-        finally:
-            api.remove(bm.model)
+                synchronize()
         raw = out / f"trace_{model}_{method}.json"
         prof.export_chrome_trace(str(raw))
         trace = json.loads(raw.read_text())

@@ -18,8 +18,7 @@ import warnings
 
 import torch
 
-from vlprune import api
-from vlprune.speed import build, make_inputs, method_kwargs
+from prefill_case import bench_model, patched_prefill, synchronize
 
 
 def _site(frames: list, marker: str) -> str:
@@ -56,28 +55,17 @@ def sync_sites(fn) -> collections.Counter:
 
 
 def main(model: str, layers: int, batch: int, keep: int, methods: list[str]) -> None:
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # CPU: a smoke run, no syncs to find
-    bm = build(model, layers, None, torch.bfloat16, dev)
-    inputs = make_inputs(bm, batch, 32, dev, torch.bfloat16)
+    bm, inputs = bench_model(model, layers, batch)  # on a CPU: a smoke run, no syncs to find
     print(f"== {model} layers {layers} batch {batch} keep {keep}")
     for method in methods:
-        if method != "none":
-            api.apply(bm.model, method, keep, **method_kwargs(method, bm))
-
-        def prefill():
-            with torch.inference_mode():
-                return bm.model(**inputs, use_cache=True, logits_to_keep=1)
-
         try:
-            prefill()  # warm: lazy initialisation syncs are not the steady state
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            sites = sync_sites(prefill)
+            with patched_prefill(bm, inputs, method, keep) as prefill:
+                prefill()  # warm: lazy initialisation syncs are not the steady state
+                synchronize()
+                sites = sync_sites(prefill)
         except (ValueError, NotImplementedError) as e:
             print(f"-- {method}: skipped ({e})")
             continue
-        finally:
-            api.remove(bm.model)
         print(f"-- {method}: {sum(sites.values())} syncs")
         for (ours, theirs), n in sites.most_common():
             print(f"   {n:4d}  {ours:55s} | {theirs}")
