@@ -17,7 +17,7 @@ from vlprune.speed import (build, clip_tower_flops, kv_cache_mb, llm_layer_flops
                            prefill_flops, qwen_layout, qwen_vit_flops, vision_layers_for)
 
 ROW_KEYS = {"method", "keep", "prefill_ms", "prune_ms", "ttft_ms", "peak_mem_mb", "kv_cache_mb", "tflops", "speedup",
-            "flops_bound_speedup", "efficiency"}
+            "flops_bound_speedup", "efficiency", "vision_ms", "llm_ms"}
 
 
 def test_bench_tiny_writes_json(tmp_path):
@@ -37,6 +37,8 @@ def test_bench_tiny_writes_json(tmp_path):
     for r in rows:
         assert ROW_KEYS <= set(r), set(r) ^ ROW_KEYS
         assert r["prefill_ms"] > 0 and r["ttft_ms"] > 0 and r["kv_cache_mb"] > 0
+        # the parts are parts of the same passes: tower and LLM both ran and neither exceeds the slowest pass
+        assert 0 < r["vision_ms"] and 0 < r["llm_ms"] and r["vision_ms"] + r["llm_ms"] <= r["prefill_ms"] * 1.5
     full = rows[0]
     for r in rows[1:]:
         assert r["flops_bound_speedup"] > 1.0

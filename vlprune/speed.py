@@ -661,6 +661,7 @@ class StepTimer:
         self.vision_start: Any = None
         self.vision_end: Any = None
         self.llm_entry: Any = None
+        self.end: Any = None
         self.projector_spans: list[tuple[Any, Any]] = []
         self.prune_spans: list[tuple[Any, Any]] = []
         self._projector_start: Any = None
@@ -713,17 +714,28 @@ class StepTimer:
         self._wrapped = pruner
 
     def start(self) -> None:
-        self.vision_start = self.vision_end = self.llm_entry = self._projector_start = None
+        self.vision_start = self.vision_end = self.llm_entry = self.end = self._projector_start = None
         self.projector_spans, self.prune_spans = [], []
         self.t0 = self.clock.mark()
+
+    def finish(self) -> None:
+        """Mark the end of the pass (right after the call returns)."""
+        self.end = self.clock.mark()
+
+    def vision_ms(self) -> float:
+        """The vision tower's forward: patch embedding to the last block that ran."""
+        return self.clock.ms(self.vision_start, self.vision_end) if self.vision_start is not None else 0.0
+
+    def llm_ms(self) -> float:
+        """From the LLM's entry to the end of the pass: decoder layers (in-LLM pruning included), final norm, logits."""
+        return self.clock.ms(self.llm_entry, self.end) if self.llm_entry is not None and self.end is not None else 0.0
 
     def pre_llm_overhead_ms(self) -> float:
         """Time from the call to the LLM's entry that is neither vision tower nor projector."""
         if self.llm_entry is None:
             return 0.0
-        vision = self.clock.ms(self.vision_start, self.vision_end) if self.vision_start is not None else 0.0
         projector = sum(self.clock.ms(a, b) for a, b in self.projector_spans)
-        return self.clock.ms(self.t0, self.llm_entry) - vision - projector
+        return self.clock.ms(self.t0, self.llm_entry) - self.vision_ms() - projector
 
     def llm_prune_ms(self) -> float:
         return sum(self.clock.ms(a, b) for a, b in self.prune_spans)
@@ -758,6 +770,8 @@ class Cell:
         self.ttfts: list[float] = []
         self.pre_llm: list[float] = []
         self.llm_prune: list[float] = []
+        self.vision: list[float] = []
+        self.llm: list[float] = []
         self.peak = self.kv = float("nan")
         self.llm_tokens: Optional[list[int]] = None
 
@@ -808,9 +822,12 @@ class Cell:
         try:
             timer.start()
             ms, out = self.clock.time(self._prefill)
+            timer.finish()
             del out
             self.pre_llm.append(timer.pre_llm_overhead_ms())
             self.llm_prune.append(timer.llm_prune_ms())
+            self.vision.append(timer.vision_ms())
+            self.llm.append(timer.llm_ms())
         finally:
             self._exit(timer)
         self.prefills.append(ms)
@@ -830,7 +847,8 @@ class Cell:
             "method": self.method, "keep": self.keep, "prefill_ms": _median(self.prefills),
             "prefill_min_ms": min(self.prefills) if self.prefills else float("nan"),
             "ttft_ms": _median(self.ttfts), "pre_llm_ms": _median(self.pre_llm),
-            "llm_prune_ms": _median(self.llm_prune), "peak_mem_mb": self.peak, "kv_cache_mb": self.kv,
+            "llm_prune_ms": _median(self.llm_prune), "vision_ms": _median(self.vision), "llm_ms": _median(self.llm),
+            "peak_mem_mb": self.peak, "kv_cache_mb": self.kv,
             "llm_tokens": self.llm_tokens,
         }
 
@@ -919,6 +937,7 @@ def run_bench(model: str = "llava-1.5-7b", layers: Optional[int] = None, vision_
         results.append({
             "method": m, "keep": k if k is not None else bm.patches,
             "prefill_ms": r["prefill_ms"], "prefill_min_ms": r["prefill_min_ms"], "prune_ms": prune, "ttft_ms": r["ttft_ms"],
+            "vision_ms": r["vision_ms"], "llm_ms": r["llm_ms"],
             "peak_mem_mb": r["peak_mem_mb"], "kv_cache_mb": r["kv_cache_mb"], "llm_tokens": r["llm_tokens"],
             "tflops": method_tflops(None if m == "none" else m, k, bm.shape, bm.patches),
             "prefill_tflops": flops / 1e12,
@@ -1017,14 +1036,15 @@ def print_report(report: dict, console: Any) -> None:
     table = Table(title=(f"{report['model']}: LLM {report['layers']} layers, vision {report['vision_layers']} layers, "
                          f"batch {report['batch']}, {report['dtype']}, {image}{report['visual_tokens']}{newlines}+"
                          f"{report['text_tokens']} tokens on {report['device']}"))
-    cols = ("method", "keep", "prefill ms", "prune ms", "prune %", "TTFT ms", "peak MB", "KV MB", "TFLOPs",
+    cols = ("method", "keep", "prefill ms", "vision ms", "LLM ms", "prune ms", "prune %", "TTFT ms", "peak MB", "KV MB", "TFLOPs",
             "speedup", "bound", "efficiency")
     for c in cols:
         table.add_column(c, justify="right")
     full = next((r for r in report["results"] if r["method"] == "none"), None)
     for r in report["results"]:
         share = 100 * r["prune_ms"] / full["prefill_ms"] if full else None
-        table.add_row(r["method"], str(r["keep"]), _fmt(r["prefill_ms"], ".0f"), _fmt(r["prune_ms"], ".1f"),
+        table.add_row(r["method"], str(r["keep"]), _fmt(r["prefill_ms"], ".0f"), _fmt(r.get("vision_ms"), ".0f"),
+                      _fmt(r.get("llm_ms"), ".0f"), _fmt(r["prune_ms"], ".1f"),
                       _fmt(share, ".2f"), _fmt(r["ttft_ms"], ".0f"), _fmt(r["peak_mem_mb"], ".0f"),
                       _fmt(r["kv_cache_mb"], ".1f"), _fmt(r["tflops"], ".3f"), _fmt(r["speedup"], ".2f"),
                       _fmt(r["flops_bound_speedup"], ".2f"), _fmt(r["efficiency"], ".2f"))
