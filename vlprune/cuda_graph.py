@@ -12,17 +12,36 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 
 _EAGER = object()  # cache entry of a signature whose capture failed
 
 
+_ALL: "weakref.WeakSet[GraphedCall]" = weakref.WeakSet()
+
+
 def graphs_enabled() -> bool:
     return os.environ.get("VLPRUNE_CUDA_GRAPHS", "1") != "0"
+
+
+def release_graphs() -> None:
+    """Drop every kept graph (and the GPU memory of its buffers and pool); the next call captures again."""
+    for call in list(_ALL):
+        call.clear()
+
+
+def _static_key(value: Any) -> Any:
+    """A module argument is keyed by identity and by where its weights live (what a replay reads), without
+    holding the module: the cache must not keep a deleted model's layers alive."""
+    if isinstance(value, nn.Module):
+        return ("module", id(value), tuple(p.data_ptr() for p in value.parameters()))
+    return value
 
 
 def _clone(out: Any) -> Any:
@@ -36,13 +55,18 @@ class GraphedCall:
 
     ``fn`` must be a pure function of its tensor arguments with no host synchronisation (shapes, and so every
     loop bound, are fixed by the signature). Outputs are cloned out of the graph's buffers. At most
-    ``max_graphs`` signatures are kept (least recently used dropped).
+    ``max_graphs`` signatures are kept (least recently used dropped). Static ``nn.Module`` arguments are keyed by
+    identity and weight addresses (see ``_static_key``).
     """
 
     def __init__(self, fn: Callable[..., Any], max_graphs: int = 8) -> None:
         self.fn = fn
         self.max_graphs = max_graphs
         self._graphs: OrderedDict = OrderedDict()
+        _ALL.add(self)
+
+    def clear(self) -> None:
+        self._graphs.clear()
 
     def __call__(self, *tensors: torch.Tensor, key: tuple = (), **static: Any) -> Any:
         """``key``: more cache-key material that is not passed to ``fn`` (e.g. the addresses of weights it reads)."""
@@ -53,7 +77,8 @@ class GraphedCall:
             and not torch.cuda.is_current_stream_capturing()
         ):
             return self.fn(*tensors, **static)
-        key = (tuple((tuple(t.shape), t.dtype, t.device) for t in tensors), tuple(sorted(static.items())), key)
+        key = (tuple((tuple(t.shape), t.dtype, t.device) for t in tensors),
+               tuple((name, _static_key(v)) for name, v in sorted(static.items())), key)
         entry = self._graphs.get(key)
         if entry is None:
             try:

@@ -91,8 +91,8 @@ class ClipText:
         if device.type == "cuda" and graphs_enabled() and getattr(self.tokenizer, "padding_side", "right") == "right":
             tokens, eos = self._encode_graphed(ids, device)
         else:
-            tokens, eos = self._project_text(ids.to(device), batch["attention_mask"].to(device))
-        return tokens, mask.to(device), eos
+            tokens, eos = self._project_text(copy_to_device(ids, device), copy_to_device(batch["attention_mask"], device))
+        return tokens, copy_to_device(mask, device), eos
 
     def _project_text(
         self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -118,6 +118,18 @@ class ClipText:
         return tokens[:, :t], eos
 
 
+_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One long-lived side stream per GPU: the caching allocator keeps blocks per stream, so a fresh stream per
+    call would find none cached and call cudaMalloc."""
+    device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
+
+
 class QuestionBatch:
     """The questions of one call's images (prompt order), encoded once, batched, when a signal source first asks.
 
@@ -140,7 +152,7 @@ class QuestionBatch:
         if device.type != "cuda":
             return encode()
         main = torch.cuda.current_stream(device)
-        side = torch.cuda.Stream(device)
+        side = _side_stream(device)
         with torch.cuda.stream(side):
             encoded = encode()
         main.wait_stream(side)

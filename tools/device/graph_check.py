@@ -1,5 +1,7 @@
-"""CUDA-graph replay against eager execution (issue 6), on the device machine: VisPruner's duplicate removal and
-the CLIP text tower, equal results and the time of one call (host + GPU, synchronised), median of 20.
+"""CUDA-graph replay against eager execution (issue 6), on the device machine: VisPruner's duplicate removal,
+the CLIP text tower, and DeSAP's recomputed signals ([CLS] attention, decoupled attention) and selection (alignment,
+ranking, merge) at the LLaVA-1.5-7B shape; equal results and the time of one call (host + GPU, synchronised),
+median of 20.
 
     python3 tools/device/graph_check.py
 """
@@ -11,7 +13,10 @@ import time
 
 import torch
 
+from vlprune.methods.desap import _select_graphed, select_from_signals
 from vlprune.methods.vispruner import _remove_duplicates_graphed, remove_duplicates
+from vlprune.models.clip_signals import (_cls_attention_graphed, _decoupled_graphed, cls_attention_row,
+                                         decoupled_joint)
 from vlprune.speed import build
 
 
@@ -58,6 +63,35 @@ def main() -> None:
         scale = te.float()[me].abs().max().item()
         print(f"CLIP text tower B={b}: masks equal {torch.equal(me, mg)}, max |diff| tokens {diff_t:.2e}, "
               f"eos {diff_e:.2e} (values up to {scale:.2f}); eager {t_e:.2f} ms, graph {t_g:.2f} ms")
+
+    tower = bm.model.model.vision_tower
+    blocks = tower.encoder.layers
+    for b in (1, 8):
+        hidden = torch.randn(b, 577, 1024, device=dev, generator=g).bfloat16()
+        cls_kw = {"block": blocks[-2]}
+        dec_kw = {"block": blocks[-1], "post_layernorm": tower.post_layernorm, "projection": clip.visual_projection,
+                  "mode": "qq"}
+        with torch.inference_mode():
+            for name, fn, graphed, kw in (("[CLS] attention", cls_attention_row, _cls_attention_graphed, cls_kw),
+                                          ("decoupled attention", decoupled_joint, _decoupled_graphed, dec_kw)):
+                e, gr = fn(hidden, **kw), graphed(hidden, **kw)
+                diff = (e.float() - gr.float()).abs().max().item()
+                t_e = timed(lambda: fn(hidden, **kw))
+                t_g = timed(lambda: graphed(hidden, **kw))
+                print(f"{name} B={b}: max |diff| {diff:.2e}; eager {t_e:.2f} ms, graph {t_g:.2f} ms")
+            feats = hidden[:, 1:]
+            salient = cls_attention_row(hidden, **cls_kw)
+            joint = decoupled_joint(hidden, **dec_kw)
+            text, mask, eos = clip.encode([" ".join(words[: 5 + i]) for i in range(b)])
+            args = (feats, salient, joint, text, mask, eos)
+            kw = {"k1": 32, "k2": 32}
+            e, gr = select_from_signals(*args, **kw), _select_graphed(*args, **kw)
+            same = all(torch.equal(x, y) for x, y in zip(e[1:], gr[1:]))
+            diff = (e[0].float() - gr[0].float()).abs().max().item()
+            t_e = timed(lambda: select_from_signals(*args, **kw))
+            t_g = timed(lambda: _select_graphed(*args, **kw))
+            print(f"DeSAP selection @64 B={b}: kept/task/assign equal {same}, merged max |diff| {diff:.2e}; "
+                  f"eager {t_e:.2f} ms, graph {t_g:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..cuda_graph import GraphedCall
 from ..ops import gather_rows, mask_from_indices, nearest_centre_merge, spatial_sort, topk_indices
 from ..registry import register_method
 from .base import Selection, SignalSource
@@ -96,29 +97,58 @@ def rank_and_prune(task: torch.Tensor, salient: torch.Tensor, k1: int, k2: int) 
     return spatial_sort(torch.cat([first, second], dim=1))
 
 
+def select_from_signals(
+    feats: torch.Tensor,
+    salient: torch.Tensor,
+    *cue: torch.Tensor,
+    k1: int,
+    k2: int,
+    lam: float = 0.1,
+    fcma: bool = True,
+    merge: bool = True,
+    sign: float = 1.0,
+) -> tuple[torch.Tensor, ...]:
+    """DeSAP from its signals, pure tensors (eqs. 3-5 and §4.3): ``(features (B, k1+k2, D), kept, task[, assign])``.
+
+    feats (B, N, D) and salient (B, N) = A_s; ``cue`` is empty (k1 = 0: the visual cue alone) or
+    ``(joint (B, 1+N, e), text (B, T, e), text_mask (B, T), eos (B, e))``. No host synchronisation and fixed
+    output shapes, so on a GPU it is replayed from one CUDA graph per shape (``_select_graphed``).
+    """
+    if k1 > 0:
+        joint, text, text_mask, eos = cue
+        if fcma:
+            task = fine_grained_alignment(joint[:, 1:], joint[:, 0], text, eos, text_mask, lam)
+        else:
+            task = plain_alignment(joint[:, 1:], text, text_mask)
+        # images without a question fall back to the visual cue alone
+        has_text = text_mask.any(dim=-1, keepdim=True)
+        task = torch.where(has_text, sign * task, salient.float())
+    else:
+        task = salient.float()
+    kept = rank_and_prune(task, salient, k1, k2)
+    if merge:
+        merged, assign = nearest_centre_merge(feats, kept)
+        return merged, kept, task, assign
+    return gather_rows(feats, kept), kept, task
+
+
+# on a GPU: ~50 small kernels (alignment, ranking, merge) launched once, from a CUDA graph per input shape
+_select_graphed = GraphedCall(select_from_signals)
+
+
 def select(source: SignalSource, keep: int, cfg: DesapConfig) -> Selection:
     """DeSAP on one batch of images: decoupled similarity + [CLS] saliency, rank & prune, merge."""
     feats = source.features()
     salient = source.cls_attention()
     k1 = int(round(keep * cfg.task_ratio)) if source.has_question() else 0
+    cue: tuple[torch.Tensor, ...] = ()
     if k1 > 0:
         joint = source.decoupled(cfg.attention)  # (B, 1+N, e); queued before the text side, which may overlap it
-        text, text_mask, eos = source.question()
-        has_text = text_mask.any(dim=-1)  # (B,) images whose prompt carries a question
-        if cfg.fcma:
-            task = fine_grained_alignment(joint[:, 1:], joint[:, 0], text, eos, text_mask, cfg.lam)
-        else:
-            task = plain_alignment(joint[:, 1:], text, text_mask)
-        task = cfg.sign * task
-        # images without a question fall back to the visual cue alone
-        task = torch.where(has_text.unsqueeze(-1), task, salient.float())
-    else:
-        task = salient.float()
-    kept = rank_and_prune(task, salient, k1, keep - k1)
-    if cfg.merge:
-        merged, assign = nearest_centre_merge(feats, kept)
-        return Selection(features=merged, indices=kept, assign=assign, extras={"task": task})
-    return Selection(features=gather_rows(feats, kept), indices=kept, extras={"task": task})
+        cue = (joint, *source.question())
+    out = _select_graphed(feats, salient, *cue, k1=k1, k2=keep - k1, lam=cfg.lam, fcma=cfg.fcma, merge=cfg.merge,
+                          sign=cfg.sign)
+    features, kept, task = out[:3]
+    return Selection(features=features, indices=kept, assign=out[3] if cfg.merge else None, extras={"task": task})
 
 
 register_method("desap", config=DesapConfig, paper="DeSAP (arXiv:2604.11240, 2026)", encoder=select)

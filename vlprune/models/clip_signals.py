@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..attention import decoupled_attention, vit_attention_probs, vit_keys
+from ..cuda_graph import GraphedCall
 from ..text import ClipText, QuestionBatch
 
 
@@ -20,6 +21,27 @@ def check_llava_feature_config(config, family: str) -> None:
             f"vision_feature_select_strategy={config.vision_feature_select_strategy!r}: vlprune expects 'default' "
             f"([CLS] dropped), as {family} uses"
         )
+
+
+def cls_attention_row(hidden: torch.Tensor, *, block: nn.Module) -> torch.Tensor:
+    """Head-mean [CLS] -> patch attention (B, N) of ``block`` recomputed from its input ``hidden`` (eq. 4)."""
+    probs = vit_attention_probs(block.self_attn, block.layer_norm1(hidden), slice(0, 1))  # (B, H, 1, 1+N)
+    return probs.mean(dim=1)[:, 0, 1:]
+
+
+def decoupled_joint(
+    hidden: torch.Tensor, *, block: nn.Module, post_layernorm: nn.Module, projection: nn.Module, mode: str
+) -> torch.Tensor:
+    """DeSAP eq. 2 with ``block``'s attention on ``hidden``, then ``post_layernorm`` and CLIP's visual projection:
+    (B, 1+N, e) in the joint image-text space, on ``hidden``'s device (the projection may live elsewhere)."""
+    a_d = post_layernorm(decoupled_attention(block.self_attn, block.layer_norm1(hidden), mode))
+    a_d = a_d.to(device=projection.weight.device, dtype=projection.weight.dtype)
+    return projection(a_d).to(hidden.device)
+
+
+# on a GPU: a dozen small kernels each, launched once from a CUDA graph per (shape, modules); off it they just run
+_cls_attention_graphed = GraphedCall(cls_attention_row)
+_decoupled_graphed = GraphedCall(decoupled_joint)
 
 
 class ClipVisionSignals:
@@ -81,8 +103,7 @@ class ClipVisionSignals:
 
     @cached_property
     def _cls_attention(self) -> torch.Tensor:
-        probs = vit_attention_probs(self.block.self_attn, self._normed, slice(0, 1))  # (B, H, 1, 1+N)
-        return probs.mean(dim=1)[:, 0, 1:]
+        return _cls_attention_graphed(self.hidden_states[self.f - 1], block=self.block)
 
     def cls_attention(self) -> torch.Tensor:
         return self._cls_attention
@@ -100,10 +121,11 @@ class ClipVisionSignals:
         if self.next_block is None:
             raise ValueError("the feature layer is the last block: there is no next block for decoupled attention")
         s = self.hidden_states[self.f]
-        a_d = decoupled_attention(self.next_block.self_attn, self.next_block.layer_norm1(s), mode)
-        a_d = self.vision_model.post_layernorm(a_d)
-        proj = self.clip_text.visual_projection
-        return proj(a_d.to(device=proj.weight.device, dtype=proj.weight.dtype)).to(s.device)
+        modules = {"block": self.next_block, "post_layernorm": self.vision_model.post_layernorm,
+                   "projection": self.clip_text.visual_projection}
+        if modules["projection"].weight.device == s.device:
+            return _decoupled_graphed(s, mode=mode, **modules)
+        return decoupled_joint(s, mode=mode, **modules)  # CLIP's projection on another device: no graph
 
     def question(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.questions is None:
