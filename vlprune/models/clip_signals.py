@@ -142,4 +142,4 @@ class ClipVisionSignals:
     def _image_keys(self) -> list[int]:
         """CRC32 of each image's pixels (once per pass, and only if a seeded method asks)."""
         flat = self.pixel_values.detach().float().cpu().reshape(self.pixel_values.shape[0], -1)
-        return [zlib.crc32(row.numpy().tobytes()) for row in flat]
+        return [zlib.crc32(row.numpy()) for row in flat]  # the array's buffer, not a copy
