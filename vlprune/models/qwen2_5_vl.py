@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..ops import copy_to_device
 from .base import Adapter, PrunedImages
 from .llava_next import images_from_counts
 
@@ -55,7 +56,7 @@ class LlmEmbeddingQuestions:
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(r)] = True
-        ids, mask = ids.to(device), mask.to(device)
+        ids, mask = copy_to_device(ids, device), copy_to_device(mask, device)  # without blocking the host
         tokens = self.embed_tokens(ids).float()
         mean = (tokens * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
         return tokens, mask, mean
