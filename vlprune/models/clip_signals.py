@@ -98,10 +98,6 @@ class ClipVisionSignals:
         return self.hidden_states[self.f][:, 0]
 
     @cached_property
-    def _normed(self) -> torch.Tensor:
-        return self.block.layer_norm1(self.hidden_states[self.f - 1])
-
-    @cached_property
     def _cls_attention(self) -> torch.Tensor:
         return _cls_attention_graphed(self.hidden_states[self.f - 1], block=self.block)
 
@@ -110,7 +106,9 @@ class ClipVisionSignals:
 
     @cached_property
     def _keys(self) -> torch.Tensor:
-        return vit_keys(self.block.self_attn, self._normed)[:, 1:]
+        # (VisionZip, which also reads the [CLS] row, pays the block's layer norm twice: one kernel, not worth a
+        # second output of the [CLS] graph that DeSAP and VisPruner would carry for nothing)
+        return vit_keys(self.block.self_attn, self.block.layer_norm1(self.hidden_states[self.f - 1]))[:, 1:]
 
     def keys(self) -> torch.Tensor:
         return self._keys
