@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import vlprune
+from vlprune.compat import output_cache
 from vlprune.registry import get_method, methods
 from vlprune.testing import tiny_llava_next, tiny_qwen2_5_vl
 
@@ -139,7 +140,7 @@ def _greedy_cached(m, inputs, steps, explicit=True):
             kw = {"attention_mask": mask} if explicit else {}
             if qwen and explicit:
                 kw["position_ids"] = last + 1 + i
-            out = m(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True, **kw)
+            out = m(input_ids=nxt, past_key_values=output_cache(out), use_cache=True, **kw)
     return ids
 
 

@@ -230,6 +230,8 @@ def test_tiny_build_roundtrip(tmp_path):
     # the reloaded model scores the same as the one build() evaluated
     again = evaluate(model, processor, load_split("val", 5, image_size=grid * 8))
     assert again == res["val"]
+    # keeping every token through the features splice (compat.give_image_features) answers as the full model
+    assert evaluate(model, processor, load_split("val", 5, image_size=grid * 8), keep_random=grid * grid) == again
 
     # the in-LLM methods' defaults for a 2-layer LLM travel with the checkpoint, and --set overrides them
     from vlprune.evaluation import effective_options, evaluate as evaluate_methods, load_model

@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from . import compat
 from .llm_pruning import LLMPruner
 from .methods.base import Selection, check_keep
 from .models import Adapter, get_adapter
@@ -97,10 +98,12 @@ def apply(
     """
     if _state(model) is not None:
         remove(model)
+    compat.check_version()
     adapter_options = dict(adapter_options or {})
     if budget is not None:
         adapter_options["budget"] = budget
     adapter = get_adapter(model, adapter_options)
+    compat.check_forward(model)
     spec = get_method(method)
     config = _make_config(spec, options)
     check_keep(keep, adapter.tokens_per_image())
@@ -176,11 +179,12 @@ def _patch(model: nn.Module, state: _State) -> None:
     def forward(*args: Any, **kwargs: Any) -> Any:
         call = _bind(orig_forward, args, kwargs)
         state.adapter.observe(call)
-        if state.spec.encoder is not None and call.get("pixel_values") is not None:
+        if state.spec.encoder is not None and call.get("pixel_values") is not None and not compat.injecting(model):
             call = _prune_encoder(state, call)
         if state.pruner is not None:
             _begin_llm_pass(state, call)
-        out = orig_forward(**call)
+        with compat.image_features_override(model, call) as call:
+            out = orig_forward(**call)
         if state.pruner is not None and not state.pruner.decoding and state.pruner.last_kept is not None:
             _record_llm_selection(state)
         return out
@@ -193,7 +197,8 @@ def _patch(model: nn.Module, state: _State) -> None:
             return orig_generate(**call)
         prompt = call["input_ids"]
         call = _prune_encoder(state, call)
-        out = orig_generate(**call)
+        with compat.image_features_override(model, call) as call:
+            out = orig_generate(**call)
         short = call["input_ids"].shape[1]
         # give the user back their own prompt in front of the new tokens
         if isinstance(out, torch.Tensor):
@@ -251,8 +256,7 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
         x = call.get(name)
         if isinstance(x, torch.Tensor) and x.shape == input_ids.shape:
             call[name] = apply_columns(x, cols, valid, fill)
-    call.pop("pixel_values")
-    call["mm_encoder_outputs"] = adapter.mm_outputs(result.features)
+    call = compat.give_image_features(adapter.model, call, result.features)
     call = adapter.finish_call(original, call, cols, valid)
     state.last = KeptTokens(
         method=state.spec.name, keep=state.keep, indices=result.indices, grids=result.grids,
@@ -271,9 +275,7 @@ def _pad_id(input_ids: torch.Tensor, mask: torch.Tensor | None, adapter: Adapter
 
 
 def _begin_llm_pass(state: _State, call: dict[str, Any]) -> None:
-    cache = call.get("past_key_values")
-    prefill = cache is None or cache.get_seq_length() == 0
-    if not prefill:
+    if not compat.is_prefill(call):
         state.pruner.begin_decode()
         return
     input_ids = call.get("input_ids")

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .compat import table_rows
+
 DecoupledMode = Literal["qq", "qk", "kk", "vv"]
 
 
@@ -69,8 +71,8 @@ def decoder_qk(
     """Queries (B, H, q, d) of rows ``query_pos`` and keys (B, H, L, d) of a decoder layer, RoPE applied.
 
     ``hidden`` is the layer input (before ``input_layernorm``); ``cos``/``sin`` the rotary tables of the
-    current sequence (B or 1, L, d); ``rope(x, cos, sin)`` applies the family's rotary embedding.
-    Grouped-query key heads are repeated, so both have H = the number of query heads.
+    current sequence (B or 1, L, d), or (3, B or 1, L, d) sectioned (see ``compat.table_rows``); ``rope(x, cos, sin)``
+    applies the family's rotary embedding. Grouped-query key heads are repeated, so both have H = the number of query heads.
     """
     attn = layer.self_attn
     b = hidden.shape[0]
@@ -78,9 +80,9 @@ def decoder_qk(
     rows = query_pos.unsqueeze(-1).expand(-1, -1, normed.shape[-1])
     q = split_heads(attn.q_proj(torch.gather(normed, 1, rows)), attn.config.num_attention_heads)
     k = split_heads(attn.k_proj(normed), attn.config.num_key_value_heads)
-    cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)
-    pick = query_pos.unsqueeze(-1).expand(-1, -1, cos.shape[-1])
-    q = rope(q, torch.gather(cos, 1, pick), torch.gather(sin, 1, pick))
+    q = rope(q, table_rows(cos, query_pos), table_rows(sin, query_pos))
+    cos = cos.expand(*cos.shape[:-3], b, cos.shape[-2], cos.shape[-1])
+    sin = sin.expand(*sin.shape[:-3], b, sin.shape[-2], sin.shape[-1])
     return q, repeat_kv(rope(k, cos, sin), q.shape[1] // k.shape[1])
 
 

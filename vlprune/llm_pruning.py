@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from . import compat
 from .attention import decoder_attention_logits, decoder_attention_probs, mask_logits
 from .ops import descending_order
 
@@ -48,6 +49,10 @@ class StageInputs:
         """Recomputed pre-softmax logits (B, H, q, L_cur), float32; ``masked``: the layer's mask applied (-inf)."""
         out = decoder_attention_logits(self.layer, self.hidden, self.cos, self.sin, query_pos, self.rope)
         return mask_logits(out, self.mask, query_pos) if masked else out
+
+    def rotary_rows(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary tables (cos, sin) at rows ``pos`` (B, n) of the current sequence (``compat.table_rows``)."""
+        return compat.table_rows(self.cos, pos), compat.table_rows(self.sin, pos)
 
     @property
     def last_pos(self) -> torch.Tensor:
@@ -135,6 +140,7 @@ class LLMPruner:
                 )
         self.rope = rope
         self.current: _Pass | None = None
+        self._layer_index = 0  # the decoder layer whose hook runs (named in contract errors)
         self.decoding = False
         self.last_kept: torch.Tensor | None = None  # (B, keep*n_images) prompt positions kept at the end
         self.history: list[torch.Tensor] = []  # per stage, (B, k) prompt positions kept
@@ -178,8 +184,12 @@ class LLMPruner:
         def hook(module: nn.Module, args: tuple, kwargs: dict):
             if self.current is None or self.current.n_images == 0:
                 return None
-            if "past_key_values" in kwargs and type(kwargs["past_key_values"]).__name__ == "StaticCache":
-                raise NotImplementedError("in-LLM pruning needs a DynamicCache (per-layer lengths); StaticCache is not supported")
+            if compat.is_static_cache(compat.layer_cache(kwargs)):
+                raise NotImplementedError(
+                    "in-LLM pruning needs a DynamicCache (per-layer lengths); StaticCache is not supported: "
+                    "generate without cache_implementation='static' or use an encoder-side method"
+                )
+            self._layer_index = index
             hidden = args[0] if args else kwargs.pop("hidden_states")
             if self.decoding:
                 new_kwargs = self._decode_kwargs(index, kwargs)
@@ -195,10 +205,10 @@ class LLMPruner:
         out = dict(kwargs)
         if cols.shape[1] == full_len:
             return out
-        cos, sin = kwargs["position_embeddings"]
-        out["position_embeddings"] = (_gather_seq(cos, cols, -2), _gather_seq(sin, cols, -2))
-        mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+        cos, sin = compat.rotary_tables(kwargs, self._layer_index)
+        out["position_embeddings"] = (compat.table_rows(cos, cols), compat.table_rows(sin, cols))
+        mask = compat.layer_mask(kwargs)
+        if mask is not None:
             mask = _gather_seq(mask, cols, 2) if mask.shape[2] == full_len else mask
             out["attention_mask"] = _gather_seq(mask, cols, 3)
         pos = kwargs.get("position_ids")
@@ -263,19 +273,17 @@ class LLMPruner:
         return _gather_seq(hidden, rel, 1), self._gather_kwargs(kwargs, p.cols, p.prompt_len)
 
     def _inputs(self, layer: nn.Module, hidden: torch.Tensor, kw: dict, keep: int) -> StageInputs:
-        cos, sin = kw["position_embeddings"]
-        mask = kw.get("attention_mask")
+        cos, sin = compat.rotary_tables(kw, self._layer_index)
         return StageInputs(
-            layer=layer, hidden=hidden, cos=cos, sin=sin,
-            mask=mask if isinstance(mask, torch.Tensor) else None,
+            layer=layer, hidden=hidden, cos=cos, sin=sin, mask=compat.layer_mask(kw),
             image_pos=self.current.image_pos, rope=self.rope, n_images=self.current.n_images, keep=keep,
         )
 
     def _decode_kwargs(self, index: int, kwargs: dict) -> dict:
         p = self.current
         cols = p.layer_cols.get(index)
-        mask = kwargs.get("attention_mask")
-        if cols is None or cols.shape[1] == p.prompt_len or not (isinstance(mask, torch.Tensor) and mask.dim() == 4):
+        mask = compat.layer_mask(kwargs)
+        if cols is None or cols.shape[1] == p.prompt_len or mask is None:
             return dict(kwargs)
         kv = mask.shape[-1]
         new = torch.arange(p.prompt_len, kv, device=cols.device).expand(cols.shape[0], -1)

@@ -46,6 +46,7 @@ import torch
 import typer
 from torch import nn
 
+from .compat import output_cache, vision_depth, vision_heads
 from .flops import layer_flops, method_tflops, tokens_per_layer
 from .presets import ModelShape, get_preset
 
@@ -320,8 +321,8 @@ def _tiny_shape(name: str, source: str, model: nn.Module, visual_tokens: int, vc
     tc = model.config.text_config
     return ModelShape(name, source, tc.num_hidden_layers, tc.hidden_size, tc.intermediate_size,
                       tc.num_attention_heads, tc.num_key_value_heads, visual_tokens, vocab=tc.vocab_size,
-                      vision_layers=vc.num_hidden_layers, vision_hidden=vc.hidden_size,
-                      vision_ffn=vc.intermediate_size, vision_heads=vc.num_attention_heads,
+                      vision_layers=vision_depth(vc), vision_hidden=vc.hidden_size,
+                      vision_ffn=vc.intermediate_size, vision_heads=vision_heads(vc),
                       image_size=image_size, patch_size=vc.patch_size)
 
 
@@ -809,8 +810,8 @@ class Cell:
                 timer.start()
                 if i == 0:
                     self.peak, out = peak_memory_mb(self._prefill, device)
-                    self.kv = kv_cache_mb(out.past_key_values)
-                    self.llm_tokens = cached_tokens(out.past_key_values)
+                    self.kv = kv_cache_mb(output_cache(out))
+                    self.llm_tokens = cached_tokens(output_cache(out))
                     del out
                 else:
                     self._prefill()

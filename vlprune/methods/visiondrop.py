@@ -161,9 +161,7 @@ def image_keys(inputs: StageInputs) -> torch.Tensor:
     attn = layer.self_attn
     normed = layer.input_layernorm(gather_rows(inputs.hidden, pos))
     k = split_heads(attn.k_proj(normed), attn.config.num_key_value_heads)
-    b = pos.shape[0]
-    cos = gather_rows(inputs.cos.expand(b, -1, -1), pos)
-    sin = gather_rows(inputs.sin.expand(b, -1, -1), pos)
+    cos, sin = inputs.rotary_rows(pos)
     return inputs.rope(k, cos, sin).mean(dim=1)
 
 

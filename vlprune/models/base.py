@@ -1,12 +1,13 @@
 """What every model-family adapter provides to the pruning runtime."""
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
+
+from .. import compat
 
 
 @dataclass
@@ -68,21 +69,10 @@ class Adapter:
     def prune_images(self, kwargs: dict[str, Any], run: Any) -> PrunedImages:
         raise NotImplementedError
 
-    def mm_outputs(self, features: list[torch.Tensor]) -> dict[str, Any]:
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        return {"image": BaseModelOutputWithPooling(pooler_output=features)}
-
     # -- LLM side ------------------------------------------------------------------------------------------
     def llm_layers(self) -> nn.ModuleList:
         return self.model.model.language_model.layers
 
     def rope(self) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """``rope(x, cos, sin)`` for x (B, H, L, d) with the LLM's own ``apply_rotary_pos_emb``."""
-        module = sys.modules[type(self.llm_layers()[0].self_attn).__module__]
-        apply = module.apply_rotary_pos_emb
-
-        def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-            return apply(x, x, cos, sin)[0]
-
-        return rope
+        return compat.rope_function(self.llm_layers()[0].self_attn)

@@ -36,6 +36,7 @@ from typing import Any, Callable
 import torch
 
 from ..ops import copy_to_device
+from .. import compat
 from .base import Adapter, PrunedImages
 from .clip_signals import ClipVisionSignals, check_llava_feature_config
 
@@ -252,7 +253,7 @@ class LlavaNextAdapter(Adapter):
 
     def observe(self, call: dict[str, Any]) -> None:
         sizes = call.get("image_sizes")
-        if sizes is not None and (call.get("pixel_values") is not None or call.get("past_key_values") is None):
+        if sizes is not None and (call.get("pixel_values") is not None or compat.call_cache(call) is None):
             self._layouts = [self.layout(sz) for sz in sizes]
 
     def images_per_sample(self, input_ids: torch.Tensor, tokens_per_image: list[int] | None = None) -> list[int]:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from ..ops import copy_to_device
+from .. import compat
 from .base import Adapter, PrunedImages
 from .llava_next import images_from_counts
 
@@ -288,7 +289,7 @@ class Qwen2_5_VLAdapter(Adapter):
 
     def observe(self, call: dict[str, Any]) -> None:
         thw = call.get("image_grid_thw")
-        if thw is not None and (call.get("pixel_values") is not None or call.get("past_key_values") is None):
+        if thw is not None and (call.get("pixel_values") is not None or compat.call_cache(call) is None):
             m = self.model.config.vision_config.spatial_merge_size
             self._grids = [(int(h) // m, int(w) // m) for t, h, w in thw.tolist()]
             self._sizes = [int(t) * h * w for (t, _, _), (h, w) in zip(thw.tolist(), self._grids)]

@@ -4,7 +4,7 @@
 ``keep_random`` emulates encoder-side random pruning without the library: it
 keeps ``k`` random visual tokens per image (in raster order), shrinks the
 ``<image>`` run in ``input_ids`` to ``k`` and feeds the kept features through
-``mm_encoder_outputs`` -- the same splice the pruning adapters use.
+``compat.give_image_features`` -- the same splice the pruning adapters use.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .. import compat
 from .answer import is_correct
 from .scenes import Sample, prompt_for
 
@@ -48,8 +49,6 @@ def predict(model, processor, samples: Sequence[Sample], batch_size: int = 50, k
     ``keep_random=k`` keeps ``k`` uniformly random visual tokens per image
     (``generator`` makes it reproducible).
     """
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
-
     model.eval()
     tok = processor.tokenizer
     dev = model.device
@@ -70,9 +69,11 @@ def predict(model, processor, samples: Sequence[Sample], batch_size: int = 50, k
             ids, mask = _shrink_image_run(enc["input_ids"], enc["attention_mask"], model.config.image_token_id,
                                           keep_random, tok.pad_token_id)
             kwargs = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev),
-                      "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=kept)}}
-        out = model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
+                      "pixel_values": enc["pixel_values"].to(dev)}
+            kwargs = compat.give_image_features(model, kwargs, kept)
+        with compat.image_features_override(model, kwargs) as kwargs:
+            out = model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
         new = out[:, kwargs["input_ids"].shape[1]:]
         preds.extend(tok.batch_decode(new, skip_special_tokens=True))
     return preds
