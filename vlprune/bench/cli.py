@@ -14,7 +14,7 @@ from rich.table import Table
 
 from .score import score
 
-__all__ = ["BenchChoice", "render_table", "score_command"]
+__all__ = ["BenchChoice", "render_table", "score_command", "warn_bad_lines"]
 
 
 class BenchChoice(str, Enum):
@@ -40,7 +40,7 @@ def render_table(result: dict[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row(f"[bold]score ({result['headline']})[/bold]", f"[bold]{result['score']:.2f}[/bold]")
-    skip = {"bench", "score", "headline", "answers_file", "data_dir"}
+    skip = {"bench", "score", "headline", "answers_file", "data_dir", "bad_lines"}
     nested = []
     for key, value in result.items():
         if key in skip:
@@ -57,6 +57,19 @@ def render_table(result: dict[str, Any]) -> Table:
             else:
                 table.add_row(f"{key}/{sub}", _fmt(sub_value))
     return table
+
+
+def warn_bad_lines(result: dict[str, Any], console: Console | None = None) -> None:
+    """Tell on stderr how many lines of the answers file were not scored, and why."""
+    n = result.get("n_bad_lines", 0)
+    if not n:
+        return
+    console = console or Console(stderr=True)
+    console.print(f"[yellow]warning:[/yellow] {n} malformed answer line(s) were not scored:", highlight=False)
+    for bad in result.get("bad_lines", []):
+        console.print(f"  line {bad['line']}: {bad['reason']}", markup=False, highlight=False)
+    if n > len(result.get("bad_lines", [])):
+        console.print(f"  ... and {n - len(result['bad_lines'])} more", highlight=False)
 
 
 def score_command(
@@ -78,10 +91,13 @@ def score_command(
     """Score a LLaVA-format answers file with the official benchmark rules."""
     try:
         result = score(bench.value, data, answers, strict=strict)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+    except (OSError, KeyError, ValueError) as exc:
+        err = Console(stderr=True)
+        err.print("[red]error:[/red] ", end="")
+        err.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(code=1) from exc
     Console().print(render_table(result))
+    warn_bad_lines(result)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n", encoding="utf-8")

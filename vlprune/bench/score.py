@@ -4,7 +4,9 @@ benchmark's ground truth and run the official-equivalent scorer.
 Join rules (the same keys LLaVA's scripts use):
 
 * POPE, GQA, VQAv2, ScienceQA: ``question_id`` (compared as strings);
-* TextVQA: ``(question_id, question recovered from prompt)``;
+* TextVQA: ``(question_id, question recovered from prompt)``; every answer
+  line is scored (``eval_textvqa.py``), so a question asked twice in the
+  question file is answered and scored twice;
 * MME: ``(category, image .txt, question recovered from prompt)``;
 * MMBench: the TSV ``index`` (= ``question_id``); each answer line is one
   pass (a TSV row, or a ``round_id`` of LLaVA's ``--all-rounds``).
@@ -12,7 +14,10 @@ Join rules (the same keys LLaVA's scripts use):
 Questions without an answer are skipped and counted in ``n_missing``
 (``strict=True`` raises instead), so a subset run scores the answered subset.
 Answers that match no question are counted in ``n_unmatched``; when an id is
-answered twice the last line wins.
+answered twice the last line wins (TextVQA: every line is scored).  Lines that
+cannot be scored (not JSON, ``text`` not a string, ...) are counted in
+``n_bad_lines`` and listed in ``bad_lines``; when nothing at all is scored,
+:class:`NothingScored` is raised instead of returning a meaningless 0.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .answers import load_answers
+from .answers import BadLine, check_record, load_answers, normalise_record
 from .readers import BenchItem, canonical_bench, read
 from .scoring import (
     prompt_to_question,
@@ -36,7 +41,14 @@ from .scoring import (
 )
 from .scoring.mme import resolve_gt_key
 
-__all__ = ["HEADLINES", "score", "score_items"]
+__all__ = ["HEADLINES", "NothingScored", "score", "score_items"]
+
+# how many malformed lines a result lists (all are counted in n_bad_lines)
+MAX_BAD_LINES_LISTED = 20
+
+
+class NothingScored(ValueError):
+    """No answer line could be scored against the benchmark's questions."""
 
 # name of the headline metric (what ``score`` holds) per benchmark
 HEADLINES: Mapping[str, str] = {
@@ -72,8 +84,17 @@ def _score_simple(bench: str, items, answers):
 
 
 def _score_textvqa(items, answers):
-    index = {(str(item.question_id), item.target["question"]): item for item in items}
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    """Every answer line is scored, as ``eval_textvqa.py`` does: two lines for
+    the same ``(question_id, question)`` (one image asked the same question
+    twice) are two scored predictions, never collapsed."""
+    index: dict[tuple[str, str], BenchItem] = {}
+    expected: dict[tuple[str, str], int] = defaultdict(int)
+    for item in items:
+        key = (str(item.question_id), item.target["question"])
+        index[key] = item  # eval_textvqa.py's annotation dict: the last one wins
+        expected[key] += 1
+    answered: dict[tuple[str, str], int] = defaultdict(int)
+    records = []
     unmatched = 0
     for answer in answers:
         try:
@@ -81,16 +102,13 @@ def _score_textvqa(items, answers):
         except ValueError:
             unmatched += 1
             continue
-        if key in index:
-            latest[key] = answer
-        else:
+        if key not in index:
             unmatched += 1
-    records = [
-        {"answers": item.target["answers"], "prediction": latest[key]["text"]}
-        for key, item in index.items()
-        if key in latest
-    ]
-    return score_textvqa(records), len(index) - len(records), unmatched
+            continue
+        answered[key] += 1
+        records.append({"answers": index[key].target["answers"], "prediction": answer["text"]})
+    missing = sum(max(0, n - answered[key]) for key, n in expected.items())
+    return score_textvqa(records), missing, unmatched
 
 
 def _score_mme(items, answers):
@@ -161,25 +179,48 @@ def _score_mmbench(items, answers):
     return score_mmbench(records), len(rows) - len(answered_rows), unmatched
 
 
-def score_items(bench: str, items: list[BenchItem], answers: list[dict[str, Any]]) -> dict[str, Any]:
-    """Score already loaded items and answer records (see :func:`score`)."""
+def score_items(
+    bench: str, items: list[BenchItem], answers: list[dict[str, Any]], *, bad_lines: list[BadLine] | None = None
+) -> dict[str, Any]:
+    """Score already loaded items and answer records (see :func:`score`).
+
+    Records failing :func:`~.answers.check_record` are not scored and are
+    counted in ``n_bad_lines`` with the ``bad_lines`` given (those of the
+    file); raises :class:`NothingScored` when no record is scored."""
     bench = canonical_bench(bench)
+    bad = list(bad_lines or [])
+    valid = []
+    for number, answer in enumerate(answers, start=1):
+        reason = check_record(answer)
+        if reason is None:
+            valid.append(normalise_record(dict(answer)))
+        else:
+            bad.append(BadLine(number, reason))
     if bench == "textvqa":
-        result, missing, unmatched = _score_textvqa(items, answers)
+        result, missing, unmatched = _score_textvqa(items, valid)
     elif bench == "mme":
-        result, missing, unmatched = _score_mme(items, answers)
+        result, missing, unmatched = _score_mme(items, valid)
     elif bench == "mmbench":
-        result, missing, unmatched = _score_mmbench(items, answers)
+        result, missing, unmatched = _score_mmbench(items, valid)
     else:
-        result, missing, unmatched = _score_simple(bench, items, answers)
+        result, missing, unmatched = _score_simple(bench, items, valid)
+    if not result.get("n_scored"):
+        raise NothingScored(
+            f"nothing scored: none of the {len(valid) + len(bad)} answer lines scores against the {len(items)} "
+            f"{bench} questions read ({unmatched} match no question, {len(bad)} malformed"
+            + (f", e.g. line {bad[0].line}: {bad[0].reason}" if bad else "")
+            + "); check that --bench, --data and --answers belong together"
+        )
     out: dict[str, Any] = {
         "bench": bench,
         "score": result.pop("score"),
         "headline": HEADLINES[bench],
         "n_questions": len(items),
-        "n_answers": len(answers),
+        "n_answers": len(valid),
         "n_missing": missing,
         "n_unmatched": unmatched,
+        "n_bad_lines": len(bad),
+        "bad_lines": [{"line": b.line, "reason": b.reason} for b in bad[:MAX_BAD_LINES_LISTED]],
     }
     out.update(result)
     return out
@@ -199,15 +240,15 @@ def score(
     Returns ``{"score": <headline metric>, "headline": <its name>, counts...,
     benchmark metrics...}``.  ``strict=True`` raises ``ValueError`` when some
     question has no answer.  Extra keyword arguments go to the reader (e.g.
-    ``tsv=`` for MMBench, ``question_file=``).
+    ``tsv=`` for MMBench, ``question_file=``).  Raises
+    :class:`NothingScored` when no line of the file scores.
     """
     bench = canonical_bench(bench)
     if bench == "mmbench":
         reader_kwargs.setdefault("all_rounds", False)
     items = list(read(bench, data_dir, **reader_kwargs))
     answers, bad_lines = load_answers(answers_file)
-    result = score_items(bench, items, answers)
-    result["n_bad_lines"] = bad_lines
+    result = score_items(bench, items, answers, bad_lines=bad_lines)
     result["answers_file"] = str(answers_file)
     result["data_dir"] = str(data_dir)
     if strict and result["n_missing"]:

@@ -39,7 +39,7 @@ __all__ = [
     "leave_one_out_accuracy",
     "process_digit_article",
     "process_punctuation",
-    "vqa_eval_normalize_prediction",
+    "strip_vqa_whitespace",
 ]
 
 # Number words mapped to digits (``manualMap`` upstream).  Only 0-10.
@@ -134,18 +134,17 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(word, word) for word in kept)
 
 
-def vqa_eval_normalize_prediction(text: str) -> str:
-    """What VQAEval.evaluate does to a result answer before matching."""
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(text))
+def strip_vqa_whitespace(text: str) -> str:
+    """What ``VQAEval.evaluate`` does to every answer first: ``\\n`` and
+    ``\\t`` -> space, then strip."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
 
 
 def evalai_normalize(text: str) -> str:
     """``EvalAIAnswerProcessor.__call__`` (LLaVA's ``m4c_evaluator.py``)."""
     # word_tokenize
     text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    text = process_punctuation(text, evalai=True)
+    text = process_punctuation(strip_vqa_whitespace(text), evalai=True)
     return process_digit_article(text)
 
 

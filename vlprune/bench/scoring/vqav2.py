@@ -5,16 +5,22 @@ Reproduces the pipeline behind LLaVA's VQAv2 numbers, applied to the val split
 
 1. ``scripts/convert_vqav2_for_submission.py`` (LLaVA): every prediction goes
    through ``EvalAIAnswerProcessor`` (:func:`evalai_normalize`).
-2. ``VQAEval.evaluate`` (``GT-Vision-Lab/VQA``, ``vqaEval.py``):
+2. ``VQAEval.evaluate`` as it stands on ``GT-Vision-Lab/VQA`` master (commit
+   a013f00, 2021 "Fixed processing answers bug"):
 
-   * the result answer: ``\\n``/``\\t`` -> space, strip, ``processPunctuation``,
-     ``processDigitArticle``;
-   * the ground-truth answers: only when the 10 answers are not all identical,
-     each one goes through ``processPunctuation`` (no digit/article step);
+   * the ten human answers and the result answer: ``\\n``/``\\t`` -> space,
+     strip;
+   * only when the (stripped) human answers are not all identical
+     (``len(set(gtAnswers)) > 1``): ``processPunctuation`` then
+     ``processDigitArticle`` on every human answer **and** on the result;
+     otherwise both are compared as they are;
    * accuracy = mean over the 10 leave-one-out subsets of
      ``min(1, #matches / 3)``;
    * overall / per answer type / per question type = mean x 100 (upstream
      rounds to 2 decimals; we keep full precision).
+
+The remaining differences from the official code are listed in
+``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from typing import Any
 from .vqa_normalize import (
     evalai_normalize,
     leave_one_out_accuracy,
+    process_digit_article,
     process_punctuation,
-    vqa_eval_normalize_prediction,
+    strip_vqa_whitespace,
 )
 
 __all__ = ["vqav2_accuracy", "score_vqav2"]
@@ -35,11 +42,11 @@ __all__ = ["vqav2_accuracy", "score_vqav2"]
 
 def vqav2_accuracy(prediction: str, gt_answers: list[str], *, llava_submission_step: bool = True) -> float:
     """Accuracy in [0, 1] of one raw model prediction against the raw human answers."""
-    res = evalai_normalize(prediction) if llava_submission_step else prediction
-    res = vqa_eval_normalize_prediction(res)
-    gts = [answer for answer in gt_answers]
+    res = strip_vqa_whitespace(evalai_normalize(prediction) if llava_submission_step else prediction)
+    gts = [strip_vqa_whitespace(answer) for answer in gt_answers]
     if len(set(gts)) > 1:
-        gts = [process_punctuation(answer) for answer in gts]
+        gts = [process_digit_article(process_punctuation(answer)) for answer in gts]
+        res = process_digit_article(process_punctuation(res))
     return leave_one_out_accuracy(res, gts)
 
 
