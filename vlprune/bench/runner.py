@@ -1,7 +1,7 @@
 """Run a model (full and pruned) over a benchmark in LLaVA's layout: resumable answers files, then scoring."""
 from __future__ import annotations
 
-import json
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -9,7 +9,9 @@ import torch
 
 from .. import api
 from .readers import BenchItem, canonical_bench, read
+from .runconfig import describe, model_fingerprint, questions_sha256
 from .score import score_items
+from .store import AnswersFile, answer_key
 
 
 def chat_prompt(processor: Any, prompt: str, with_image: bool = True) -> str:
@@ -21,61 +23,61 @@ def chat_prompt(processor: Any, prompt: str, with_image: bool = True) -> str:
     return f"USER: {'<image>' + chr(10) if with_image else ''}{prompt} ASSISTANT:"
 
 
-def _key(record: dict[str, Any], extra: dict[str, Any]) -> str:
-    return json.dumps([record.get("question_id"), record.get("prompt"), extra], sort_keys=True, default=str)
-
-
-def _done(path: Path) -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut off by an interrupted run
-                continue
-            done[rec["_key"]] = rec
-    return done
-
-
 @torch.no_grad()
 def answer_items(
     model: Any, processor: Any, items: list[BenchItem], answers_path: Path, batch_size: int = 8,
-    max_new_tokens: int = 128, progress: Callable[[int], None] | None = None,
+    max_new_tokens: int = 128, progress: Callable[[int], None] | None = None, *,
+    config: dict[str, Any] | None = None, recorded: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Answer every item, appending LLaVA-format lines to ``answers_path`` as they come; skip those already there."""
-    answers_path.parent.mkdir(parents=True, exist_ok=True)
-    done = _done(answers_path)
-    todo = [it for it in items if _key(it.answer_record(""), it.record_extra) not in done]
-    if progress:
-        progress(len(items) - len(todo))
-    tok = getattr(processor, "tokenizer", processor)
-    tok.padding_side = "left"
-    with answers_path.open("a") as fh:
+    """Answer every item, appending LLaVA-format lines to ``answers_path`` batch by batch; skip those already
+    there.  ``config`` is the run configuration the file is bound to (see :mod:`.store`; a file written under
+    another configuration is refused); by default the generation settings alone."""
+    if config is None:
+        config = {"generation": generation_settings(max_new_tokens)}
+    keys = [answer_key(it.answer_record("")) for it in items]
+    with AnswersFile(answers_path, config, recorded) as store:
+        if store.repaired_bytes:
+            warnings.warn(f"{answers_path}: removed a cut-off last line ({store.repaired_bytes} bytes); "
+                          "its question is answered again", stacklevel=2)
+        answers = store.match(keys)
+        todo = [i for i, a in enumerate(answers) if a is None]
+        if progress:
+            progress(len(items) - len(todo))
+        tok = getattr(processor, "tokenizer", processor)
+        tok.padding_side = "left"
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            images = [it.load_image() for it in chunk]
-            groups: dict[bool, list[int]] = {}
-            for i, img in enumerate(images):
-                groups.setdefault(img is not None, []).append(i)
-            texts: dict[int, str] = {}
-            for has_image, idx in groups.items():
-                prompts = [chat_prompt(processor, chunk[i].prompt, has_image) for i in idx]
-                kwargs = dict(text=prompts, return_tensors="pt", padding=True)
-                if has_image:
-                    kwargs["images"] = [images[i] for i in idx]
-                inputs = processor(**kwargs).to(model.device)
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-                decoded = tok.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-                texts.update({i: t.strip() for i, t in zip(idx, decoded)})
-            for i, it in enumerate(chunk):
-                rec = it.answer_record(texts[i])
-                rec["_key"] = _key(it.answer_record(""), it.record_extra)
-                fh.write(json.dumps(rec) + "\n")
-                fh.flush()
-                done[rec["_key"]] = rec
+            texts = _generate(model, processor, tok, [items[i] for i in chunk], max_new_tokens)
+            stamped = store.append(items[i].answer_record(text) for i, text in zip(chunk, texts))
+            for i, record in zip(chunk, stamped):
+                answers[i] = record
             if progress:
                 progress(len(chunk))
-    return [done[_key(it.answer_record(""), it.record_extra)] for it in items]
+    return answers  # type: ignore[return-value]  (every slot is filled)
+
+
+def generation_settings(max_new_tokens: int) -> dict[str, Any]:
+    """The generation settings of :func:`answer_items` (greedy), as recorded in the run configuration."""
+    return {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1}
+
+
+def _generate(model: Any, processor: Any, tok: Any, chunk: list[BenchItem], max_new_tokens: int) -> list[str]:
+    """Greedy answers of one batch (items with and without an image generated apart)."""
+    images = [it.load_image() for it in chunk]
+    groups: dict[bool, list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(img is not None, []).append(i)
+    texts: dict[int, str] = {}
+    for has_image, idx in groups.items():
+        prompts = [chat_prompt(processor, chunk[i].prompt, has_image) for i in idx]
+        kwargs = dict(text=prompts, return_tensors="pt", padding=True)
+        if has_image:
+            kwargs["images"] = [images[i] for i in idx]
+        inputs = processor(**kwargs).to(model.device)
+        out = model.generate(**inputs, **generation_settings(max_new_tokens))
+        decoded = tok.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        texts.update({i: t.strip() for i, t in zip(idx, decoded)})
+    return [texts[i] for i in range(len(chunk))]
 
 
 def run_benchmark(
@@ -88,28 +90,62 @@ def run_benchmark(
     bench = canonical_bench(name)
     if not data_dir:
         raise ValueError(f"give the data folder as {name}:/path/to/{name}")
-    items = list(read(bench, data_dir))[:limit] if limit else list(read(bench, data_dir))
+    all_items = list(read(bench, data_dir))
+    items = all_items[:limit] if limit else all_items
     model, processor = loaded.model, loaded.processor
     tag = Path(str(loaded.name)).name.replace("/", "_")
+    api.remove(model)
+    base = run_config_base(loaded, bench, data_dir, all_items, max_new_tokens)
+    recorded = run_recorded(model, batch_size)
 
-    def run(label: str) -> dict[str, Any]:
+    def run(label: str, method: str = "full", keep: int | None = None, options: dict | None = None) -> dict[str, Any]:
         path = out_dir / bench / tag / f"{label}.jsonl"
+        config = {**base, "method": method, "keep": keep, "options": describe(options or {})}
         records = answer_items(model, processor, items, path, batch_size, max_new_tokens,
-                               (lambda n: progress(label, n)) if progress else None)
+                               (lambda n: progress(label, n)) if progress else None, config=config, recorded=recorded)
         result = score_items(bench, items, records)
         result["answers_file"] = str(path)
         return result
 
-    api.remove(model)
     full = run("full")
     report: dict[str, Any] = {"model": loaded.name, "bench": bench, "n": len(items), "full": full, "results": []}
     for method in methods:
         for keep in keeps:
-            api.apply(model, method, keep, **method_kwargs(method))
+            options = method_kwargs(method)
+            api.apply(model, method, keep, **options)
             try:
-                res = run(f"{method}-{keep}")
+                res = run(f"{method}-{keep}", method, keep, options)
             finally:
                 api.remove(model)
             res.update(method=method, keep=keep, relative=res["score"] / full["score"] if full["score"] else float("nan"))
             report["results"].append(res)
     return report
+
+
+def run_config_base(loaded: Any, bench: str, data_dir: str, items: list[BenchItem], max_new_tokens: int) -> dict:
+    """What every answers file of one ``run_benchmark`` call shares in its run configuration
+    (the model must be unpatched: its weights are fingerprinted)."""
+    return {
+        "bench": bench,
+        "data_dir": str(Path(data_dir).resolve()),
+        "questions_sha256": questions_sha256(items),
+        "model": model_fingerprint(loaded.model, str(loaded.name)),
+        "dtype": str(getattr(loaded.model, "dtype", None)),
+        "generation": generation_settings(max_new_tokens),
+    }
+
+
+def run_recorded(model: Any, batch_size: int) -> dict[str, Any]:
+    """Recorded beside the configuration, never compared: a resume may change them."""
+    import datetime
+    import platform
+
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "batch_size": batch_size, "device": str(getattr(model, "device", "")), "vlprune": __version__,
+        "transformers": transformers.__version__, "torch": torch.__version__, "python": platform.python_version(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
