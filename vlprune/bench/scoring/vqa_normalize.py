@@ -2,7 +2,8 @@
 
 Two official code paths are reproduced here, written from their behaviour:
 
-* ``vqa_eval_*`` -- the VQA challenge evaluation ``VQAEval`` of
+* ``process_punctuation`` / ``process_digit_article`` / ``strip_vqa_whitespace``
+  -- the VQA challenge evaluation ``VQAEval`` of
   ``GT-Vision-Lab/VQA`` (``PythonEvaluationTools/vqaEvaluation/vqaEval.py``):
   ``processPunctuation`` + ``processDigitArticle``.
 * ``evalai_normalize`` -- ``EvalAIAnswerProcessor`` from MMF / Pythia, vendored
