@@ -249,3 +249,18 @@ def test_kill_9_mid_write_then_rerun_leaves_answers_and_score_right(tmp_path, sa
     with pytest.raises(RunConfigMismatch, match="generation.max_new_tokens: 2 in the file, 3 now"):
         run(saved_tiny, data, out, max_new_tokens=3)
     assert run(saved_tiny, data, out)["full"]["score"] == clean["full"]["score"]
+
+
+def test_eval_cli_refuses_a_changed_setting_with_a_message(tmp_path, saved_tiny):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from vlprune.cli import app
+
+    data = make_pope(tmp_path, 2)
+    args = ["eval", "--model", str(saved_tiny), "--bench", f"pope:{data}", "--methods", "random", "--keep", "4",
+            "--batch-size", "2", "--out-dir", str(tmp_path / "out")]
+    first = CliRunner().invoke(app, [*args, "--max-new-tokens", "2"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, [*args, "--max-new-tokens", "3"])
+    assert again.exit_code == 1 and "Traceback" not in again.output
+    assert "generation.max_new_tokens: 2 in the file, 3 now" in again.output

@@ -117,7 +117,7 @@ def eval_command(
     names, keeps = _names(methods), _ints(keep)
     if bench != "testbed":
         from .bench.readers import canonical_bench, read
-        from .bench.runner import run_benchmark
+        from .bench.runner import BenchRunError, run_benchmark
 
         name, _, data = bench.partition(":")
         n_items = len(list(read(canonical_bench(name), data))) if data else 0
@@ -125,9 +125,13 @@ def eval_command(
         with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as bar:
             task = bar.add_task("full", total=n_items * (1 + len(names) * len(keeps)))
-            report = run_benchmark(loaded, bench, names, keeps, out_dir, limit, batch_size, max_new_tokens,
-                                   lambda label, n: bar.update(task, advance=n, description=label),
-                                   lambda m: {**method_kwargs(m, loaded), **options.get(m, {})})
+            try:
+                report = run_benchmark(loaded, bench, names, keeps, out_dir, limit, batch_size, max_new_tokens,
+                                       lambda label, n: bar.update(task, advance=n, description=label),
+                                       lambda m: {**method_kwargs(m, loaded), **options.get(m, {})})
+            except BenchRunError as exc:  # a resume that would mix runs, a second writer, nothing scored
+                console.print(f"error: {exc}", markup=False, highlight=False)
+                raise typer.Exit(code=1) from exc
         print_bench_report(report)
         _write_json(json_path, report)
         return

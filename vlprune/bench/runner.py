@@ -10,8 +10,11 @@ import torch
 from .. import api
 from .readers import BenchItem, canonical_bench, read
 from .runconfig import describe, model_fingerprint, questions_sha256
-from .score import score_items
-from .store import AnswersFile, answer_key
+from .score import NothingScored, score_items
+from .store import AnswersFile, AnswersFileError, answer_key
+
+# what a benchmark run refuses with a message (never a wrong number): see .store and .score
+BenchRunError = (AnswersFileError, NothingScored)
 
 
 def chat_prompt(processor: Any, prompt: str, with_image: bool = True) -> str:
