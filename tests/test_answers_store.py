@@ -148,8 +148,12 @@ def test_run_config_parts(tmp_path, saved_tiny):  # noqa: F811
         "processor": f"<{type(loaded.processor).__name__}>", "ratio": 0.5}
     from vlprune.bench.readers import BenchItem
 
+    from vlprune.bench.readers import ImageRef
+
     items = [BenchItem("pope", 1, "p", None)]
     assert questions_sha256(items) != questions_sha256([BenchItem("pope", 1, "q", None)])
+    relative, absolute = (BenchItem("pope", 1, "p", ImageRef(path=p)) for p in (Path("x.jpg"), Path.cwd() / "x.jpg"))
+    assert questions_sha256([relative]) == questions_sha256([absolute])
 
 
 # ----------------------------------------------------------------------------- the runner end to end

@@ -99,6 +99,13 @@ def test_cli_reports_malformed_lines(tmp_path):
     assert "1 malformed answer line" in result.output and "line 2: text is a number" in result.output
 
 
+def test_answers_of_two_run_configurations_are_not_scored_together(tmp_path):
+    d = make_pope(tmp_path)
+    path = write_jsonl(tmp_path / "a.jsonl", [{**GOOD, "_run": "aaaa"}, {**GOOD, "question_id": 2, "_run": "bbbb"}])
+    with pytest.raises(ValueError, match="mixes the answers of 2 run configurations"):
+        score("pope", d, path)
+
+
 @pytest.mark.parametrize(
     "prediction, gts, official",
     [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ def questions_sha256(items: Iterable[Any]) -> str:
         if image is None:
             ref = None
         elif getattr(image, "path", None) is not None:
-            ref = str(image.path)
+            ref = os.path.abspath(image.path)  # "data/x.jpg" and "/abs/data/x.jpg" are one image
         else:
             ref = hashlib.sha256(str(getattr(image, "b64", "")).encode("ascii", "replace")).hexdigest()
         row = [item.question_id, item.prompt, ref, item.record_extra]

@@ -1,6 +1,7 @@
 """Run a model (full and pruned) over a benchmark in LLaVA's layout: resumable answers files, then scoring."""
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -130,7 +131,7 @@ def run_config_base(loaded: Any, bench: str, data_dir: str, items: list[BenchIte
     (the model must be unpatched: its weights are fingerprinted)."""
     return {
         "bench": bench,
-        "data_dir": str(Path(data_dir).resolve()),
+        "data_dir": os.path.abspath(data_dir),
         "questions_sha256": questions_sha256(items),
         "model": model_fingerprint(loaded.model, str(loaded.name)),
         "dtype": str(getattr(loaded.model, "dtype", None)),

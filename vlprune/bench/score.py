@@ -248,6 +248,12 @@ def score(
         reader_kwargs.setdefault("all_rounds", False)
     items = list(read(bench, data_dir, **reader_kwargs))
     answers, bad_lines = load_answers(answers_file)
+    runs = sorted({str(a["_run"]) for a in answers if "_run" in a})
+    if len(runs) > 1:
+        raise ValueError(
+            f"{answers_file} mixes the answers of {len(runs)} run configurations (_run = {', '.join(runs)}); "
+            "its score would belong to no run: score each run's own answers file"
+        )
     result = score_items(bench, items, answers, bad_lines=bad_lines)
     result["answers_file"] = str(answers_file)
     result["data_dir"] = str(data_dir)
