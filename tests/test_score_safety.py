@@ -156,3 +156,12 @@ def test_textvqa_scores_every_answer_line(tmp_path):
     res = score("textvqa", d, one)
     assert res["n_scored"] == 1 and res["n_missing"] == 2  # the repeated question is counted as missing
     assert textvqa_accuracy("Stop.", gts) == 1.0
+
+
+def test_a_damaged_benchmark_file_is_named_in_the_error(tmp_path):
+    d = make_pope(tmp_path)
+    with open(d / "llava_pope_test.jsonl", "a") as handle:
+        handle.write('{"question_id": 8, "te\n')
+    path = write_jsonl(tmp_path / "a.jsonl", [GOOD])
+    with pytest.raises(ValueError, match=r"line 8 of .*llava_pope_test.jsonl is not JSON"):
+        score("pope", d, path)

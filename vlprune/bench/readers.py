@@ -115,13 +115,24 @@ class BenchItem:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
     with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"line {number} of {path} is not JSON ({exc.msg}); is this the benchmark's file?") from None
+    return rows
 
 
 def _read_json(path: Path) -> Any:
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not JSON ({exc.msg} at line {exc.lineno}); is this the benchmark's file?") from None
 
 
 def _require(path: Path, what: str) -> Path:
