@@ -165,3 +165,11 @@ def test_a_damaged_benchmark_file_is_named_in_the_error(tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", [GOOD])
     with pytest.raises(ValueError, match=r"line 8 of .*llava_pope_test.jsonl is not JSON"):
         score("pope", d, path)
+
+
+@pytest.mark.parametrize("qid", [float("inf"), "abc", 1e300])
+def test_mmbench_odd_ids_are_unmatched_not_a_crash(qid):
+    from vlprune.bench import score_items
+
+    with pytest.raises(NothingScored, match="1 match no question"):
+        score_items("mmbench", [], [{"question_id": qid, "prompt": "", "text": "A"}])

@@ -7,15 +7,22 @@
 >>> score("pope", "playground/data/eval/pope", "answers.jsonl")["score"]  # doctest: +SKIP
 """
 
-from .answers import load_answers, write_answers
+from .answers import BadLine, load_answers, write_answers
 from .readers import BENCHMARKS, BenchItem, ImageRef, canonical_bench, read
-from .score import HEADLINES, score, score_items
+from .score import HEADLINES, NothingScored, score, score_items
+from .store import AnswersFile, AnswersFileError, AnswersFileLocked, RunConfigMismatch
 
 __all__ = [
     "BENCHMARKS",
     "HEADLINES",
+    "AnswersFile",
+    "AnswersFileError",
+    "AnswersFileLocked",
+    "BadLine",
     "BenchItem",
     "ImageRef",
+    "NothingScored",
+    "RunConfigMismatch",
     "canonical_bench",
     "load_answers",
     "read",

@@ -148,7 +148,7 @@ def _score_mmbench(items, answers):
     for answer in answers:
         try:
             idx = int(float(answer["question_id"]))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # "abc", Infinity
             unmatched += 1
             continue
         if idx not in rows:
