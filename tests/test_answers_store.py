@@ -268,3 +268,22 @@ def test_eval_cli_refuses_a_changed_setting_with_a_message(tmp_path, saved_tiny)
     again = CliRunner().invoke(app, [*args, "--max-new-tokens", "3"])
     assert again.exit_code == 1 and "Traceback" not in again.output
     assert "generation.max_new_tokens: 2 in the file, 3 now" in again.output
+
+
+def test_runner_answers_and_scores_a_question_asked_twice(tmp_path, saved_tiny):  # noqa: F811
+    """TextVQA: one image asked the same question twice is two answer lines and two scored predictions."""
+    from vlprune.bench.runner import run_benchmark
+    from vlprune.evaluation import load_model
+
+    d = tmp_path / "textvqa"
+    (d / "train_images").mkdir(parents=True)
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(d / "train_images" / "img1.jpg")
+    prompt = "what is written?\nAnswer the question using a single word or phrase."
+    (d / "TextVQA_0.5.1_val.json").write_text(json.dumps({"data": [
+        {"question_id": 0, "image_id": "img1", "question": "What is written?", "answers": ["stop"] * 10}]}))
+    (d / "llava_textvqa_val_v051_ocr.jsonl").write_text(
+        "".join(json.dumps({"question_id": "img1", "image": "img1.jpg", "text": prompt}) + "\n" for _ in range(2)))
+    out = tmp_path / "out"
+    report = run_benchmark(load_model(str(saved_tiny)), f"textvqa:{d}", [], [], out, batch_size=1, max_new_tokens=2)
+    assert report["full"]["n_scored"] == 2 and report["full"]["n_missing"] == 0
+    assert len(answers_of(out / "textvqa" / saved_tiny.name / "full.jsonl")) == 2
