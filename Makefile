@@ -1,18 +1,27 @@
 # Two commands do all set-up on a fresh machine (Python 3.11 + pip):
 #   make demo   -> environment, then prune + answer + comparison table + picture on the bundled testbed
 #   make test   -> environment, then the test suite
+# Both install the exact versions of requirements/lock.txt (torch 2.13.0 CPU included): an upstream release
+# cannot break them. The transformers range is checked by make test-oldest / test-latest / test-transformers.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
+PIP     = pip install -q --disable-pip-version-check
+TORCH  ?= torch==2.13.0
 DEMO_LIMIT ?= 200
+# the part of the suite that touches transformers internals (hooks, cache, masks, rotary tables, processors)
+MATRIX_TESTS ?= tests/test_compat.py tests/test_core.py tests/test_families.py tests/test_llm_methods.py \
+	tests/test_splice.py
+# every transformers minor of the declared range, newest patch (5.16.1 and 5.24.x run as test-oldest/test-latest)
+MATRIX ?= 5.17.0 5.18.0 5.19.0 5.20.2 5.21.1 5.22.2 5.23.0
 
-.PHONY: env demo test test-all clean
+.PHONY: env demo test test-all test-oldest test-latest test-transformers test-matrix clean
 
-$(BIN)/vlprune: pyproject.toml
+$(BIN)/vlprune: pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/$(PIP) $(TORCH)
+	$(BIN)/$(PIP) -r requirements/lock.txt
+	$(BIN)/$(PIP) --no-deps -e .
 	touch $(BIN)/vlprune
 
 env: $(BIN)/vlprune
@@ -29,5 +38,39 @@ test: env
 test-all: env
 	$(BIN)/python -m pytest -m ""
 
+# the floors pyproject.toml declares (transformers 5.16.1, ...), every package exact: requirements/oldest.txt
+.venv-oldest/bin/vlprune: pyproject.toml requirements/oldest.txt
+	$(PYTHON) -m venv .venv-oldest
+	.venv-oldest/bin/$(PIP) $(TORCH)
+	.venv-oldest/bin/$(PIP) -r requirements/oldest.txt
+	.venv-oldest/bin/$(PIP) --no-deps -e .
+	touch $@
+
+test-oldest: .venv-oldest/bin/vlprune
+	.venv-oldest/bin/python -m pytest
+
+# the newest releases the declared ranges allow, resolved now (torch held at the CPU build)
+test-latest:
+	rm -rf .venv-latest
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/$(PIP) $(TORCH)
+	.venv-latest/bin/$(PIP) --upgrade --upgrade-strategy eager -e ".[test]" "$(TORCH)"
+	.venv-latest/bin/pip list 2>/dev/null | grep -iE "^(transformers|tokenizers|huggingface.hub|torch) "
+	.venv-latest/bin/python -m pytest
+
+# one transformers release: make test-transformers V=5.19.0 [TESTS="tests/..."]
+test-transformers:
+	@test -n "$(V)" || { echo "usage: make test-transformers V=5.19.0"; exit 2; }
+	rm -rf .venv-tf$(V)
+	$(PYTHON) -m venv .venv-tf$(V)
+	.venv-tf$(V)/bin/$(PIP) $(TORCH)
+	.venv-tf$(V)/bin/$(PIP) -e ".[test]" "transformers==$(V)" "$(TORCH)"
+	.venv-tf$(V)/bin/python -m pytest $(TESTS)
+	rm -rf .venv-tf$(V)
+
+# every minor between the two ends, on the internals-touching tests
+test-matrix:
+	@for v in $(MATRIX); do $(MAKE) --no-print-directory test-transformers V=$$v TESTS="$(MATRIX_TESTS)" || exit 1; done
+
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) .venv-oldest .venv-latest .venv-tf* out .pytest_cache
