@@ -111,7 +111,7 @@ def eval_command(
     Every method, option and budget is checked before the first answer is generated."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .evaluation import effective_options, evaluate, load_model, method_kwargs
+    from .evaluation import effective_options, evaluate, load_model, method_kwargs, resolve_model
     from .report_file import ReportFile, fingerprint
 
     names, keeps = parse_methods(methods), parse_keeps(keep)
@@ -270,7 +270,7 @@ def _mount_optional() -> None:
     except ImportError:  # pragma: no cover
         pass
     try:
-        from .speed import bench_command
+        from .speed_cli import bench_command
 
         app.command("bench")(bench_command)
     except ImportError:  # pragma: no cover

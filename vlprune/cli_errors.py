@@ -6,11 +6,13 @@ import os
 import sys
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
+
+# typer vendors its own click: these pass through untouched (usage errors, typer.Exit, Ctrl-C)
+_PASS = (typer.Exit, typer.Abort, typer.TyperException, KeyboardInterrupt)
 
 EXIT_USAGE = 2  # what click uses for a bad option; every vlprune error exits with it
 
@@ -27,7 +29,7 @@ class CliError(Exception):
         super().__init__(message + (f"\n{fix}" if fix else ""))
 
 
-def _debug(ctx: click.Context) -> bool:
+def _debug(ctx: Any) -> bool:
     root = ctx.find_root()
     return bool(root.params.get("debug")) or os.environ.get("VLPRUNE_DEBUG", "") not in ("", "0")
 
@@ -45,10 +47,10 @@ def report(exc: BaseException, console: Console | None = None) -> None:
 class FriendlyGroup(TyperGroup):
     """A command group whose commands' exceptions become one-line errors with exit code 2."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
+        except _PASS:
             raise
         except Exception as exc:  # noqa: BLE001 - the point: no traceback unless --debug
             if _debug(ctx):

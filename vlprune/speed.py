@@ -31,15 +31,12 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import gc
-import json
 import math
 import os
 import statistics
-import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -48,6 +45,8 @@ from torch import nn
 
 from .compat import output_cache, vision_depth, vision_heads
 from .flops import layer_flops, method_tflops, tokens_per_layer
+from .cpu_info import matmul_path, pick_dtype
+from .speed_report import check_targets, device_name
 from .presets import ModelShape, get_preset
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -855,7 +854,7 @@ class Cell:
 
 
 def run_bench(model: str = "llava-1.5-7b", layers: Optional[int] = None, vision_layers: Optional[int] = None,
-              batch: int = 1, dtype: str = "bf16", device: str = "cpu", methods: list[str] | None = None,
+              batch: int = 1, dtype: str = "auto", device: str = "cpu", methods: list[str] | None = None,
               keeps: list[int] | None = None, repeats: int = 3, warmup: int = 1, prompt_tokens: int = 32,
               seed: int = 0, progress: Optional[Callable[[str, int, int], None]] = None, clock: str = "wall",
               image_size: Optional[tuple[int, int]] = None) -> dict:
@@ -864,10 +863,11 @@ def run_bench(model: str = "llava-1.5-7b", layers: Optional[int] = None, vision_
 
     methods = methods or ["none", "desap", "vispruner", "visionzip", "fastv", "random"]
     keeps = keeps or [64, 128, 192]
-    if dtype not in DTYPES:
-        raise typer.BadParameter(f"--dtype must be one of {sorted(DTYPES)}", param_hint="--dtype")
-    torch_dtype = DTYPES[dtype]
     dev = torch.device(device)
+    dtype, dtype_reason = pick_dtype(dtype, dev)
+    if dtype not in DTYPES:
+        raise typer.BadParameter(f"--dtype must be auto or one of {sorted(DTYPES)}", param_hint="--dtype")
+    torch_dtype = DTYPES[dtype]
     torch.manual_seed(seed)
     t_build = time.perf_counter()
     bm = build(model, layers, vision_layers, torch_dtype, dev, seed, image_size)
@@ -946,8 +946,9 @@ def run_bench(model: str = "llava-1.5-7b", layers: Optional[int] = None, vision_
             "efficiency": (speedup / bound) if speedup is not None else None,
         })
     report = {
-        "device": _device_name(dev), "model": bm.name, "family": bm.family, "layers": bm.shape.layers,
+        "device": device_name(dev), "model": bm.name, "family": bm.family, "layers": bm.shape.layers,
         "vision_layers": bm.shape.vision_layers, "batch": batch, "dtype": dtype,
+        "dtype_reason": dtype_reason, "cpu_matmul": matmul_path() if dev.type == "cpu" else None,
         "image_size": list(bm.layout.size), "tiles": bm.layout.tiles, "newlines": bm.layout.newlines,
         "visual_tokens": bm.patches, "text_tokens": text_tokens, "repeats": repeats, "warmup": warmup,
         "threads": torch.get_num_threads(), "clock": clock.kind, "build_s": build_s, "torch": torch.__version__,
@@ -968,153 +969,3 @@ def kept_newlines(bm: BenchModel, method: str, keep: Optional[int], llm_tokens: 
         return None
     visual = tokens_per_layer(method, keep, bm.shape, bm.patches)[0]
     return max(0, llm_tokens[0] - visual - text_tokens)
-
-
-def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    name = "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:  # pragma: no cover
-        pass
-    return f"{name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-ENCODER_METHODS = ("desap", "vispruner", "visionzip", "random")
-
-
-def check_targets(report: dict) -> list[dict]:
-    """The issue's three targets, evaluated on this run's numbers (None when a needed row is missing)."""
-    rows = {(r["method"], r["keep"]): r for r in report["results"]}
-    full = next((r for r in report["results"] if r["method"] == "none"), None)
-    out = []
-    d64 = rows.get(("desap", 64))
-    out.append({
-        "target": "DeSAP@64 reaches >= 90% of its FLOPs-bound prefill speedup",
-        "held": None if d64 is None or d64["efficiency"] is None else d64["efficiency"] >= 0.9,
-        "detail": None if d64 is None or d64["efficiency"] is None else
-        f"speedup {d64['speedup']:.2f}x / bound {d64['flops_bound_speedup']:.2f}x = {100 * d64['efficiency']:.1f}%",
-    })
-    desap = [r for r in report["results"] if r["method"] == "desap"]
-    if full and desap:
-        shares = {r["keep"]: r["prune_ms"] / full["prefill_ms"] for r in desap}
-        out.append({"target": "DeSAP pruning step <= 3% of the full prefill", "held": max(shares.values()) <= 0.03,
-                    "detail": ", ".join(f"keep {k}: {100 * s:.2f}%" for k, s in shares.items())})
-    else:
-        out.append({"target": "DeSAP pruning step <= 3% of the full prefill", "held": None, "detail": None})
-    checks, details = [], []
-    for (m, k), r in rows.items():
-        f = rows.get(("fastv", k))
-        if m in ENCODER_METHODS and f is not None:
-            ok = r["prefill_ms"] <= f["prefill_ms"]
-            checks.append(ok)
-            if not ok:
-                details.append(f"{m}@{k} {r['prefill_ms']:.0f} ms > fastv {f['prefill_ms']:.0f} ms")
-    out.append({"target": "every encoder-side method at least as fast (prefill) as FastV at the same budget",
-                "held": all(checks) if checks else None,
-                "detail": "; ".join(details) if details else (f"{len(checks)} comparisons" if checks else None)})
-    return out
-
-
-# -- CLI ---------------------------------------------------------------------------------------------------
-def _fmt(x: Any, spec: str) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return format(x, spec)
-
-
-def print_report(report: dict, console: Any) -> None:
-    from rich.table import Table
-
-    size = report.get("image_size")
-    image = f"{size[0]}x{size[1]} image, " if size else ""
-    newlines = f"+{report['newlines']} newlines" if report.get("newlines") else ""
-    table = Table(title=(f"{report['model']}: LLM {report['layers']} layers, vision {report['vision_layers']} layers, "
-                         f"batch {report['batch']}, {report['dtype']}, {image}{report['visual_tokens']}{newlines}+"
-                         f"{report['text_tokens']} tokens on {report['device']}"))
-    cols = ("method", "keep", "prefill ms", "vision ms", "LLM ms", "prune ms", "prune %", "TTFT ms", "peak MB", "KV MB", "TFLOPs",
-            "speedup", "bound", "efficiency")
-    for c in cols:
-        table.add_column(c, justify="right")
-    full = next((r for r in report["results"] if r["method"] == "none"), None)
-    for r in report["results"]:
-        share = 100 * r["prune_ms"] / full["prefill_ms"] if full else None
-        table.add_row(r["method"], str(r["keep"]), _fmt(r["prefill_ms"], ".0f"), _fmt(r.get("vision_ms"), ".0f"),
-                      _fmt(r.get("llm_ms"), ".0f"), _fmt(r["prune_ms"], ".1f"),
-                      _fmt(share, ".2f"), _fmt(r["ttft_ms"], ".0f"), _fmt(r["peak_mem_mb"], ".0f"),
-                      _fmt(r["kv_cache_mb"], ".1f"), _fmt(r["tflops"], ".3f"), _fmt(r["speedup"], ".2f"),
-                      _fmt(r["flops_bound_speedup"], ".2f"), _fmt(r["efficiency"], ".2f"))
-    console.print(table)
-    for s in report.get("skipped", []):
-        console.print(f"[yellow]skipped[/yellow] {s['method']} {s.get('keep', '')}: {s['reason']}")
-    for t in report.get("targets", []):
-        mark = {True: "[green]held[/green]", False: "[red]NOT held[/red]", None: "[dim]n/a[/dim]"}[t["held"]]
-        console.print(f"{mark}  {t['target']}" + (f"  ({t['detail']})" if t["detail"] else ""))
-
-
-def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
-    """``"672x672"`` -> (672, 672) (height, width); None stays None."""
-    if text is None:
-        return None
-    try:
-        h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"expected HxW, got {text!r}", param_hint="--image-size") from None
-    return h, w
-
-
-def bench_command(
-    model: str = typer.Option("llava-1.5-7b", help="Preset (llava-1.5-7b, llava-1.5-13b, llava-next-7b, "
-                              "qwen2.5-vl-7b) or a tiny test model (tiny, tiny-next, tiny-qwen: vlprune.testing)."),
-    layers: Optional[int] = typer.Option(None, help="LLM decoder layers to build (default: the preset's)."),
-    vision_layers: Optional[int] = typer.Option(None, help="Vision blocks to build (default: the preset's scaled "
-                                                "like --layers, at least 2)."),
-    image_size: Optional[str] = typer.Option(None, help="HxW pixels of the image (llava-next: default 672x672; "
-                                             "qwen2.5-vl: default the preset's 896x896, multiples of 28)."),
-    batch: int = typer.Option(1, help="Samples per call (one image each)."),
-    dtype: str = typer.Option("bf16", help="bf16 | fp16 | fp32."),
-    device: str = typer.Option("cuda" if torch.cuda.is_available() else "cpu", help="cpu | cuda."),
-    methods: str = typer.Option("none,desap,vispruner,visionzip,fastv,random", help="Comma-separated; `none` = full."),
-    keep: str = typer.Option("64,128,192", help="Visual-token budgets, comma separated."),
-    repeats: int = typer.Option(3, help="Timed repeats per cell (median reported)."),
-    warmup: int = typer.Option(1, help="Warm-up passes per cell (the first also measures memory and KV cache)."),
-    prompt_tokens: int = typer.Option(32, help="Text tokens in the prompt besides the image tokens."),
-    seed: int = typer.Option(0, help="Seed of the random weights and images."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's). On a CPU shared with "
-                                          "other processes, 1 avoids OpenMP stalls that make timings meaningless."),
-    clock: str = typer.Option("wall", help="wall (default) | cpu: process CPU time, for a CPU shared with other "
-                              "jobs (use with --threads 1)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
-) -> None:
-    """Prefill / TTFT / pruning-step time, peak memory, KV cache and FLOPs-bound speedup per method and budget."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(width=None if sys.stdout.isatty() else 200)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    names = [x.strip() for x in methods.split(",") if x.strip()]
-    keeps = [int(x) for x in keep.split(",") if x.strip()]
-    try:
-        with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as bar:
-            task = bar.add_task("building", total=None)
-
-            def progress(label: str, done: int, total: int) -> None:
-                bar.update(task, description=label, completed=done, total=total)
-
-            report = run_bench(model, layers, vision_layers, batch, dtype, device, names, keeps, repeats, warmup,
-                               prompt_tokens, seed, progress, clock, parse_size(image_size))
-    except NotImplementedError as e:
-        console.print(f"[yellow]skipped:[/yellow] {e}")
-        raise typer.Exit(code=0)
-    print_report(report, console)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2))
-        console.print(f"[dim]wrote {json_path}[/dim]")
