@@ -43,14 +43,15 @@ def _write_json(path: Optional[Path], data: dict) -> None:
 
 @app.command("methods")
 def methods_command() -> None:
-    """List the registered methods with their paper, stage and default options."""
+    """List the registered methods: paper, stage, default options and what their kept-token indices hold."""
     from .registry import methods
 
-    table = Table(title="vlprune methods")
-    for col in ("method", "stage", "paper", "defaults"):
+    table = Table(title="vlprune methods", show_lines=True)
+    for col in ("method", "stage", "paper", "defaults", "kept tokens (last_selection(model).indices)"):
         table.add_column(col)
     for name, spec in methods().items():
-        table.add_row(name, spec.stage, spec.paper, ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items()))
+        table.add_row(name, spec.stage, spec.paper, ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items()),
+                      spec.kept)
     console.print(table)
 
 

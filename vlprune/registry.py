@@ -23,8 +23,8 @@ KEPT_TOKENS: dict[str, str] = {
              "patches whose tokens survive",
     "fastv+bimask": "as fastv, ranked with ASAP's bidirectional mask",
     "asap": "as fastv (dropped before `layer`), after ASAP's consolidation; indices = the surviving patches",
-    "visiondrop": "VisionZip-style selection at the encoder, then fewer in each LLM stage; indices = the patches "
-                  "whose tokens survive the last stage (the count after the last stage, not keep)",
+    "visiondrop": "keep is the layer-averaged count (~1.5x keep leave the encoder, fewer after each LLM stage); "
+                  "indices = the patches whose tokens survive the last stage, fewer than keep",
 }
 
 
