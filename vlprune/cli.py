@@ -167,6 +167,9 @@ def eval_command(
     record = ReportFile(json_path, {"model": model, "weights": fingerprint(resolve_model(model)), "bench": bench,
                                     "split": split, "seed": seed, "n": len(samples), "dtype": str(torch_dtype),
                                     "batch_size": batch_size, "clip": clip}, fresh=fresh)
+    if record.previous:
+        console.print(f"[dim]resuming from {json_path}: finished rows of the same configuration are reused "
+                      "(--fresh starts over)[/dim]")
     total = len(samples) * (1 + len(names) * len(keeps))
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
@@ -185,7 +188,9 @@ def eval_command(
 
 def print_report(report: dict) -> None:
     fams = list(report["full"]["per_family"])
-    table = Table(title=f"{report['model']} on {report.get('bench', 'testbed')} ({report['n']} questions)")
+    table = Table(title=f"{report['model']} on {report.get('bench', 'testbed')} ({report['n']} questions)",
+                  caption="accuracy % per question family; % of full = avg / the unpruned model's; obj. recall = "
+                          "share of the asked-about object's patches kept; TFLOPs = LLM FLOPs of the visual tokens")
     for col in ("method", "keep", *fams, "avg", "% of full", "obj. recall", "TFLOPs"):
         table.add_column(col, justify="right")
     full = report["full"]
