@@ -257,7 +257,7 @@ def show_command(
         img = kept_overlay(sample.image, kept.indices[0], kept.grids[0], boxes=sample.boxes)
         mark = "ok" if is_correct(pred, sample.answer) else "wrong"
         shown = int((kept.indices[0] >= 0).sum())
-        note = "" if shown == keep else f" ({shown} patches shown: `vlprune methods`, kept tokens)"
+        note = "" if shown == keep else f" ({shown} patches: see vlprune methods)"
         panels.append(captioned(img, [f"{name} keep={keep}/{grid * grid}{note}", sample.question,
                                       f"answer: {pred} ({mark}; truth {sample.answer}; full: {full_answer})"]))
         with_legend(side_by_side(panels)).save(output)
