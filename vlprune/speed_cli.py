@@ -52,7 +52,13 @@ def bench_command(
 ) -> None:
     """Prefill / TTFT / pruning-step time, peak memory, KV cache and FLOPs-bound speedup per method and budget."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     console = Console(width=None if sys.stdout.isatty() else 200)
     names = parse_methods(methods, allow_full=True)  # everything checked before minutes of model building
