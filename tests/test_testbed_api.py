@@ -100,6 +100,9 @@ def test_eval_refuses_a_file_of_another_configuration(tmp_path):
     res = _eval(out, "--methods", "random", "--keep", "16", "--split", "val")
     assert res.exit_code == 2 and "split" in res.output and "--fresh" in res.output and "Traceback" not in res.output
     assert _eval(out, "--methods", "random", "--keep", "16", "--split", "val", "--fresh").exit_code == 0
+    out.write_text(json.dumps({"results": []}))  # a results file from before resumable runs
+    res = _eval(out, "--methods", "random", "--keep", "16")
+    assert res.exit_code == 2 and "without a run configuration" in res.output
 
 
 def test_eval_keeps_finished_rows_when_a_later_one_dies(tmp_path, monkeypatch):

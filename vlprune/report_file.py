@@ -42,7 +42,10 @@ class ReportFile:
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"--json {path} exists but is not a readable results file ({e}); "
                              "pass --fresh to overwrite it or another --json path") from None
-        diff = _differences(old.get("config", {}), config)
+        if not isinstance(old, dict) or "config" not in old:
+            raise ValueError(f"--json {path} holds results without a run configuration (not written by a resumable "
+                             "vlprune eval); pass --fresh to overwrite it or another --json path")
+        diff = _differences(old["config"], config)
         if diff:
             raise ValueError(f"--json {path} holds results of another configuration ({'; '.join(diff)}); "
                              "pass --fresh to overwrite it or another --json path to keep both")
