@@ -41,12 +41,16 @@ def matmul_path(flags: frozenset[str] | None = None) -> str:
 
 
 def pick_dtype(requested: str, device: str | torch.device, flags: frozenset[str] | None = None) -> tuple[str, str]:
-    """``(dtype, why)``: ``requested`` unless it is ``auto``; auto = bf16 on a GPU or a CPU with bf16 hardware,
-    else fp32."""
+    """``(dtype, why)``: ``requested`` unless it is ``auto``; auto = bf16 on a GPU (fp16 on one without bf16) or a
+    CPU with bf16 hardware, else fp32."""
     if requested != "auto":
         return requested, "asked for"
-    if torch.device(device).type != "cpu":
+    if torch.device(device).type == "cuda":
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            return "fp16", "auto: this GPU has no bf16"
         return "bf16", "auto: GPU"
+    if torch.device(device).type != "cpu":
+        return "bf16", "auto: accelerator"
     if native_bf16(flags):
         return "bf16", "auto: this CPU has bf16 hardware"
     return "fp32", "auto: this CPU has no bf16 hardware, where bf16 is slower than fp32"
