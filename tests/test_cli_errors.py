@@ -19,6 +19,9 @@ BAD = {
     "unknown option": (["eval", "--set", "random.sed=1"], "seed"),
     "malformed --set": (["eval", "--set", "seed=1"], "METHOD.OPTION=VALUE"),
     "unknown dtype": (["eval", "--dtype", "fp8"], "bfloat16"),
+    "zero batch": (["eval", "--batch-size", "0"], ">= 1"),
+    "no GPU": (["eval", "--device", "cuda:7"] if not __import__("torch").cuda.is_available() else
+               ["eval", "--device", "tpu"], "--device"),
     "missing folder": (["eval", "--model", "/no/such/folder"], "no such folder"),
     "bench without data": (["eval", "--bench", "pope"], "NAME:DIR"),
     "unknown benchmark": (["eval", "--bench", "popx:/tmp"], "unknown benchmark"),

@@ -133,6 +133,8 @@ def eval_command(
     _check_device(device)
     if split not in ("test", "val"):
         fail(f"--split {split}: unknown split", "use test or val")
+    if batch_size < 1 or max_new_tokens < 1:
+        fail(f"--batch-size {batch_size} / --max-new-tokens {max_new_tokens}: both must be >= 1")
     data = ""
     if bench != "testbed":
         from .bench.readers import canonical_bench
