@@ -137,3 +137,23 @@ def test_build_never_overwrites_the_bundled_checkpoint_unasked(tmp_path):
     assert check_out_dir(tmp_path, False) == tmp_path
     assert check_out_dir(None, True) == testbed.checkpoint_dir()
     assert os.access(weights, os.R_OK)
+
+
+def test_show_keeps_the_panels_drawn_before_a_failure(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import vlprune.evaluation as ev
+
+    real = ev.answer
+
+    def dying(loaded, samples, *a, **k):
+        state = vlprune.api._state(loaded.model)
+        if state is not None and state.spec.name == "vispruner":
+            raise RuntimeError("killed")
+        return real(loaded, samples, *a, **k)
+
+    monkeypatch.setattr(ev, "answer", dying)
+    out = tmp_path / "kept.png"
+    res = CliRunner().invoke(app, ["show", "--methods", "random,vispruner", "-o", str(out)])
+    assert res.exit_code == 2 and "killed" in res.output
+    assert Image.open(out).width == 384  # the random panel, with its legend
