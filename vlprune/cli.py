@@ -110,21 +110,9 @@ def eval_command(
     """Accuracy (testbed: per question family, object recall) or the benchmark's official score, % of full, FLOPs.
 
     Every method, option and budget is checked before the first answer is generated."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .evaluation import (
-        effective_options,
-        evaluate,
-        load_model,
-        method_kwargs,
-        resolve_model,
-    )
+    from .evaluation import effective_options, evaluate, load_model, method_kwargs, resolve_model
     from .report_file import ReportFile, fingerprint
 
     names, keeps = parse_methods(methods), parse_keeps(keep)

@@ -46,36 +46,12 @@ from torch import nn
 from .compat import output_cache
 from .cpu_info import matmul_path, pick_dtype
 from .flops import method_tflops, tokens_per_layer
-from .speed_flops import (  # noqa: F401
-    clip_tower_flops,
-    get_stage,
-    llm_layer_flops,
-    prefill_flops,
-    qwen_vit_flops,
-)
-from .speed_models import (  # noqa: F401
-    DTYPES,
-    NEXT_PINPOINTS,
-    QWEN_PATCH_IN,
-    QWEN_WINDOW,
-    TINY,
-    BenchModel,
-    ImageLayout,
-    build,
-    build_llava,
-    build_llava_next,
-    build_qwen2_5_vl,
-    build_tiny,
-    build_tiny_next,
-    build_tiny_qwen,
-    llava_layout,
-    make_inputs,
-    method_kwargs,
-    next_layout,
-    qwen_full_blocks,
-    qwen_layout,
-    vision_layers_for,
-)
+# the models and the FLOPs moved to their own modules; their names stay importable from here
+from .speed_flops import clip_tower_flops, get_stage, llm_layer_flops, prefill_flops, qwen_vit_flops  # noqa: F401
+from .speed_models import (DTYPES, NEXT_PINPOINTS, QWEN_PATCH_IN, QWEN_WINDOW, TINY, BenchModel,  # noqa: F401
+                           ImageLayout, build, build_llava, build_llava_next, build_qwen2_5_vl, build_tiny,
+                           build_tiny_next, build_tiny_qwen, llava_layout, make_inputs, method_kwargs, next_layout,
+                           qwen_full_blocks, qwen_layout, vision_layers_for)
 from .speed_report import check_targets, device_name
 
 
