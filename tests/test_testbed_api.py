@@ -105,18 +105,23 @@ def test_eval_refuses_a_file_of_another_configuration(tmp_path):
     assert res.exit_code == 2 and "without a run configuration" in res.output
 
 
-def test_eval_keeps_finished_rows_when_a_later_one_dies(tmp_path, monkeypatch):
+def _die_on(monkeypatch, method: str) -> None:
+    """Answering with ``method`` applied raises, as a run killed there would stop."""
     import vlprune.evaluation as ev
 
     real = ev.answer
 
     def dying(loaded, samples, *a, **k):
         state = vlprune.api._state(loaded.model)
-        if state is not None and state.spec.name == "vispruner":
+        if state is not None and state.spec.name == method:
             raise RuntimeError("killed")
         return real(loaded, samples, *a, **k)
 
     monkeypatch.setattr(ev, "answer", dying)
+
+
+def test_eval_keeps_finished_rows_when_a_later_one_dies(tmp_path, monkeypatch):
+    _die_on(monkeypatch, "vispruner")
     out = tmp_path / "r.json"
     res = _eval(out, "--methods", "random,vispruner", "--keep", "16")
     assert res.exit_code == 2 and "killed" in res.output and "Traceback" not in res.output
@@ -142,17 +147,7 @@ def test_build_never_overwrites_the_bundled_checkpoint_unasked(tmp_path):
 def test_show_keeps_the_panels_drawn_before_a_failure(tmp_path, monkeypatch):
     from PIL import Image
 
-    import vlprune.evaluation as ev
-
-    real = ev.answer
-
-    def dying(loaded, samples, *a, **k):
-        state = vlprune.api._state(loaded.model)
-        if state is not None and state.spec.name == "vispruner":
-            raise RuntimeError("killed")
-        return real(loaded, samples, *a, **k)
-
-    monkeypatch.setattr(ev, "answer", dying)
+    _die_on(monkeypatch, "vispruner")
     out = tmp_path / "kept.png"
     res = CliRunner().invoke(app, ["show", "--methods", "random,vispruner", "-o", str(out)])
     assert res.exit_code == 2 and "killed" in res.output
