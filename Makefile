@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine (Python 3.11 + pip):
 #   make demo   -> environment, then prune + answer + comparison table + picture on the bundled testbed
+#                  (results in out/demo-N.json, written row by row: a rerun resumes where it stopped)
 #   make test   -> environment, then the test suite
 # Both install the exact versions of requirements/lock.txt (torch 2.13.0 CPU included): an upstream release
 # cannot break them. The transformers range is checked by make test-oldest / test-latest / test-transformers.
@@ -28,7 +29,7 @@ env: $(BIN)/vlprune
 
 demo: env
 	$(BIN)/vlprune eval --model testbed --bench testbed --methods desap,vispruner,visionzip,fastv,random \
-		--keep 16,32,48 --limit $(DEMO_LIMIT) --json out/demo.json
+		--keep 16,32,48 --limit $(DEMO_LIMIT) --json out/demo-$(DEMO_LIMIT).json
 	$(BIN)/vlprune show --model testbed --methods desap,vispruner,visionzip,fastv,random --keep 16 \
 		--index 0 -o out/kept.png
 

@@ -266,7 +266,7 @@ def test_eval_cli_refuses_a_changed_setting_with_a_message(tmp_path, saved_tiny)
     first = CliRunner().invoke(app, [*args, "--max-new-tokens", "2"])
     assert first.exit_code == 0, first.output
     again = CliRunner().invoke(app, [*args, "--max-new-tokens", "3"])
-    assert again.exit_code == 1 and "Traceback" not in again.output
+    assert again.exit_code == 2 and "Traceback" not in again.output
     assert "generation.max_new_tokens: 2 in the file, 3 now" in again.output
 
 

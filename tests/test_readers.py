@@ -267,4 +267,4 @@ def test_score_cli_writes_json(tmp_path):
     assert saved["bench"] == "pope" and saved["score"] == pytest.approx(50.0)
     assert saved["per_split"]["random"]["accuracy"] == pytest.approx(100.0)
     bad = CliRunner().invoke(app, ["score", "--bench", "gqa", "--data", str(d), "--answers", str(answers)])
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2 and "Traceback" not in bad.output

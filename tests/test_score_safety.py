@@ -79,7 +79,7 @@ def test_nothing_scored_raises_and_the_cli_exits_nonzero(tmp_path, content):
     app.command("score")(score_command)
     app.command("other")(lambda: None)
     result = CliRunner().invoke(app, ["score", "--bench", "pope", "--data", str(d), "--answers", str(path)])
-    assert result.exit_code == 1 and "nothing scored" in result.output
+    assert result.exit_code == 2 and "nothing scored" in result.output
     assert "Traceback" not in result.output and "score 0" not in result.output
 
 

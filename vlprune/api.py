@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import weakref
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
 
@@ -15,16 +16,20 @@ from .llm_pruning import LLMPruner
 from .methods.base import Selection, check_keep
 from .models import Adapter, get_adapter
 from .ops import copy_to_device
-from .registry import MethodSpec, get_method
+from .registry import MethodSpec, checkpoint_defaults, get_method
 from .splice import PER_TOKEN_INPUTS, apply_columns, shrink_prompt
 from .text import ClipText, QuestionBatch, load_clip_text, questions_from_ids
 
 _STATE = "_vlprune_state"
+_LAST_AFTER_REMOVE: "weakref.WeakKeyDictionary[nn.Module, KeptTokens | None]" = weakref.WeakKeyDictionary()
 
 
 @dataclass
 class KeptTokens:
     """What the last call kept, per image (prompt order): patch indices in raster order on that image's grid.
+
+    A kept token that stands for no patch has no index: VisionZip's [CLS] token, so its ``indices`` hold keep-1
+    entries; each method's rule is ``vlprune.methods()[name].kept`` (the ``kept`` column of ``vlprune methods``).
 
     ``assign[i]`` (optional) maps every patch of image i to the kept token it was merged into (-1: dropped).
     """
@@ -105,7 +110,7 @@ def apply(
     adapter = get_adapter(model, adapter_options)
     compat.check_forward(model)
     spec = get_method(method)
-    config = _make_config(spec, options)
+    config = _make_config(spec, {**checkpoint_defaults(model, spec.name), **options})
     check_keep(keep, adapter.tokens_per_image())
     clip_text = tokenizer = None
     if spec.name == "desap":
@@ -138,6 +143,7 @@ def remove(model: nn.Module) -> nn.Module:
     state = model.__dict__.pop(_STATE, None)
     if state is None:
         return model
+    _LAST_AFTER_REMOVE[model] = state.last  # still readable through last_selection
     if state.pruner is not None:
         state.pruner.remove()
     for name in ("forward", "generate"):
@@ -146,8 +152,11 @@ def remove(model: nn.Module) -> nn.Module:
 
 
 def last_selection(model: nn.Module) -> KeptTokens | None:
-    """What the most recent forward/generate kept (per image), or None before the first call."""
+    """What the most recent forward/generate kept (per image), or None before the first call; after
+    ``remove`` (or a ``with vlprune.pruned(...)`` block) what the patched model kept last."""
     state = _state(model)
+    if state is None and model in _LAST_AFTER_REMOVE:
+        return _LAST_AFTER_REMOVE[model]
     if state is None:
         raise ValueError("this model is not patched: call vlprune.apply(model, ...) first")
     return state.last

@@ -10,31 +10,28 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_errors import EXIT_USAGE, FriendlyGroup, fail
+from .cli_errors import report as report_error
+from .lmms_plugin_args import parse_dtype, parse_options
+from .validate import check_runs, parse_keeps, parse_methods, parse_set
+
 app = typer.Typer(help="Training-free visual-token pruning for vision-language models.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, cls=FriendlyGroup)
 console = Console(width=None if sys.stdout.isatty() else 160)
 
 
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+@app.callback()
+def root(debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error.")) -> None:
+    """Training-free visual-token pruning for vision-language models."""
 
 
-def _names(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+def _check_device(device: Optional[str]) -> None:
+    import torch
 
-
-def _options(pairs: Optional[list[str]]) -> dict[str, dict]:
-    """``["desap.sign=-1", "asap.threshold=0.8"]`` -> ``{"desap": {"sign": -1}, "asap": {"threshold": 0.8}}``."""
-    from .lmms_plugin_args import coerce
-
-    out: dict[str, dict] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        method, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise typer.BadParameter(f"expected METHOD.OPTION=VALUE, got {pair!r}", param_hint="--set")
-        out.setdefault(method, {})[name] = coerce(value)
-    return out
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {device}: this machine has no CUDA GPU visible to torch", "use --device cpu (the default)")
+    if device and not device.startswith(("cpu", "cuda")):
+        fail(f"--device {device}: unknown device", "use cpu or cuda (cuda:N for one GPU)")
 
 
 def _write_json(path: Optional[Path], data: dict) -> None:
@@ -46,14 +43,15 @@ def _write_json(path: Optional[Path], data: dict) -> None:
 
 @app.command("methods")
 def methods_command() -> None:
-    """List the registered methods with their paper, stage and default options."""
+    """List the registered methods: paper, stage, default options and what their kept-token indices hold."""
     from .registry import methods
 
-    table = Table(title="vlprune methods")
-    for col in ("method", "stage", "paper", "defaults"):
+    table = Table(title="vlprune methods", show_lines=True)
+    for col in ("method", "stage", "paper", "defaults", "kept tokens (last_selection(model).indices)"):
         table.add_column(col)
     for name, spec in methods().items():
-        table.add_row(name, spec.stage, spec.paper, ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items()))
+        table.add_row(name, spec.stage, spec.paper, ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items()),
+                      spec.kept)
     console.print(table)
 
 
@@ -69,10 +67,12 @@ def flops_command(
     from .flops import method_tflops, tokens_per_layer
     from .presets import get_preset
 
+    method = parse_methods(method, option="--method")[0]
+    keeps = parse_keeps(keep)
     shape = get_preset(model)
     full = method_tflops(None, None, shape, tokens)
     rows = []
-    for k in _ints(keep):
+    for k in keeps:
         counts = tokens_per_layer(method, k, shape, tokens)
         t = method_tflops(method, k, shape, tokens)
         rows.append({"method": method, "keep": k, "tflops": t, "reduction": 1 - t / full, "tokens_per_layer": counts})
@@ -100,27 +100,55 @@ def eval_command(
     clip: Optional[str] = typer.Option(None, help="CLIP for DeSAP (default for the testbed: its own)."),
     out_dir: Path = typer.Option(Path("out/answers"), help="Answers files for real benchmarks (resumable)."),
     dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16."),
+    fresh: bool = typer.Option(False, "--fresh", help="Overwrite the --json file instead of resuming from it."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda (default: cpu)."),
     max_new_tokens: int = typer.Option(128, help="Generation length for real benchmarks."),
     option: Optional[list[str]] = typer.Option(None, "--set", help="Method option, e.g. --set desap.task_ratio=0.75 (repeatable)."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write results as JSON here."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Results JSON, rewritten after every row; a rerun "
+                                             "with the same configuration resumes from it (testbed)."),
 ) -> None:
-    """Accuracy (testbed: per question family, object recall) or the benchmark's official score, % of full, FLOPs."""
-    import torch
+    """Accuracy (testbed: per question family, object recall) or the benchmark's official score, % of full, FLOPs.
+
+    Every method, option and budget is checked before the first answer is generated."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .evaluation import effective_options, evaluate, load_model, method_kwargs
+    from .evaluation import effective_options, evaluate, load_model, method_kwargs, resolve_model
+    from .report_file import ReportFile, fingerprint
 
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    loaded = load_model(model, clip, torch_dtype, device)
-    options = effective_options(loaded, _options(option))
-    names, keeps = _names(methods), _ints(keep)
+    names, keeps = parse_methods(methods), parse_keeps(keep)
+    user_options = parse_set(option)
+    torch_dtype = parse_dtype(dtype)
+    _check_device(device)
+    if split not in ("test", "val"):
+        fail(f"--split {split}: unknown split", "use test or val")
+    if batch_size < 1 or max_new_tokens < 1:
+        fail(f"--batch-size {batch_size} / --max-new-tokens {max_new_tokens}: both must be >= 1")
+    data = ""
     if bench != "testbed":
-        from .bench.readers import canonical_bench, read
+        from .bench.readers import canonical_bench
+
+        bench_name, _, data = bench.partition(":")
+        canonical_bench(bench_name)
+        if not data or not Path(data).is_dir():
+            fail(f"--bench {bench}: no data folder {data!r}",
+                 "give NAME:DIR with DIR the benchmark in LLaVA's layout (docs/benchmarks.md)")
+    elif limit is not None and limit < 1:
+        fail(f"--limit {limit}: must be >= 1")
+    if clip is not None:
+        from .hub import check_source
+
+        check_source(clip, "--clip")
+    loaded = load_model(model, clip, torch_dtype, device)
+    options = effective_options(loaded, user_options)
+    for name in names:
+        if name in options:
+            parse_options(name, options[name])
+    check_runs(loaded.model, names, keeps, lambda m: {**method_kwargs(m, loaded), **options.get(m, {})})
+    if bench != "testbed":
+        from .bench.readers import read
         from .bench.runner import BenchRunError, run_benchmark
 
-        name, _, data = bench.partition(":")
-        n_items = len(list(read(canonical_bench(name), data))) if data else 0
+        n_items = len(list(read(canonical_bench(bench_name), data)))
         n_items = min(n_items, limit) if limit else n_items
         with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as bar:
@@ -130,14 +158,20 @@ def eval_command(
                                        lambda label, n: bar.update(task, advance=n, description=label),
                                        lambda m: {**method_kwargs(m, loaded), **options.get(m, {})})
             except BenchRunError as exc:  # a resume that would mix runs, a second writer, nothing scored
-                console.print(f"error: {exc}", markup=False, highlight=False)
-                raise typer.Exit(code=1) from exc
+                report_error(exc)
+                raise typer.Exit(code=EXIT_USAGE) from exc
         print_bench_report(report)
         _write_json(json_path, report)
         return
     from .testbed import load_split
 
     samples = load_split(split, limit, seed)
+    record = ReportFile(json_path, {"model": model, "weights": fingerprint(resolve_model(model)), "bench": bench,
+                                    "split": split, "seed": seed, "n": len(samples), "dtype": str(torch_dtype),
+                                    "batch_size": batch_size, "clip": clip}, fresh=fresh)
+    if record.previous:
+        console.print(f"[dim]resuming from {json_path}: finished rows of the same configuration are reused "
+                      "(--fresh starts over)[/dim]")
     total = len(samples) * (1 + len(names) * len(keeps))
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
@@ -146,15 +180,19 @@ def eval_command(
         def progress(label: str, n: int) -> None:
             bar.update(task, advance=n, description=label)
 
-        report = evaluate(loaded, samples, names, keeps, batch_size, progress, options=options)
+        report = evaluate(loaded, samples, names, keeps, batch_size, progress, options=options, record=record)
     report.update({"bench": bench, "split": split, "seed": seed, "options": options})
     print_report(report)
-    _write_json(json_path, report)
+    record.write(report, complete=True)
+    if json_path is not None:
+        console.print(f"[dim]wrote {json_path}[/dim]")
 
 
 def print_report(report: dict) -> None:
     fams = list(report["full"]["per_family"])
-    table = Table(title=f"{report['model']} on {report.get('bench', 'testbed')} ({report['n']} questions)")
+    table = Table(title=f"{report['model']} on {report.get('bench', 'testbed')} ({report['n']} questions)",
+                  caption="accuracy % per question family; % of full = avg / the unpruned model's; obj. recall = "
+                          "share of the asked-about object's patches kept; TFLOPs = LLM FLOPs of the visual tokens")
     for col in ("method", "keep", *fams, "avg", "% of full", "obj. recall", "TFLOPs"):
         table.add_column(col, justify="right")
     full = report["full"]
@@ -189,30 +227,42 @@ def show_command(
     output: Path = typer.Option(Path("kept.png"), "-o", "--output", help="PNG to write."),
     clip: Optional[str] = typer.Option(None, help="CLIP for DeSAP (default: the checkpoint's clip/ folder)."),
 ) -> None:
-    """Draw the image with dropped patches greyed out and the question/answer on it."""
+    """Draw the image with dropped patches greyed out, the asked-about object boxed in red, question and answers
+    underneath. The picture is rewritten after every method, so a failure keeps the panels drawn so far."""
+    from PIL import Image
+
     from . import api
     from .evaluation import answer, load_model, method_kwargs
     from .testbed import is_correct, load_split
-    from .viz import captioned, kept_overlay, side_by_side
+    from .viz import captioned, kept_overlay, side_by_side, with_legend
 
+    names = parse_methods(methods or method, option="--methods" if methods else "--method")
+    keep = parse_keeps(str(keep))[0]
+    if index < 0:
+        fail(f"--index {index}: must be >= 0")
+    if output.suffix.lower() not in Image.registered_extensions():
+        fail(f"-o {output}: unknown picture type {output.suffix!r}", "end the name in .png (or .jpg)")
     sample = load_split("test", index + 1, seed)[index]
     loaded = load_model(model, clip)
+    check_runs(loaded.model, names, [keep], lambda m: method_kwargs(m, loaded))
     vc = loaded.model.config.vision_config
     grid = vc.image_size // vc.patch_size
     panels = []
     api.remove(loaded.model)
     full_answer = answer(loaded, [sample])[0].strip()
-    for name in _names(methods) if methods else [method]:
-        api.apply(loaded.model, name, keep, **method_kwargs(name, loaded), **loaded.options.get(name, {}))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        api.apply(loaded.model, name, keep, **method_kwargs(name, loaded))
         pred = answer(loaded, [sample])[0].strip()
-        kept = api.last_selection(loaded.model)
         api.remove(loaded.model)
+        kept = api.last_selection(loaded.model)
         img = kept_overlay(sample.image, kept.indices[0], kept.grids[0], boxes=sample.boxes)
         mark = "ok" if is_correct(pred, sample.answer) else "wrong"
-        panels.append(captioned(img, [f"{name} keep={keep}/{grid * grid}", sample.question,
+        shown = int((kept.indices[0] >= 0).sum())
+        note = "" if shown == keep else f" ({shown} patches: see vlprune methods)"
+        panels.append(captioned(img, [f"{name} keep={keep}/{grid * grid}{note}", sample.question,
                                       f"answer: {pred} ({mark}; truth {sample.answer}; full: {full_answer})"]))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    side_by_side(panels).save(output)
+        with_legend(side_by_side(panels)).save(output)
     console.print(f"wrote {output}")
 
 
@@ -230,7 +280,7 @@ def _mount_optional() -> None:
     except ImportError:  # pragma: no cover
         pass
     try:
-        from .speed import bench_command
+        from .speed_cli import bench_command
 
         app.command("bench")(bench_command)
     except ImportError:  # pragma: no cover

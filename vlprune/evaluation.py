@@ -12,6 +12,7 @@ import torch
 from . import api
 from .flops import method_tflops
 from .presets import ModelShape
+from .report_file import ReportFile
 
 
 METHOD_OPTIONS_FILE = "method_options.json"  # per-method option defaults a checkpoint may carry
@@ -33,8 +34,12 @@ def resolve_model(name: str) -> Path | str:
 
         path = checkpoint_dir()
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"the testbed checkpoint is missing at {path}; run `vlprune testbed build`")
+            raise FileNotFoundError(f"the testbed checkpoint is missing at {path}; reinstall vlprune or rebuild it "
+                                    "with `vlprune testbed build --replace-bundled`")
         return path
+    from .hub import check_source
+
+    check_source(name)
     return name
 
 
@@ -42,17 +47,30 @@ def load_model(name: str, clip: str | None = None, dtype: torch.dtype = torch.fl
                device: str | None = None) -> LoadedModel:
     """Load the testbed or any image-text-to-text checkpoint (LLaVA-1.5 / LLaVA-NeXT / Qwen2.5-VL) + processor."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as hf_logging
 
     path = resolve_model(name)
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per checkpoint says nothing a user needs
     model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype).eval()
     if device:
         model.to(device)
     processor = AutoProcessor.from_pretrained(str(path))
     if clip is None and (Path(path) / "clip" / "config.json").exists():  # testbed layout: CLIP beside the LVLM
         clip = str(Path(path) / "clip")
+    options = attach_method_options(model, path)
+    return LoadedModel(model, processor, clip, name, options)
+
+
+def attach_method_options(model: Any, path: str | Path) -> dict[str, dict]:
+    """Read the checkpoint's ``method_options.json`` (if any) onto ``model.config``, where ``vlprune.apply`` finds
+    it: options not passed explicitly default to the checkpoint's (e.g. the testbed's FastV layer)."""
+    from .registry import CHECKPOINT_DEFAULTS
+
     options_file = Path(path) / METHOD_OPTIONS_FILE
     options = json.loads(options_file.read_text()) if options_file.exists() else {}
-    return LoadedModel(model, processor, clip, name, options)
+    if options:
+        setattr(model.config, CHECKPOINT_DEFAULTS, options)
+    return options
 
 
 def effective_options(loaded: LoadedModel, user: dict[str, dict]) -> dict[str, dict]:
@@ -73,7 +91,12 @@ def shape_of(model: Any, visual_tokens: int) -> ModelShape:
 
 
 def method_kwargs(method: str, loaded: LoadedModel) -> dict[str, Any]:
+    """What ``apply`` needs besides options: DeSAP's processor and CLIP (loaded once, then reused)."""
     if method == "desap":
+        if isinstance(loaded.clip, (str, Path)):
+            from .text import load_clip_text
+
+            loaded.clip = load_clip_text(loaded.clip)
         return {"processor": loaded.processor, "clip": loaded.clip}
     return {}
 
@@ -130,8 +153,12 @@ def object_recall(samples: list, kept: Any, grid: int, image_size: int) -> tuple
 
 
 def evaluate(loaded: LoadedModel, samples: list, methods: list[str], keeps: list[int], batch_size: int = 32,
-             progress: Callable[[str, int], None] | None = None, options: dict[str, dict] | None = None) -> dict:
-    """Full-budget accuracy, then every (method, keep): accuracy, % of full, per family, recall, TFLOPs."""
+             progress: Callable[[str, int], None] | None = None, options: dict[str, dict] | None = None,
+             record: ReportFile | None = None) -> dict:
+    """Full-budget accuracy, then every (method, keep): accuracy, % of full, per family, recall, TFLOPs.
+
+    ``record`` (the ``--json`` file) is rewritten after every row, and rows it already holds from a run with the
+    same configuration are reused instead of recomputed."""
     from .testbed import is_correct
 
     model = loaded.model
@@ -153,15 +180,25 @@ def evaluate(loaded: LoadedModel, samples: list, methods: list[str], keeps: list
                 progress(label, len(chunk))
         return cb
 
+    record = record or ReportFile(None, {})
     api.remove(model)
-    full_acc, full_fam = score(answer(loaded, samples, batch_size, on_batch=tick("full")))
-    report: dict[str, Any] = {
-        "model": loaded.name, "n": len(samples),
-        "full": {"accuracy": full_acc, "per_family": full_fam, "tflops": method_tflops(None, None, shape)},
-        "results": [],
-    }
+    full = record.done_full()
+    if full is None:
+        full_acc, full_fam = score(answer(loaded, samples, batch_size, on_batch=tick("full")))
+        full = {"accuracy": full_acc, "per_family": full_fam, "tflops": method_tflops(None, None, shape)}
+    elif progress:
+        progress("full (saved)", len(samples))
+    full_acc = full["accuracy"]
+    report: dict[str, Any] = {"model": loaded.name, "n": len(samples), "full": full, "results": []}
+    record.write(report, complete=False)
     for method in methods:
         for keep in keeps:
+            saved = record.done_row(method, keep, options.get(method, {}))
+            if saved is not None:
+                report["results"].append(saved)
+                if progress:
+                    progress(f"{method}@{keep} (saved)", len(samples))
+                continue
             strict: list[float] = []
             merged: list[float] = []
 
@@ -183,6 +220,7 @@ def evaluate(loaded: LoadedModel, samples: list, methods: list[str], keeps: list
                 "object_recall": sum(strict) / len(strict) if strict else None,
                 "object_recall_merged": sum(merged) / len(merged) if merged else None,
                 "tflops": method_tflops(method, keep, shape, **options.get(method, {})),
-                "per_family": fam,
+                "per_family": fam, "options": options.get(method, {}),
             })
+            record.write(report, complete=False)
     return report

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from lmms_eval.api.model import lmms
 
-from .lmms_plugin_args import coerce
+from .lmms_plugin_args import coerce, parse_dtype, parse_int, parse_options
 
 try:  # lmms-eval >= 0.2 has a registry decorator
     from lmms_eval.api.registry import register_model
@@ -43,15 +43,15 @@ class VlpruneLMM(lmms):
             pass
         if device.startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"
-        torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[str(dtype)]
+        torch_dtype = parse_dtype(dtype)  # every argument is checked before the model loads
+        self.method, self.keep = str(method), parse_int(keep, "keep", minimum=1)
+        self.batch_size_per_gpu = parse_int(batch_size, "batch_size", minimum=1)
+        self.max_new_tokens = parse_int(max_new_tokens, "max_new_tokens", minimum=1)
+        options = parse_options(self.method, method_options) if self.method not in ("none", "full") else {}
         self.loaded = load_model(str(pretrained), coerce(clip), torch_dtype, device)
-        self.method, self.keep = str(method), int(coerce(keep))
-        self.batch_size_per_gpu = int(coerce(batch_size))
-        self.max_new_tokens = int(coerce(max_new_tokens))
         if self.method not in ("none", "full"):
             from . import api
 
-            options = {k: coerce(v) for k, v in method_options.items()}
             api.apply(self.loaded.model, self.method, self.keep, **method_kwargs(self.method, self.loaded), **options)
 
     @property

@@ -6,8 +6,26 @@ inside the LLM).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
+
+
+# What ``vlprune.last_selection(model).indices`` holds after each built-in method (the ``kept`` column of
+# ``vlprune methods``). A token that stands for no patch (VisionZip's [CLS]) has no index.
+KEPT_TOKENS: dict[str, str] = {
+    "desap": "keep patches (task-relevant + salient); dropped patches are average-merged into their nearest kept "
+             "token (assign) unless merge=False",
+    "vispruner": "keep patches (important by [CLS] attention + diverse); the rest dropped",
+    "visionzip": "keep-1 entries: the [CLS] token (no patch, so no index) + dominant patches + contextual tokens "
+                 "(each index is its merge target; assign maps every merged patch); keep entries if include_cls=False",
+    "random": "keep uniformly random patches, in raster order",
+    "fastv": "every token up to layer K, then keep patches (by attention) in the later layers; indices = the "
+             "patches whose tokens survive",
+    "fastv+bimask": "as fastv, ranked with ASAP's bidirectional mask",
+    "asap": "as fastv (dropped before `layer`), after ASAP's consolidation; indices = the surviving patches",
+    "visiondrop": "keep is the layer-averaged count (~1.5x keep leave the encoder, fewer after each LLM stage); "
+                  "indices = the patches whose tokens survive the last stage, fewer than keep",
+}
 
 
 @dataclass(frozen=True)
@@ -17,8 +35,17 @@ class MethodSpec:
     name: str
     config_cls: type
     paper: str
-    encoder: Callable[..., Any] | None = None
-    plan: Callable[..., Any] | None = None
+    encoder: Callable[..., Any] | None = field(default=None, repr=False)
+    plan: Callable[..., Any] | None = field(default=None, repr=False)
+    kept_tokens: str = field(default="", repr=False)
+
+    def __repr__(self) -> str:
+        return f"MethodSpec({self.name!r}, stage={self.stage!r}, paper={self.paper!r}, defaults={self.defaults()})"
+
+    @property
+    def kept(self) -> str:
+        """What ``last_selection(model).indices`` holds after this method (see ``KEPT_TOKENS``)."""
+        return self.kept_tokens or KEPT_TOKENS.get(self.name, "the patches whose tokens were kept")
 
     @property
     def stage(self) -> str:
@@ -34,14 +61,16 @@ _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register_method(
-    name: str, *, config: type, paper: str, encoder: Callable | None = None, plan: Callable | None = None
+    name: str, *, config: type, paper: str, encoder: Callable | None = None, plan: Callable | None = None,
+    kept: str = "",
 ) -> MethodSpec:
-    """Register a method under ``name``; at least one of ``encoder`` / ``plan`` is required."""
+    """Register a method under ``name``; at least one of ``encoder`` / ``plan`` is required.
+    ``kept`` says what its ``last_selection(model).indices`` hold."""
     if name in _REGISTRY:
         raise ValueError(f"method {name!r} is already registered")
     if encoder is None and plan is None:
         raise ValueError("a method needs an encoder-side selection, an in-LLM plan, or both")
-    spec = MethodSpec(name=name, config_cls=config, paper=paper, encoder=encoder, plan=plan)
+    spec = MethodSpec(name=name, config_cls=config, paper=paper, encoder=encoder, plan=plan, kept_tokens=kept)
     _REGISTRY[name] = spec
     return spec
 
@@ -57,8 +86,32 @@ def get_method(name: str) -> MethodSpec:
     return _REGISTRY[key]
 
 
-def methods() -> dict[str, MethodSpec]:
+def methods() -> MethodTable:
     """All registered methods, by name, with their paper and default options."""
     from . import methods as _  # noqa: F401
 
-    return dict(sorted(_REGISTRY.items()))
+    return MethodTable(sorted(_REGISTRY.items()))
+
+
+class MethodTable(dict):
+    """``vlprune.methods()``: a dict name -> MethodSpec that prints as a table."""
+
+    def __repr__(self) -> str:
+        width = max((len(n) for n in self), default=6)
+        lines = [f"{'method':<{width}}  {'stage':<11}  paper / defaults"]
+        for name, spec in self.items():
+            opts = ", ".join(f"{k}={v!r}" for k, v in spec.defaults().items())
+            lines.append(f"{name:<{width}}  {spec.stage:<11}  {spec.paper}; {opts}")
+        return "\n".join(lines)
+
+    _repr_pretty_ = lambda self, p, cycle: p.text(repr(self))  # noqa: E731  (IPython / Jupyter)
+
+
+CHECKPOINT_DEFAULTS = "vlprune_method_options"  # model.config attribute: a checkpoint's per-method defaults
+
+
+def checkpoint_defaults(model: Any, method: str) -> dict[str, Any]:
+    """The option defaults a checkpoint carries for ``method`` (``method_options.json``, attached to
+    ``model.config`` by ``vlprune.testbed.load`` / ``vlprune eval``); explicit options override them."""
+    table = getattr(getattr(model, "config", None), CHECKPOINT_DEFAULTS, None) or {}
+    return dict(table.get(method, {}))

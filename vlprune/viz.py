@@ -1,4 +1,5 @@
-"""Pictures of what was kept: dropped patches greyed out, question and answer written underneath."""
+"""Pictures of what was kept: dropped patches greyed out, the asked-about object boxed in red, question and
+answer written underneath, and a legend saying so."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -55,4 +56,38 @@ def side_by_side(panels: Sequence[Image.Image], gap: int = 8) -> Image.Image:
     for p in panels:
         out.paste(p, (x, 0))
         x += p.width + gap
+    return out
+
+
+LEGEND = (
+    ("box", (230, 30, 30), "red box: the object the question asks about"),
+    ("fill", (200, 200, 200), "greyed out: patches dropped (not given to the LLM)"),
+    ("outline", (255, 255, 255), "clear, white outline: patches kept"),
+)
+
+
+def legend(width: int, row: int = 18) -> Image.Image:
+    """A strip explaining the picture's marks, one per line: red box, grey, kept outline."""
+    out = Image.new("RGB", (width, row * len(LEGEND) + 8), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default()
+    for k, (kind, colour, text) in enumerate(LEGEND):
+        y = 4 + row * k
+        swatch = [6, y, 19, y + 13]
+        if kind == "box":
+            draw.rectangle(swatch, outline=colour, width=2)
+        elif kind == "fill":
+            draw.rectangle(swatch, fill=colour)
+        else:
+            draw.rectangle(swatch, fill=(90, 140, 90), outline=colour)
+        draw.text((26, y + 1), text, fill=(0, 0, 0), font=font)
+    return out
+
+
+def with_legend(picture: Image.Image) -> Image.Image:
+    """``picture`` with the legend strip below it."""
+    strip = legend(picture.width)
+    out = Image.new("RGB", (picture.width, picture.height + strip.height), (255, 255, 255))
+    out.paste(picture, (0, 0))
+    out.paste(strip, (0, picture.height))
     return out

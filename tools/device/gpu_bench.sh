@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # GPU rows of docs/speed.md (issue 6): the full 7B shapes with random weights, bf16, on one lent GPU.
-# Run from the repo root on the device machine (its python3 has torch + CUDA); transformers>=5.23 travels as a
-# wheel in .whl/ (see /work/.library/device/README.md). Every result lands as JSON under $OUT.
+# Run from the repo root on a GPU machine whose python3 has torch with CUDA. A machine without network gets
+# transformers from wheels in .whl/ (fetch them where there is network:
+#   pip download --no-deps -d .whl transformers==5.23.0 typer
+# ); with network, or with vlprune installed, .whl/ can be absent. Results land as JSON under $OUT (default out/gpu).
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:$PWD || exit 1
+OUT=${OUT:-out/gpu}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, typer; print('torch', torch.__version__, 'transformers', transformers.__version__, 'typer', typer.__version__)"
 vlprune() { python3 -c 'import sys; sys.argv[0] = "vlprune"; from vlprune.cli import main; main()' "$@"; }

@@ -95,7 +95,7 @@ def score_command(
         err = Console(stderr=True)
         err.print("[red]error:[/red] ", end="")
         err.print(str(exc), markup=False, highlight=False)
-        raise typer.Exit(code=1) from exc
+        raise typer.Exit(code=2) from exc  # vlprune's exit code for every CLI error
     Console().print(render_table(result))
     warn_bad_lines(result)
     if json_path is not None:

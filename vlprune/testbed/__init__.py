@@ -1,21 +1,17 @@
 """The trained tiny testbed: procedural scenes, questions and a small LLaVA.
 
-``load_split`` gives benchmark samples, ``checkpoint_dir()`` the trained model
+``load()`` gives ``(model, processor, samples)`` ready for ``vlprune.apply``;
+``load_split`` the benchmark samples alone, ``checkpoint_dir()`` the trained model
 (``LlavaForConditionalGeneration`` + ``LlavaProcessor`` there, the full
-``CLIPModel`` + tokenizer in ``clip/``). ``vlprune testbed build`` retrains it.
+``CLIPModel`` + tokenizer in ``clip/`` = ``clip_dir()``). ``vlprune testbed build --out DIR``
+trains a new one.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .answer import boxes_to_patch_mask, is_correct, normalize_answer
+from .loader import Testbed, checkpoint_dir, clip_dir, load
 from .scenes import FAMILIES, Sample, load_split, prompt_for
 
-__all__ = ["FAMILIES", "Sample", "boxes_to_patch_mask", "checkpoint_dir", "is_correct", "load_split",
-           "normalize_answer", "prompt_for"]
-
-
-def checkpoint_dir() -> Path:
-    """Folder of the packaged testbed checkpoint (``clip/`` inside it)."""
-    return Path(__file__).resolve().parent / "checkpoint"
+__all__ = ["FAMILIES", "Sample", "Testbed", "boxes_to_patch_mask", "checkpoint_dir", "clip_dir", "is_correct",
+           "load", "load_split", "normalize_answer", "prompt_for"]

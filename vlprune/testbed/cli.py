@@ -12,7 +12,10 @@ app = typer.Typer(help="The trained tiny testbed (scenes + a small CLIP/LLaVA)."
 
 @app.command()
 def build(
-    out: Path = typer.Option(None, "--out", help="Output folder (default: the packaged checkpoint)."),
+    out: Path = typer.Option(None, "--out", help="Output folder of the new checkpoint (required unless "
+                             "--replace-bundled)."),
+    replace_bundled: bool = typer.Option(False, "--replace-bundled", help="Overwrite the checkpoint bundled with "
+                                         "vlprune (what `--model testbed` loads)."),
     grid: int = typer.Option(12, "--grid", help="Patches per side (12 -> 144 visual tokens, 24 -> 576)."),
     seed: int = typer.Option(0, "--seed", help="Initialisation seed."),
     steps_scale: float = typer.Option(1.0, "--steps-scale", help="Multiply both stages' step counts."),
@@ -21,14 +24,17 @@ def build(
     log_file: Path = typer.Option(None, "--log-file", help="Append a plain-text training log here."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
-    """Train the testbed CLIP + LLaVA from scratch and save them with save_pretrained."""
-    from .train import TestbedSpec
+    """Train the testbed CLIP + LLaVA from scratch and save them with save_pretrained (about an hour on a CPU)."""
+    from .train import TestbedSpec, check_out_dir
     from .train import build as _build
 
+    check_out_dir(out, replace_bundled)  # before an hour of training
+    if steps_scale <= 0 or grid < 1:
+        raise ValueError("--steps-scale must be > 0 and --grid >= 1")
     spec = TestbedSpec()
     result = _build(out, grid=grid, seed=seed, clip_steps=max(1, round(spec.clip_steps * steps_scale)),
                     llava_steps=max(1, round(spec.llava_steps * steps_scale)), progress=progress,
-                    val_n=val_n, threads=threads or None, log_file=log_file)
+                    val_n=val_n, threads=threads or None, log_file=log_file, replace_bundled=replace_bundled)
     summary = {k: v for k, v in result.items() if k != "spec"}
     typer.echo(json.dumps(summary, indent=2))
 

@@ -580,11 +580,27 @@ def method_options(spec: TestbedSpec) -> dict[str, dict]:
     return options
 
 
+def check_out_dir(out_dir: str | Path | None, replace_bundled: bool) -> Path:
+    """Where ``build`` writes: ``out_dir``; the bundled checkpoint only when asked to replace it explicitly."""
+    from . import checkpoint_dir
+
+    bundled = checkpoint_dir()
+    if out_dir is None and not replace_bundled:
+        raise ValueError("pass --out DIR for the new checkpoint (then `vlprune eval --model DIR`), or "
+                         f"--replace-bundled to overwrite the bundled one at {bundled}")
+    out = Path(out_dir) if out_dir is not None else bundled
+    if out.resolve() == bundled.resolve() and not replace_bundled:
+        raise ValueError(f"--out {out_dir} is the bundled checkpoint; pass --replace-bundled to overwrite it, "
+                         "or another --out folder")
+    return out
+
+
 def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip_steps: int | None = None,
           llava_steps: int | None = None, progress: bool = True, spec: TestbedSpec | None = None,
           val_n: int | None = None, threads: int | None = 2, log_file: str | Path | None = None,
-          clip_dir: str | Path | None = None, device: str = "cpu") -> dict:
-    """Train both stages and save them under ``out_dir`` (default: the packaged checkpoint).
+          clip_dir: str | Path | None = None, device: str = "cpu", replace_bundled: bool = False) -> dict:
+    """Train both stages and save them under ``out_dir``; the packaged checkpoint is written (``out_dir`` None
+    or that folder) only with ``replace_bundled=True``.
 
     Layout: ``out_dir/`` holds the LLaVA model, its processor and ``method_options.json``
     (:func:`method_options`), ``out_dir/clip/`` the full CLIP model (text tower +
@@ -596,7 +612,6 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
     from ..evaluation import METHOD_OPTIONS_FILE
     from .evaluate import evaluate
 
-    from . import checkpoint_dir
 
     t0 = time.perf_counter()
     spec = replace(spec or TestbedSpec(), grid=grid)
@@ -606,7 +621,7 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
         spec = replace(spec, llava_steps=llava_steps)
     if val_n is not None:
         spec = replace(spec, val_n=val_n)
-    out = Path(out_dir) if out_dir is not None else checkpoint_dir()
+    out = check_out_dir(out_dir, replace_bundled)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
