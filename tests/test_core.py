@@ -165,3 +165,31 @@ def test_multi_image_prompt(tiny, pixels):
         out = model.generate(**inputs, pixel_values=pixels, max_new_tokens=3, do_sample=False)
     kept = vlprune.last_selection(model)
     assert len(kept.indices) == 2 and out.shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+@pytest.mark.parametrize("method", ALL + ["visiondrop"])
+def test_beams_and_returned_sequences_at_full_budget_equal_unpatched(tiny, pixels, method):
+    """generate(num_beams=2, num_return_sequences=2): generate() repeats the rows; the prompt given back, the
+    pruned features and the in-LLM book-keeping follow (was: a size error / an IndexError)."""
+    inputs = tiny.prompt_ids(QUESTIONS)
+    kw = dict(max_new_tokens=4, num_beams=2, num_return_sequences=2, do_sample=False)
+    with torch.no_grad():
+        ref = tiny.model.generate(**inputs, pixel_values=pixels, **kw)
+        vlprune.apply(tiny.model, method, 16, **extra(tiny, method))
+        out = tiny.model.generate(**inputs, pixel_values=pixels, **kw)
+    assert out.shape[0] == 4 and torch.equal(out[:, : inputs["input_ids"].shape[1]],
+                                             inputs["input_ids"].repeat_interleave(2, 0))
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("method", ALL + ["visiondrop"])
+def test_sampled_returned_sequences_keep_the_budget(tiny, pixels, method):
+    inputs = tiny.prompt_ids(QUESTIONS)
+    vlprune.apply(tiny.model, method, 5, **extra(tiny, method))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = tiny.model.generate(**inputs, pixel_values=pixels, max_new_tokens=3, do_sample=True,
+                                  num_return_sequences=3)
+    assert out.shape[0] == 6 and torch.equal(out[:, : inputs["input_ids"].shape[1]],
+                                             inputs["input_ids"].repeat_interleave(3, 0))
+    assert all(len(i) <= 5 for i in vlprune.last_selection(tiny.model).indices)

@@ -209,10 +209,14 @@ def _patch(model: nn.Module, state: _State) -> None:
         with compat.image_features_override(model, call) as call:
             out = orig_generate(**call)
         short = call["input_ids"].shape[1]
-        # give the user back their own prompt in front of the new tokens
+        # give the user back their own prompt in front of the new tokens (each prompt row repeated for
+        # num_return_sequences, as generate() repeats its input rows)
+        seqs = out if isinstance(out, torch.Tensor) else out.sequences
+        rows = prompt.repeat_interleave(seqs.shape[0] // prompt.shape[0], dim=0)
+        seqs = torch.cat([rows, seqs[:, short:]], dim=1)
         if isinstance(out, torch.Tensor):
-            return torch.cat([prompt, out[:, short:]], dim=1)
-        out.sequences = torch.cat([prompt, out.sequences[:, short:]], dim=1)
+            return seqs
+        out.sequences = seqs
         return out
 
     model.__dict__["forward"] = forward
@@ -293,10 +297,33 @@ def _begin_llm_pass(state: _State, call: dict[str, Any]) -> None:
     image_mask = input_ids == state.adapter.image_token_id
     if state.spec.encoder is not None and state.images_per_sample is not None:
         per_sample = state.images_per_sample  # the encoder step already shrank the image spans
+        if len(per_sample) != input_ids.shape[0]:  # generate() repeated every row (num_beams, num_return_sequences)
+            _repeat_rows(state, input_ids.shape[0])
+            per_sample = state.images_per_sample
     else:
         per_sample = state.adapter.images_per_sample(input_ids)
     state.pruner.begin_prefill(image_mask, per_sample)
     state.pruner.last_kept = None
+
+
+def _repeat_rows(state: _State, rows: int) -> None:
+    """The encoder step saw B samples, the LLM sees ``rows`` = B x r (generate's ``repeat_interleave`` of its
+    inputs for beams / returned sequences): repeat each sample's images and selection r times to match."""
+    per_sample = state.images_per_sample
+    if rows % len(per_sample):
+        raise ValueError(f"the LLM batch has {rows} rows for {len(per_sample)} prompts")
+    r = rows // len(per_sample)
+    starts = [sum(per_sample[:b]) for b in range(len(per_sample))]
+    order = [i for b, n in enumerate(per_sample) for _ in range(r) for i in range(starts[b], starts[b] + n)]
+    state.images_per_sample = [n for n in per_sample for _ in range(r)]
+    last = state.last
+    if last is not None:
+
+        def pick(xs: list) -> list:
+            return [xs[i] for i in order] if len(xs) == sum(per_sample) else xs
+
+        state.last = KeptTokens(method=last.method, keep=last.keep, indices=pick(last.indices), grids=pick(last.grids),
+                                assign=pick(last.assign), questions=pick(last.questions))
 
 
 def _compose_with_encoder(state: _State) -> None:
