@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import threading
 import weakref
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
@@ -21,6 +22,7 @@ from .splice import PER_TOKEN_INPUTS, apply_columns, shrink_prompt
 from .text import ClipText, QuestionBatch, load_clip_text, questions_from_ids
 
 _STATE = "_vlprune_state"
+_PATCHING = threading.RLock()  # apply / remove: one at a time, process-wide (re-entrant: apply calls remove)
 _LAST_AFTER_REMOVE: "weakref.WeakKeyDictionary[nn.Module, KeptTokens | None]" = weakref.WeakKeyDictionary()
 
 
@@ -63,6 +65,22 @@ class _State:
     pruner: LLMPruner | None
     last: KeptTokens | None = None
     images_per_sample: list[int] | None = None  # set by the encoder step, read by the in-LLM step
+    owner: int = field(default_factory=threading.get_ident)  # the thread that applied the patch
+    lock: Any = field(default_factory=threading.RLock)  # held by a patched call: one call at a time
+
+
+def _check_thread(state: _State, what: str) -> None:
+    """One model instance carries one patch: only the thread that applied it may replace or remove it, and not
+    while another thread is inside a patched call (that thread would silently run with another method)."""
+    if state.owner != threading.get_ident():
+        raise RuntimeError(
+            f"vlprune.{what}: this model was patched with {state.spec.name!r} by another thread; a model instance "
+            "carries one patch at a time. Call vlprune.remove(model) in that thread first, or give each thread "
+            "its own model"
+        )
+    if not state.lock.acquire(blocking=False):
+        raise RuntimeError(f"vlprune.{what}: another thread is running the patched model; wait for it to finish")
+    state.lock.release()
 
 
 def _state(model: nn.Module) -> _State | None:
@@ -100,8 +118,19 @@ def apply(
     adapter_options: further options of the model-family adapter (``budget=`` is a shorthand for one of them).
     options: the method's config fields (see ``vlprune.methods()``).
     Applying again replaces the previous patch. Returns the same model.
+    Threads: calls of the patched model from several threads run one at a time (a lock per patch); only the
+    thread that applied the patch may replace or remove it (another thread gets a RuntimeError, never a model
+    silently running someone else's method).
     """
+    with _PATCHING:  # check-and-patch is atomic: two threads cannot both find the model unpatched
+        return _apply(model, method, keep, processor=processor, clip=clip, clip_tokenizer=clip_tokenizer,
+                      question=question, budget=budget, adapter_options=adapter_options, **options)
+
+
+def _apply(model: nn.Module, method: str, keep: int, *, processor: Any, clip: Any, clip_tokenizer: Any,
+           question: Any, budget: str | None, adapter_options: dict[str, Any] | None, **options: Any) -> nn.Module:
     if _state(model) is not None:
+        _check_thread(_state(model), "apply")
         remove(model)
     compat.check_version()
     adapter_options = dict(adapter_options or {})
@@ -140,14 +169,17 @@ def apply(
 
 def remove(model: nn.Module) -> nn.Module:
     """Undo ``apply``: hooks removed, instance attributes deleted; the model is exactly the original again."""
-    state = model.__dict__.pop(_STATE, None)
-    if state is None:
-        return model
-    _LAST_AFTER_REMOVE[model] = state.last  # still readable through last_selection
-    if state.pruner is not None:
-        state.pruner.remove()
-    for name in ("forward", "generate"):
-        model.__dict__.pop(name, None)
+    with _PATCHING:
+        state = _state(model)
+        if state is None:
+            return model
+        _check_thread(state, "remove")
+        model.__dict__.pop(_STATE)
+        _LAST_AFTER_REMOVE[model] = state.last  # still readable through last_selection
+        if state.pruner is not None:
+            state.pruner.remove()
+        for name in ("forward", "generate"):
+            model.__dict__.pop(name, None)
     return model
 
 
@@ -186,6 +218,10 @@ def _patch(model: nn.Module, state: _State) -> None:
 
     @functools.wraps(orig_forward)
     def forward(*args: Any, **kwargs: Any) -> Any:
+        with state.lock:  # threads share the instance's patch state: one patched call at a time
+            return _forward(*args, **kwargs)
+
+    def _forward(*args: Any, **kwargs: Any) -> Any:
         call = _bind(orig_forward, args, kwargs)
         state.adapter.observe(call)
         if state.spec.encoder is not None and call.get("pixel_values") is not None and not compat.injecting(model):
@@ -200,6 +236,10 @@ def _patch(model: nn.Module, state: _State) -> None:
 
     @functools.wraps(orig_generate)
     def generate(*args: Any, **kwargs: Any) -> Any:
+        with state.lock:
+            return _generate(*args, **kwargs)
+
+    def _generate(*args: Any, **kwargs: Any) -> Any:
         call = _bind(orig_generate, args, kwargs)
         state.adapter.observe(call)
         if state.spec.encoder is None or call.get("pixel_values") is None:
