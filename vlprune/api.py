@@ -309,7 +309,7 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
         x = call.get(name)
         if isinstance(x, torch.Tensor) and x.shape == input_ids.shape:
             call[name] = apply_columns(x, cols, valid, fill)
-    call = compat.give_image_features(adapter.model, call, result.features)
+    call = compat.give_image_features(adapter.model, call, result.features, per_sample)
     call = adapter.finish_call(original, call, cols, valid)
     state.last = KeptTokens(
         method=state.spec.name, keep=state.keep, indices=result.indices, grids=result.grids,

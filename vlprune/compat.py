@@ -152,7 +152,8 @@ def takes_mm_outputs(model: nn.Module) -> bool:
     return MM_OUTPUTS_ARG in accepted_args(inner.forward)
 
 
-def give_image_features(model: nn.Module, call: dict[str, Any], features: list[torch.Tensor]) -> dict[str, Any]:
+def give_image_features(model: nn.Module, call: dict[str, Any], features: list[torch.Tensor],
+                        images_per_sample: list[int] | None = None) -> dict[str, Any]:
     """Hand the pruned per-image features to the model in place of its own vision pass.
 
     >= 5.18: ``mm_encoder_outputs`` (pixel_values dropped). Before: pixel_values stay in the call (the model only
@@ -163,7 +164,9 @@ def give_image_features(model: nn.Module, call: dict[str, Any], features: list[t
         call.pop("pixel_values", None)
         call[MM_OUTPUTS_ARG] = {"image": image_features_output(features)}
     else:
-        call["_vlprune_image_features"] = features
+        pixels = call.get("pixel_values")
+        rows = pixels.shape[0] if isinstance(pixels, torch.Tensor) else None
+        call["_vlprune_image_features"] = (features, images_per_sample or [1] * len(features), rows)
     return call
 
 
@@ -174,18 +177,32 @@ def image_features_override(model: nn.Module, call: dict[str, Any]) -> Iterator[
     Before 5.18 it replaces ``get_image_features`` on this model instance (its inner ``model``) for the duration
     of the call and restores the class method afterwards.
     """
-    features = call.get("_vlprune_image_features")
-    if features is None:
+    given = call.get("_vlprune_image_features")
+    if given is None:
         yield call
         return
+    features, per_sample, rows = given
     call = {k: v for k, v in call.items() if k != "_vlprune_image_features"}
     inner = getattr(model, "model", model)
     if not hasattr(inner, "get_image_features"):
         raise TransformersContractError(f"{type(inner).__name__} has neither mm_encoder_outputs nor get_image_features")
     had = "get_image_features" in inner.__dict__
     previous = inner.__dict__.get("get_image_features")
-    out = image_features_output(features)
-    inner.__dict__["get_image_features"] = lambda *args, **kwargs: out
+
+    def get_image_features(pixel_values: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
+        # generate(num_beams=r / num_return_sequences=r) repeats every row of its inputs r times: repeat each
+        # sample's block of images to match the token stream (row b's images, r times, then row b+1's)
+        pixel_values = pixel_values if pixel_values is not None else (args[0] if args else None)
+        r = pixel_values.shape[0] // rows if isinstance(pixel_values, torch.Tensor) and rows else 1
+        if r <= 1:
+            return image_features_output(features)
+        out, start = [], 0
+        for n in per_sample:
+            out.extend(features[start:start + n] * r)
+            start += n
+        return image_features_output(out)
+
+    inner.__dict__["get_image_features"] = get_image_features
     inner.__dict__[_INJECTING] = True
     try:
         yield call
