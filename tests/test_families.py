@@ -57,9 +57,6 @@ def _kw(name: str, method: str, t, question=None) -> dict:
             kw.update(clip=t.clip, clip_tokenizer=t.clip_tokenizer)
         if question is not None:
             kw["question"] = question
-    spec = get_method(method)
-    if name == "llava_next" and spec.encoder is not None and spec.plan is not None:
-        kw["adapter_options"] = {"newlines": "all"}  # a constant token count per image for the in-LLM stages
     return kw
 
 
@@ -84,8 +81,8 @@ def _full(t, name: str) -> int:
 
 
 def _sizes_for(name: str, method: str, n: int):
-    # in-LLM pruning needs equal visual-token counts across a batch
-    return [SIZES[name][0]] * n if _in_llm(method) else SIZES[name][:n]
+    # images of different sizes: samples with different visual-token counts in one batch (in-LLM methods too)
+    return (SIZES[name] * 2)[:n]
 
 
 @torch.no_grad()
