@@ -112,18 +112,18 @@ class _Group:
 @dataclass
 class _Pass:
     """Book-keeping of one prompt (prefill) and the decode steps that follow it. Per-row visual slots are padded to
-    the largest count: slot ``j`` of row ``b`` is valid for ``j < counts[b]``."""
+    the largest count: slot ``j`` of row ``b`` is valid for ``j < counts[b]`` (a padded slot holds no visual token)."""
 
     prompt_len: int
     n_images: list[int]  # per row
     cols: torch.Tensor  # (B, L_cur) prompt positions alive at the current layer
     is_img: torch.Tensor  # (B, L_cur) bool: surviving visual tokens
     pad: torch.Tensor  # (B, L_cur) bool: padding columns (attention mask 0), hidden from every token by the model
-    orig_image_pos: torch.Tensor  # (B, max n_img_total) prompt positions of all visual tokens (padded slots: 0)
-    orig_counts: list[int]
     dead: torch.Tensor | None = None  # (B, L_cur) bool: dropped tokens kept as masked columns (rows equalised)
     counts: list[int] = field(default_factory=list)  # surviving visual tokens per row
     image_pos: torch.Tensor | None = None  # (B, max count) current positions of the surviving visual tokens
+    orig_counts: list[int] = field(default_factory=list)  # visual tokens per row in the prompt
+    orig_image_pos: torch.Tensor | None = None  # (B, max orig count) prompt positions of all visual tokens
     layer_cols: dict[int, torch.Tensor] = field(default_factory=dict)
     layer_dead: dict[int, torch.Tensor | None] = field(default_factory=dict)
     scores: dict[int, list] = field(default_factory=dict)
@@ -243,11 +243,9 @@ class LLMPruner:
             cols=torch.arange(n, device=image_mask.device).expand(b, n),
             is_img=image_mask.bool(),
             pad=pad,
-            orig_image_pos=torch.empty(0),
-            orig_counts=[],
         )
         p.refresh()
-        p.orig_image_pos, p.orig_counts = p.image_pos.clone(), list(p.counts)
+        p.orig_counts, p.orig_image_pos = list(p.counts), p.image_pos
         self.current = p
         self.decoding = False
         self.history = []
