@@ -27,6 +27,14 @@ def assert_batch_equals_per_sample(model, tiny, pixels):
             torch.testing.assert_close(last_s[0], last_b[i], rtol=1e-4, atol=1e-4)
 
 
+def append_tokens(inputs: dict, nxt: torch.Tensor) -> None:
+    """Append the next tokens ``nxt`` (B, 1) to a no-cache loop's inputs (ids, mask, Qwen's mm_token_type_ids)."""
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], nxt], 1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(nxt)], 1)
+    if "mm_token_type_ids" in inputs:
+        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(nxt).int()], 1)
+
+
 def decide_on_prompt(model, extra):
     """In-LLM stage callbacks (score/select) see only the prompt part of their inputs when a no-cache loop has
     appended ``extra[0]`` tokens: causal attention makes that part identical to the prefill, so the loop decides

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import vlprune
+from helpers import append_tokens
 from vlprune.compat import output_cache
 from vlprune.registry import get_method, methods
-from vlprune.testing import tiny_llava_next, tiny_qwen2_5_vl
 
 METHODS = sorted(methods())
 QUESTIONS = ["what color is the circle ?", "how many star are there ?"]
@@ -25,16 +25,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def next_t():
-    return tiny_llava_next()
-
-
-@pytest.fixture(scope="module")
-def qwen_t():
-    return tiny_qwen2_5_vl()
 
 
 @pytest.fixture(params=["llava_next", "qwen2_5_vl"])
@@ -110,10 +100,7 @@ def _greedy_no_cache(m, inputs, steps):
         logits = m(**{k: cur[k] for k in cur if k not in pixel}, **pixel, use_cache=False).logits[:, -1]
         logits[:, SPECIAL] = float("-inf")
         nxt = logits.argmax(-1, keepdim=True)
-        cur["input_ids"] = torch.cat([cur["input_ids"], nxt], 1)
-        cur["attention_mask"] = torch.cat([cur["attention_mask"], torch.ones_like(nxt)], 1)
-        if "mm_token_type_ids" in cur:
-            cur["mm_token_type_ids"] = torch.cat([cur["mm_token_type_ids"], torch.zeros_like(nxt).int()], 1)
+        append_tokens(cur, nxt)
     return cur["input_ids"]
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import vlprune
-from helpers import decide_on_prompt
+from helpers import append_tokens, decide_on_prompt
 from vlprune.api import _state
 from vlprune.models import get_adapter
-from vlprune.testing import tiny_llava_next, tiny_qwen2_5_vl
+from vlprune.testing import tiny_llava_next
 
 SPECIAL = [3, 4, 5, 6, 7]  # never generated (EOS, image and vision markers)
 STEPS = 4
@@ -29,19 +29,6 @@ CASES = {
     "unpadded": ([(20, 36), (40, 16)], [1, 1], ["is the red circle left of the square ?", "how many star ?"]),
     "multi": ([(20, 36), (30, 30), (40, 16)], [2, 1], ["what color is the circle ?", "how many star are there ?"]),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def next_t():
-    return tiny_llava_next()
 
 
 def _inputs(t, sizes, per_sample, questions, pixels=None):
@@ -177,10 +164,7 @@ def assert_generate_equals_no_cache_loop(m, inputs):
         torch.testing.assert_close(out.logits[step], logits, rtol=1e-4, atol=1e-4)
         logits[:, SPECIAL] = float("-inf")
         nxt = logits.argmax(-1, keepdim=True)
-        cur["input_ids"] = torch.cat([cur["input_ids"], nxt], 1)
-        cur["attention_mask"] = torch.cat([cur["attention_mask"], torch.ones_like(nxt)], 1)
-        if "mm_token_type_ids" in cur:
-            cur["mm_token_type_ids"] = torch.cat([cur["mm_token_type_ids"], torch.zeros_like(nxt).int()], 1)
+        append_tokens(cur, nxt)
     assert torch.equal(out.sequences, cur["input_ids"])
     assert all(torch.equal(a, b) for a, b in zip(kept, vlprune.last_selection(m).indices))
 
@@ -200,10 +184,10 @@ def test_ragged_cached_generate_equals_no_cache_loop(next_t, method, case):
 
 @torch.no_grad()
 @pytest.mark.parametrize("method", ["fastv", "visiondrop"])
-def test_ragged_qwen(method):
+def test_ragged_qwen(qwen_t, method):
     """Qwen2.5-VL: images of 16 and 15 merged tokens, no padding (dead columns, a built mask); the batch decodes
     as each sample alone and as the no-cache loop."""
-    t = tiny_qwen2_5_vl()
+    t = qwen_t
     m = t.model
     sizes, questions = [(32, 32), (24, 40)], ["what color is the circle ?", "what color is the red circle ?"]
     im = t.images(sizes)
