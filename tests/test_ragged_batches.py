@@ -26,7 +26,7 @@ CASES = {
     "dead": ([(20, 36), (40, 16)], [1, 1], ["is the red circle left of the blue square in this image ?",
                                              "how many star ?"]),
     # 4 visual tokens fewer, 4 words more: equal lengths, no padding at all (SDPA gets no mask)
-    "unpadded": ([(20, 36), (40, 16)], [1, 1], ["is the red circle left of the square ?", "how many star ?"]),
+    "unpadded": ([(20, 36), (40, 16)], [1, 1], ["is the red circle left of square ?", "how many star ?"]),
     "multi": ([(20, 36), (30, 30), (40, 16)], [2, 1], ["what color is the circle ?", "how many star are there ?"]),
 }
 
@@ -42,6 +42,7 @@ def _rows(t, case):
     """The batch of a case and its samples alone (each with its own rows of the batch's pixel_values)."""
     sizes, per_sample, questions = CASES[case]
     batch = _inputs(t, sizes, per_sample, questions)
+    assert bool((batch["attention_mask"] == 0).any()) == (case != "unpadded")
     singles, first = [], 0
     for b, n in enumerate(per_sample):
         pv = batch["pixel_values"][first: first + n]
@@ -222,5 +223,47 @@ def test_ragged_eager_attention_hides_dead_columns_in_additive_masks():
         for b, one in enumerate(singles):
             torch.testing.assert_close(m(**one).logits[:, -1][0], out[b], rtol=1e-4, atol=1e-4)
         assert_generate_equals_no_cache_loop(m, batch)
+    finally:
+        vlprune.remove(m)
+
+
+@torch.no_grad()
+def test_ragged_batch_needing_masked_columns_without_a_4d_mask_is_refused(next_t, monkeypatch):
+    """An attention that takes no 4-D mask (flash attention passes None) cannot hide dead columns: a clear error."""
+    from vlprune import compat
+
+    m = next_t.model
+    batch, _ = _rows(next_t, "unpadded")
+    monkeypatch.setattr(compat, "attention_implementation", lambda layer: "flash_attention_2")
+    vlprune.apply(m, "fastv", 5)
+    try:
+        with pytest.raises(NotImplementedError, match="attn_implementation='sdpa'.*separate batches"):
+            m(**batch)
+        m(**_rows(next_t, "padded")[0])  # padding absorbs the difference: no masked column, no mask needed
+    finally:
+        vlprune.remove(m)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mask", [True, False])
+@pytest.mark.parametrize("method", ["visionzip", "visiondrop", "fastv"])
+def test_unpadded_batch_whose_rows_shrink_unevenly(next_t, method, mask):
+    """Rows of equal length (no padding) whose images differ: encoder-side pruning shrinks them to different lengths.
+    The shorter rows are padded on the left (every row still ends with its last token) and, when the call had no
+    attention mask, one is added; the batch answers as each sample alone."""
+    m = next_t.model
+    batch, singles = _rows(next_t, "unpadded")
+    if not mask:
+        batch.pop("attention_mask")
+        for one in singles:
+            one.pop("attention_mask")
+    vlprune.apply(m, method, 5)
+    try:
+        out = m(**batch).logits[:, -1]
+        gen = m.generate(**batch, max_new_tokens=STEPS, do_sample=False, suppress_tokens=SPECIAL)
+        for b, one in enumerate(singles):
+            torch.testing.assert_close(m(**one).logits[:, -1][0], out[b], rtol=1e-4, atol=1e-4)
+            alone = m.generate(**one, max_new_tokens=STEPS, do_sample=False, suppress_tokens=SPECIAL)
+            assert torch.equal(alone[0, -STEPS:], gen[b, -STEPS:])
     finally:
         vlprune.remove(m)

@@ -300,6 +300,7 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
         result = adapter.prune_images(call, _Run(select, questions, state.clip_text))
     state.image_tokens = [f.shape[0] for f in result.features]
     cols, valid = shrink_prompt(ids_host, mask_host, adapter.image_token_id, result.tokens_per_image, state.image_tokens)
+    add_mask = mask is None and not bool(valid.all())  # rows of different lengths now: their padding needs a mask
     cols, valid = copy_to_device(cols, input_ids.device), copy_to_device(valid, input_ids.device)
     pad = _pad_id(ids_host, mask_host, adapter)
     original = call
@@ -309,6 +310,8 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
         x = call.get(name)
         if isinstance(x, torch.Tensor) and x.shape == input_ids.shape:
             call[name] = apply_columns(x, cols, valid, fill)
+    if add_mask:
+        call["attention_mask"] = valid.long()
     call = compat.give_image_features(adapter.model, call, result.features, per_sample)
     call = adapter.finish_call(original, call, cols, valid)
     state.last = KeptTokens(
