@@ -15,3 +15,19 @@ def tiny():
 def pixels():
     g = torch.Generator().manual_seed(1)
     return torch.randn(2, 3, 16, 16, generator=g)
+
+
+@pytest.fixture(scope="session")
+def next_t():
+    """A tiny random LLaVA-NeXT (tests/test_families.py, tests/test_ragged_batches.py)."""
+    from vlprune.testing import tiny_llava_next
+
+    return tiny_llava_next()
+
+
+@pytest.fixture(scope="session")
+def qwen_t():
+    """A tiny random Qwen2.5-VL."""
+    from vlprune.testing import tiny_qwen2_5_vl
+
+    return tiny_qwen2_5_vl()

@@ -27,6 +27,36 @@ def assert_batch_equals_per_sample(model, tiny, pixels):
             torch.testing.assert_close(last_s[0], last_b[i], rtol=1e-4, atol=1e-4)
 
 
+def append_tokens(inputs: dict, nxt: torch.Tensor) -> None:
+    """Append the next tokens ``nxt`` (B, 1) to a no-cache loop's inputs (ids, mask, Qwen's mm_token_type_ids)."""
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], nxt], 1)
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(nxt)], 1)
+    if "mm_token_type_ids" in inputs:
+        inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(nxt).int()], 1)
+
+
+def decide_on_prompt(model, extra):
+    """In-LLM stage callbacks (score/select) see only the prompt part of their inputs when a no-cache loop has
+    appended ``extra[0]`` tokens: causal attention makes that part identical to the prefill, so the loop decides
+    exactly as a cached generate() does (see tests/test_llm_methods.py)."""
+    import dataclasses
+
+    from vlprune.api import _state
+
+    def cut(inputs):
+        if extra[0] == 0:
+            return inputs
+        n = inputs.hidden.shape[1] - extra[0]
+        mask = inputs.mask[..., :n, :n] if inputs.mask is not None else None
+        return dataclasses.replace(inputs, hidden=inputs.hidden[:, :n], cos=inputs.cos[..., :n, :],
+                                   sin=inputs.sin[..., :n, :], mask=mask)
+
+    for stage in _state(model).pruner.stages:
+        stage.score = (lambda f: lambda inputs: f(cut(inputs)))(stage.score)
+        if stage.select is not None:
+            stage.select = (lambda f: lambda inputs: f(cut(inputs)))(stage.select)
+
+
 def write_jsonl(path, rows):
     import json
 

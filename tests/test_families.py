@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import vlprune
+from helpers import append_tokens
 from vlprune.compat import output_cache
 from vlprune.registry import get_method, methods
-from vlprune.testing import tiny_llava_next, tiny_qwen2_5_vl
 
 METHODS = sorted(methods())
 QUESTIONS = ["what color is the circle ?", "how many star are there ?"]
@@ -25,16 +25,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def next_t():
-    return tiny_llava_next()
-
-
-@pytest.fixture(scope="module")
-def qwen_t():
-    return tiny_qwen2_5_vl()
 
 
 @pytest.fixture(params=["llava_next", "qwen2_5_vl"])
@@ -57,9 +47,6 @@ def _kw(name: str, method: str, t, question=None) -> dict:
             kw.update(clip=t.clip, clip_tokenizer=t.clip_tokenizer)
         if question is not None:
             kw["question"] = question
-    spec = get_method(method)
-    if name == "llava_next" and spec.encoder is not None and spec.plan is not None:
-        kw["adapter_options"] = {"newlines": "all"}  # a constant token count per image for the in-LLM stages
     return kw
 
 
@@ -84,8 +71,8 @@ def _full(t, name: str) -> int:
 
 
 def _sizes_for(name: str, method: str, n: int):
-    # in-LLM pruning needs equal visual-token counts across a batch
-    return [SIZES[name][0]] * n if _in_llm(method) else SIZES[name][:n]
+    # images of different sizes: samples with different visual-token counts in one batch (in-LLM methods too)
+    return (SIZES[name] * 2)[:n]
 
 
 @torch.no_grad()
@@ -113,10 +100,7 @@ def _greedy_no_cache(m, inputs, steps):
         logits = m(**{k: cur[k] for k in cur if k not in pixel}, **pixel, use_cache=False).logits[:, -1]
         logits[:, SPECIAL] = float("-inf")
         nxt = logits.argmax(-1, keepdim=True)
-        cur["input_ids"] = torch.cat([cur["input_ids"], nxt], 1)
-        cur["attention_mask"] = torch.cat([cur["attention_mask"], torch.ones_like(nxt)], 1)
-        if "mm_token_type_ids" in cur:
-            cur["mm_token_type_ids"] = torch.cat([cur["mm_token_type_ids"], torch.zeros_like(nxt).int()], 1)
+        append_tokens(cur, nxt)
     return cur["input_ids"]
 
 

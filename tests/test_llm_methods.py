@@ -7,13 +7,12 @@ therefore hands every stage callback (score/select) the PROMPT PART of its input
 that part identical to the prefill), i.e. the decisions are exactly the prefill's; the model itself still runs
 on the whole sequence without a cache. VisionDrop only reads image-query rows, so for it this changes nothing.
 """
-import dataclasses
 
 import pytest
 import torch
 
 import vlprune
-from helpers import QUESTIONS, assert_batch_equals_per_sample, logits
+from helpers import QUESTIONS, assert_batch_equals_per_sample, decide_on_prompt, logits
 from vlprune.api import _state
 from vlprune.llm_pruning import LLMPruner, LLMStage
 from vlprune.methods.asap import ASAPConfig, FastVBiMaskConfig, consolidate, minmax
@@ -47,22 +46,6 @@ def test_full_budget_reproduces_unpatched_model(tiny8, pixels, method):
     torch.testing.assert_close(logits(tiny8.model, inputs, pixels), ref, rtol=0, atol=1e-5)
 
 
-def _decide_on_prompt(model, extra):
-    """Stage callbacks see only the prompt part of their inputs (``extra[0]`` tokens were appended)."""
-    def cut(inputs):
-        if extra[0] == 0:
-            return inputs
-        n = inputs.hidden.shape[1] - extra[0]
-        mask = inputs.mask[..., :n, :n] if inputs.mask is not None else None
-        return dataclasses.replace(inputs, hidden=inputs.hidden[:, :n], cos=inputs.cos[:, :n], sin=inputs.sin[:, :n],
-                                   mask=mask)
-
-    for stage in _state(model).pruner.stages:
-        stage.score = (lambda f: lambda inputs: f(cut(inputs)))(stage.score)
-        if stage.select is not None:
-            stage.select = (lambda f: lambda inputs: f(cut(inputs)))(stage.select)
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_cached_generate_equals_no_cache_reference(tiny8, pixels, method):
     model = tiny8.model
@@ -76,7 +59,7 @@ def test_cached_generate_equals_no_cache_reference(tiny8, pixels, method):
         kept_cached = [t.clone() for t in vlprune.last_selection(model).indices]
         history = [h.clone() for h in _state(model).pruner.history]
         extra = [0]
-        _decide_on_prompt(model, extra)
+        decide_on_prompt(model, extra)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         for _ in range(steps):
             extra[0] = ids.shape[1] - inputs["input_ids"].shape[1]

@@ -9,8 +9,9 @@ IMG = 9
 
 
 def reference(ids, mask, tokens, kept):
-    """Per-row loop: drop placeholders beyond each image's budget, then re-pad on the input's side."""
-    rows, left = [], mask is not None and bool((mask[:, 0] == 0).any())
+    """Per-row loop: drop placeholders beyond each image's budget, then re-pad on the left (right: only a
+    right-padded input)."""
+    rows, left = [], not (mask is not None and bool((mask[:, -1] == 0).any()))
     budgets = iter(kept)
     per_image = iter(tokens)
     need = next(per_image, 0)

@@ -65,6 +65,7 @@ class _State:
     pruner: LLMPruner | None
     last: KeptTokens | None = None
     images_per_sample: list[int] | None = None  # set by the encoder step, read by the in-LLM step
+    image_tokens: list[int] | None = None  # LLM tokens of every image after the encoder step (prompt order)
     owner: int = field(default_factory=threading.get_ident)  # the thread that applied the patch
     lock: Any = field(default_factory=threading.RLock)  # held by a patched call: one call at a time
 
@@ -297,9 +298,9 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
     with torch.no_grad():
         questions = QuestionBatch(state.clip_text, image_questions) if image_questions is not None else None
         result = adapter.prune_images(call, _Run(select, questions, state.clip_text))
-    cols, valid = shrink_prompt(
-        ids_host, mask_host, adapter.image_token_id, result.tokens_per_image, [f.shape[0] for f in result.features]
-    )
+    state.image_tokens = [f.shape[0] for f in result.features]
+    cols, valid = shrink_prompt(ids_host, mask_host, adapter.image_token_id, result.tokens_per_image, state.image_tokens)
+    add_mask = mask is None and not bool(valid.all())  # rows of different lengths now: their padding needs a mask
     cols, valid = copy_to_device(cols, input_ids.device), copy_to_device(valid, input_ids.device)
     pad = _pad_id(ids_host, mask_host, adapter)
     original = call
@@ -309,6 +310,8 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
         x = call.get(name)
         if isinstance(x, torch.Tensor) and x.shape == input_ids.shape:
             call[name] = apply_columns(x, cols, valid, fill)
+    if add_mask:
+        call["attention_mask"] = valid.long()
     call = compat.give_image_features(adapter.model, call, result.features, per_sample)
     call = adapter.finish_call(original, call, cols, valid)
     state.last = KeptTokens(
@@ -342,7 +345,7 @@ def _begin_llm_pass(state: _State, call: dict[str, Any]) -> None:
             per_sample = state.images_per_sample
     else:
         per_sample = state.adapter.images_per_sample(input_ids)
-    state.pruner.begin_prefill(image_mask, per_sample)
+    state.pruner.begin_prefill(image_mask, per_sample, call.get("attention_mask"))
     state.pruner.last_kept = None
 
 
@@ -356,6 +359,8 @@ def _repeat_rows(state: _State, rows: int) -> None:
     starts = [sum(per_sample[:b]) for b in range(len(per_sample))]
     order = [i for b, n in enumerate(per_sample) for _ in range(r) for i in range(starts[b], starts[b] + n)]
     state.images_per_sample = [n for n in per_sample for _ in range(r)]
+    if state.image_tokens is not None and len(state.image_tokens) == sum(per_sample):
+        state.image_tokens = [state.image_tokens[i] for i in order]
     last = state.last
     if last is not None:
 
@@ -374,13 +379,16 @@ def _compose_with_encoder(state: _State) -> None:
     inside the LLM are not tracked (their patches read as dropped)."""
     pruner, enc = state.pruner, state.last
     p = pruner.current
-    span = p.orig_image_pos.shape[1] // max(p.n_images, 1)  # LLM tokens per image after the encoder step
+    spans = state.image_tokens  # LLM tokens per image after the encoder step
     indices, assign = [], []
+    i = 0
     for row in range(pruner.last_kept.shape[0]):
-        rank = torch.searchsorted(p.orig_image_pos[row], pruner.last_kept[row])
-        for img in range(p.n_images):
-            i = row * p.n_images + img
-            slots = rank[(rank >= img * span) & (rank < (img + 1) * span)] - img * span
+        rank = _kept_ranks(p, pruner.last_kept, row)
+        lo = 0
+        for _ in range(p.n_images[row]):
+            span = spans[i]
+            slots = rank[(rank >= lo) & (rank < lo + span)] - lo
+            lo += span
             idx, a = enc.indices[i], enc.assign[i] if i < len(enc.assign) else None
             if a is None:  # no slot map: tokens stand for ``indices`` in order
                 slot_patch = torch.full((span,), -1, dtype=torch.long, device=idx.device)
@@ -396,11 +404,18 @@ def _compose_with_encoder(state: _State) -> None:
             kept = slot_patch[slots.to(slot_patch.device)]
             indices.append(kept[kept >= 0])
             assign.append(new_assign)
+            i += 1
     state.last = KeptTokens(
         method=state.spec.name, keep=state.keep, indices=indices, grids=enc.grids, assign=assign,
         questions=enc.questions,
     )
     pruner.last_kept = None
+
+
+def _kept_ranks(p: Any, kept: torch.Tensor, row: int) -> torch.Tensor:
+    """Where the visual tokens of ``row`` kept by the last stage sit among all its visual tokens (prompt order)."""
+    kept = kept[row]
+    return torch.searchsorted(p.orig_image_pos[row, : p.orig_counts[row]], kept[kept >= 0])
 
 
 def _record_llm_selection(state: _State) -> None:
@@ -414,11 +429,13 @@ def _record_llm_selection(state: _State) -> None:
     side = int(round(n**0.5))
     layout = state.adapter.llm_layout()  # per image: (LLM tokens, grid, LLM position -> patch index)
     indices, grids = [], []
+    i = 0
     for row in range(pruner.last_kept.shape[0]):
-        rank = torch.searchsorted(p.orig_image_pos[row], pruner.last_kept[row])
+        rank = _kept_ranks(p, pruner.last_kept, row)
         lo = 0
-        for img in range(p.n_images):
-            size, grid, to_patch = layout[row * p.n_images + img] if layout else (n, (side, side), None)
+        for _ in range(p.n_images[row]):
+            size, grid, to_patch = layout[i] if layout else (n, (side, side), None)
+            i += 1
             idx = rank[(rank >= lo) & (rank < lo + size)] - lo
             if to_patch is not None:
                 idx = to_patch.to(idx.device)[idx]

@@ -225,6 +225,21 @@ def layer_cache(kwargs: dict[str, Any]) -> Any:
     return call_cache(kwargs)
 
 
+def layer_cache_length(kwargs: dict[str, Any], layer: int) -> int:
+    """Tokens the cache a decoder layer receives holds for that layer, before the layer's own update."""
+    cache = layer_cache(kwargs)
+    length = getattr(cache, "get_seq_length", None)
+    if length is None:
+        raise TransformersContractError(f"decoder layer {layer} got no cache with get_seq_length(layer_idx)")
+    return int(length(layer))
+
+
+def attention_implementation(layer: nn.Module) -> str:
+    """The attention a decoder layer runs ("sdpa", "eager", ...): its attention config's ``_attn_implementation``."""
+    config = getattr(getattr(layer, "self_attn", None), "config", None)
+    return str(getattr(config, "_attn_implementation", None) or "eager")
+
+
 def rotary_tables(kwargs: dict[str, Any], layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cos, sin)`` of a decoder layer's call."""
     tables = kwargs.get("position_embeddings")

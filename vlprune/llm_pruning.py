@@ -5,6 +5,13 @@ down to the kept positions, so later layers run (and cache) fewer tokens while S
 are recomputed from a layer's own q/k projections. During cached decoding each layer's mask columns are
 gathered to the prompt positions that layer kept; a DynamicCache holds one length per layer, so this is
 exact. StaticCache (one length for all layers) cannot hold this and is refused.
+
+Samples of a batch may hold different numbers of visual tokens (LLaVA-NeXT / Qwen2.5-VL images of different sizes,
+different image counts). Each stage keeps ``keep x images`` per sample; its callbacks run once per group of rows
+that share (visual tokens, images), on those rows only, so every sample is scored as it would be alone. The
+sequence stays rectangular: every row loses the same number of columns, taken from its dropped visual tokens first,
+then from its padding (both invisible to the other tokens); a row with more dropped tokens than that keeps the rest
+as *dead* columns, masked out of every later layer's attention (prefill and cached decoding).
 """
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from torch import nn
 
 from . import compat
 from .attention import decoder_attention_logits, decoder_attention_probs, mask_logits
-from .ops import descending_order
+from .ops import descending_order, true_first
 
 
 @dataclass
@@ -24,9 +31,11 @@ class StageInputs:
     """What a stage's callbacks see, at the input of a decoder layer (current, already pruned, sequence).
 
     ``score`` sees the input of its score layer; ``select`` and ``merge`` the input of the drop layer (when the
-    two differ, no other stage drops in between, so slot indices agree). ``keep`` is the number of visual
-    tokens the stage keeps for each sample (stage.keep x n_images, at most the current count); ``scores`` and
-    ``aux`` carry what ``score`` (then ``select``) returned to the later callbacks of the same stage.
+    two differ, no other stage drops in between, so slot indices agree). The callbacks of a stage run once per
+    group of rows with the same number of surviving visual tokens and images (one call for a uniform batch);
+    every tensor here holds those rows only. ``keep`` is the number of visual tokens the stage keeps for each of
+    them (stage.keep x n_images, less than the current count); ``scores`` and ``aux`` carry what ``score`` (then
+    ``select``) returned to the later callbacks of the same stage.
     """
 
     layer: nn.Module
@@ -91,17 +100,47 @@ class LLMStage:
 
 
 @dataclass
+class _Group:
+    """Rows of the batch that a stage scores together: same number of surviving visual tokens and of images."""
+
+    rows: torch.Tensor | None  # (G,) row indices; None: every row of the batch
+    count: int  # surviving visual tokens of each row
+    n_images: int
+    keep: int  # visual tokens each row keeps (< count)
+
+
+@dataclass
 class _Pass:
-    """Book-keeping of one prompt (prefill) and the decode steps that follow it."""
+    """Book-keeping of one prompt (prefill) and the decode steps that follow it. Per-row visual slots are padded to
+    the largest count: slot ``j`` of row ``b`` is valid for ``j < counts[b]`` (a padded slot holds no visual token)."""
 
     prompt_len: int
-    n_images: int
+    n_images: list[int]  # per row
     cols: torch.Tensor  # (B, L_cur) prompt positions alive at the current layer
-    image_pos: torch.Tensor  # (B, n_img) current positions of surviving visual tokens
-    image_ids: torch.Tensor  # (B, n_img) original prompt positions of the surviving visual tokens
-    orig_image_pos: torch.Tensor  # (B, n_img_total) prompt positions of all visual tokens
+    is_img: torch.Tensor  # (B, L_cur) bool: surviving visual tokens
+    pad: torch.Tensor  # (B, L_cur) bool: padding columns (attention mask 0), hidden from every token by the model
+    dead: torch.Tensor | None = None  # (B, L_cur) bool: dropped tokens kept as masked columns (rows equalised)
+    counts: list[int] = field(default_factory=list)  # surviving visual tokens per row
+    image_pos: torch.Tensor | None = None  # (B, max count) current positions of the surviving visual tokens
+    orig_counts: list[int] = field(default_factory=list)  # visual tokens per row in the prompt
+    orig_image_pos: torch.Tensor | None = None  # (B, max orig count) prompt positions of all visual tokens
     layer_cols: dict[int, torch.Tensor] = field(default_factory=dict)
-    scores: dict[int, torch.Tensor] = field(default_factory=dict)
+    layer_dead: dict[int, torch.Tensor | None] = field(default_factory=dict)
+    scores: dict[int, list] = field(default_factory=dict)
+
+    def refresh(self) -> None:
+        """Recompute ``counts`` and ``image_pos`` from ``is_img`` (one host read)."""
+        self.counts = self.is_img.sum(-1).tolist()
+        self.image_pos = true_first(self.is_img)[:, : max(self.counts, default=0)]
+
+    @property
+    def image_ids(self) -> torch.Tensor:
+        """(B, max count) original prompt positions of the surviving visual tokens; -1 in padded slots."""
+        ids = torch.gather(self.cols, 1, self.image_pos)
+        if len(set(self.counts)) > 1:
+            slot = torch.arange(ids.shape[1], device=ids.device)
+            ids = ids.masked_fill(slot >= torch.tensor(self.counts, device=ids.device).unsqueeze(1), -1)
+        return ids
 
 
 def _gather_seq(x: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
@@ -113,6 +152,40 @@ def _gather_seq(x: torch.Tensor, cols: torch.Tensor, dim: int) -> torch.Tensor:
     if x.shape[0] == 1 and cols.shape[0] > 1:
         x = x.expand(cols.shape[0], *x.shape[1:])
     return torch.gather(x, dim, idx.expand(expand))
+
+
+def _take_rows(x: torch.Tensor | None, rows: torch.Tensor | None, dim: int = 0) -> torch.Tensor | None:
+    """Rows ``rows`` of the batch dimension ``dim`` of ``x`` (a broadcast batch of 1, or rows=None: ``x`` itself)."""
+    if x is None or rows is None or x.shape[dim] == 1:
+        return x
+    return x.index_select(dim, rows)
+
+
+def _put_rows(x: torch.Tensor, rows: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    """``x`` with its batch rows ``rows`` replaced by ``value`` (out of place; rows=None: ``value``)."""
+    return value if rows is None else x.index_copy(0, rows, value)
+
+
+def _causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
+    """The boolean causal mask (1, 1, q, kv) of ``queries`` tokens that end a sequence of ``keys``."""
+    i = torch.arange(queries, device=device).view(-1, 1)
+    return (torch.arange(keys, device=device).view(1, -1) <= i + keys - queries).view(1, 1, queries, keys)
+
+
+def _hide_columns(mask: torch.Tensor, dead: torch.Tensor, own_rows: bool) -> torch.Tensor:
+    """The 4-D mask (B or 1, H, q, kv) with the key columns ``dead`` (B, n <= kv: the first n keys) hidden, for
+    bool (True: attend) and additive masks. ``own_rows`` (prefill, q = kv = n): a dead row still sees itself, so
+    that no query row is fully masked (its output is never read)."""
+    b, n = dead.shape
+    q, kv = mask.shape[-2:]
+    block = dead if n == kv else torch.cat([dead, dead.new_zeros(b, kv - n)], 1)
+    block = block.view(b, 1, 1, kv)
+    if own_rows:
+        block = block & ~torch.eye(q, kv, dtype=torch.bool, device=dead.device).view(1, 1, q, kv)
+    mask = mask.expand(b, *mask.shape[1:])
+    if mask.dtype == torch.bool:
+        return mask & ~block
+    return mask.masked_fill(block, torch.finfo(mask.dtype).min)
 
 
 class LLMPruner:
@@ -142,8 +215,8 @@ class LLMPruner:
         self.current: _Pass | None = None
         self._layer_index = 0  # the decoder layer whose hook runs (named in contract errors)
         self.decoding = False
-        self.last_kept: torch.Tensor | None = None  # (B, keep*n_images) prompt positions kept at the end
-        self.history: list[torch.Tensor] = []  # per stage, (B, k) prompt positions kept
+        self.last_kept: torch.Tensor | None = None  # (B, max kept) prompt positions kept at the end (-1: none)
+        self.history: list[torch.Tensor] = []  # per stage, (B, max kept) prompt positions kept (-1: none)
         self._handles = [
             layer.register_forward_pre_hook(self._make_hook(i), with_kwargs=True) for i, layer in enumerate(layers)
         ]
@@ -155,24 +228,25 @@ class LLMPruner:
         self._handles = []
 
     # -- called by the model wrapper ---------------------------------------------------------------------
-    def begin_prefill(self, image_mask: torch.Tensor, n_images: list[int]) -> None:
-        """Start a new prompt; ``image_mask`` (B, L) marks the visual tokens of every sample."""
-        counts = image_mask.sum(-1)
-        if len(set(n_images)) > 1 or len(set(counts.tolist())) > 1:
-            raise NotImplementedError(
-                "in-LLM pruning needs the same number of images (and visual tokens) in every sample of a batch; "
-                "split the batch by image count or use an encoder-side method"
-            )
+    def begin_prefill(
+        self, image_mask: torch.Tensor, n_images: list[int], attention_mask: torch.Tensor | None = None
+    ) -> None:
+        """Start a new prompt; ``image_mask`` (B, L) marks the visual tokens of every sample, ``n_images`` counts
+        each sample's images, ``attention_mask`` (B, L, optional) its padding. Samples may differ in both."""
         b, n = image_mask.shape
-        image_pos = torch.nonzero(image_mask)[:, 1].view(b, -1)
-        self.current = _Pass(
+        pad = torch.zeros_like(image_mask, dtype=torch.bool)
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.shape == image_mask.shape:
+            pad = attention_mask == 0
+        p = _Pass(
             prompt_len=n,
-            n_images=n_images[0] if n_images else 0,
+            n_images=list(n_images) if n_images else [0] * b,
             cols=torch.arange(n, device=image_mask.device).expand(b, n),
-            image_pos=image_pos,
-            image_ids=image_pos.clone(),
-            orig_image_pos=image_pos.clone(),
+            is_img=image_mask.bool(),
+            pad=pad,
         )
+        p.refresh()
+        p.orig_counts, p.orig_image_pos = list(p.counts), p.image_pos
+        self.current = p
         self.decoding = False
         self.history = []
 
@@ -182,7 +256,7 @@ class LLMPruner:
     # -- hooks ------------------------------------------------------------------------------------------
     def _make_hook(self, index: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict):
-            if self.current is None or self.current.n_images == 0:
+            if self.current is None or not any(self.current.n_images):
                 return None
             if compat.is_static_cache(compat.layer_cache(kwargs)):
                 raise NotImplementedError(
@@ -192,7 +266,7 @@ class LLMPruner:
             self._layer_index = index
             hidden = args[0] if args else kwargs.pop("hidden_states")
             if self.decoding:
-                new_kwargs = self._decode_kwargs(index, kwargs)
+                new_kwargs = self._decode_kwargs(index, kwargs, hidden.shape[1])
             else:
                 hidden, new_kwargs = self._prefill(index, module, hidden, kwargs)
             if args:
@@ -201,92 +275,137 @@ class LLMPruner:
 
         return hook
 
-    def _gather_kwargs(self, kwargs: dict, cols: torch.Tensor, full_len: int) -> dict:
+    def _gather_kwargs(self, kwargs: dict) -> dict:
+        """The layer's keyword arguments restricted to the current columns, dead columns hidden."""
+        p = self.current
+        cols, full_len = p.cols, p.prompt_len
         out = dict(kwargs)
-        if cols.shape[1] == full_len:
-            return out
-        cos, sin = compat.rotary_tables(kwargs, self._layer_index)
-        out["position_embeddings"] = (compat.table_rows(cos, cols), compat.table_rows(sin, cols))
-        mask = compat.layer_mask(kwargs)
-        if mask is not None:
-            mask = _gather_seq(mask, cols, 2) if mask.shape[2] == full_len else mask
-            out["attention_mask"] = _gather_seq(mask, cols, 3)
-        pos = kwargs.get("position_ids")
-        if isinstance(pos, torch.Tensor) and pos.shape[-1] == full_len:
-            pos = pos.expand(*pos.shape[:-2], cols.shape[0], full_len)
-            out["position_ids"] = torch.gather(pos, -1, cols.expand(*pos.shape[:-2], *cols.shape))
+        if cols.shape[1] != full_len:
+            cos, sin = compat.rotary_tables(kwargs, self._layer_index)
+            out["position_embeddings"] = (compat.table_rows(cos, cols), compat.table_rows(sin, cols))
+            mask = compat.layer_mask(kwargs)
+            if mask is not None:
+                mask = _gather_seq(mask, cols, 2) if mask.shape[2] == full_len else mask
+                out["attention_mask"] = _gather_seq(mask, cols, 3)
+            pos = kwargs.get("position_ids")
+            if isinstance(pos, torch.Tensor) and pos.shape[-1] == full_len:
+                pos = pos.expand(*pos.shape[:-2], cols.shape[0], full_len)
+                out["position_ids"] = torch.gather(pos, -1, cols.expand(*pos.shape[:-2], *cols.shape))
+        if p.dead is not None:
+            n = cols.shape[1]
+            mask = compat.layer_mask(out)
+            out["attention_mask"] = _hide_columns(
+                mask if mask is not None else self._built_mask(n, n, cols.device), p.dead, own_rows=True
+            )
         return out
 
-    def _stage_keep(self, stage: LLMStage) -> int:
-        return min(stage.keep * self.current.n_images, self.current.image_pos.shape[1])
+    def _built_mask(self, queries: int, keys: int, device: torch.device) -> torch.Tensor:
+        """A causal mask where the model passes none (SDPA without padding), to hide dead columns with."""
+        impl = compat.attention_implementation(self.layers[self._layer_index])
+        if impl != "sdpa":
+            raise NotImplementedError(
+                f"in-LLM pruning of a batch whose samples keep different numbers of visual tokens needs a 4-D "
+                f"attention mask; the {impl!r} attention passes none: load the model with attn_implementation="
+                "'sdpa' or 'eager', or run samples with different image sizes in separate batches"
+            )
+        return _causal_mask(queries, keys, device)
+
+    def _groups(self, stage: LLMStage) -> list[_Group]:
+        """The rows a stage prunes, grouped by (surviving visual tokens, images); rows it keeps whole are left out."""
+        p = self.current
+        by: dict[tuple[int, int, int], list[int]] = {}
+        for row, (count, n_img) in enumerate(zip(p.counts, p.n_images)):
+            k = min(stage.keep * n_img, count)
+            if k < count:
+                by.setdefault((count, n_img, k), []).append(row)
+        rows = len(p.counts)
+        return [
+            _Group(None if len(r) == rows else torch.tensor(r, device=p.cols.device), count, n_img, k)
+            for (count, n_img, k), r in by.items()
+        ]
 
     def _prefill(self, index: int, layer: nn.Module, hidden: torch.Tensor, kwargs: dict):
         p = self.current
-        full = p.prompt_len
-        kw = self._gather_kwargs(kwargs, p.cols, full)
+        kw = self._gather_kwargs(kwargs)
         for stage in self.stages:  # at most one stage drops here; it runs before later stages score
             if stage.layer != index:
                 continue
-            k = self._stage_keep(stage)
-            if k >= p.image_pos.shape[1]:  # keeps every surviving visual token: nothing to do
-                p.scores.pop(stage.layer, None)
+            groups = self._groups(stage)
+            pending = p.scores.pop(stage.layer, None)
+            if not groups:  # keeps every surviving visual token: nothing to do
                 self.history.append(p.image_ids.clone())
                 continue
-            inputs = self._inputs(layer, hidden, kw, k)
-            out = stage.score(inputs) if stage.scored_at == index else p.scores.pop(stage.layer)
-            inputs.scores, inputs.aux = out if isinstance(out, tuple) else (out, None)
-            if stage.select is not None:
-                out = stage.select(inputs)
-                inputs.scores, inputs.aux = out if isinstance(out, tuple) else (out, inputs.aux)
-            order = descending_order(inputs.scores)
-            kept_slots = torch.sort(order[:, :k], dim=-1).values
-            dropped_slots = torch.sort(order[:, k:], dim=-1).values
-            if stage.merge is not None:
-                new_img = stage.merge(inputs, kept_slots, dropped_slots).to(hidden.dtype)
-                where = torch.gather(p.image_pos, 1, kept_slots).unsqueeze(-1).expand_as(new_img)
-                hidden = hidden.scatter(1, where, new_img)
-            hidden, kw = self._drop(hidden, kwargs, dropped_slots)
+            drop = torch.zeros_like(p.is_img)
+            for g, group in enumerate(groups):
+                inputs = self._inputs(layer, hidden, kw, group)
+                out = stage.score(inputs) if stage.scored_at == index else pending[g]
+                inputs.scores, inputs.aux = out if isinstance(out, tuple) else (out, None)
+                if stage.select is not None:
+                    out = stage.select(inputs)
+                    inputs.scores, inputs.aux = out if isinstance(out, tuple) else (out, inputs.aux)
+                order = descending_order(inputs.scores)
+                kept_slots = torch.sort(order[:, : group.keep], dim=-1).values
+                dropped_slots = torch.sort(order[:, group.keep :], dim=-1).values
+                if stage.merge is not None:
+                    new_img = stage.merge(inputs, kept_slots, dropped_slots).to(hidden.dtype)
+                    where = torch.gather(inputs.image_pos, 1, kept_slots).unsqueeze(-1).expand_as(new_img)
+                    hidden = _put_rows(hidden, group.rows, inputs.hidden.scatter(1, where, new_img))
+                gone = torch.gather(inputs.image_pos, 1, dropped_slots)
+                drop = _put_rows(drop, group.rows, _take_rows(drop, group.rows).scatter(1, gone, True))
+            hidden, kw = self._drop(hidden, kwargs, drop)
             self.history.append(p.image_ids.clone())
         for stage in self.stages:  # scores taken before a later drop layer (FastV: the layer before)
             if stage.scored_at == index and stage.layer != index:
-                k = self._stage_keep(stage)
-                if k < p.image_pos.shape[1]:
-                    p.scores[stage.layer] = stage.score(self._inputs(layer, hidden, kw, k))
-        p.layer_cols[index] = p.cols
+                groups = self._groups(stage)
+                if groups:
+                    p.scores[stage.layer] = [stage.score(self._inputs(layer, hidden, kw, g)) for g in groups]
+        p.layer_cols[index], p.layer_dead[index] = p.cols, p.dead
         if index == len(self.layers) - 1:
             self.last_kept = p.image_ids
         return hidden, kw
 
-    def _drop(self, hidden: torch.Tensor, kwargs: dict, dropped_slots: torch.Tensor):
+    def _drop(self, hidden: torch.Tensor, kwargs: dict, drop: torch.Tensor):
+        """Remove the visual columns ``drop`` (B, L_cur). Every row loses the same number of columns: dropped and
+        dead ones first, then padding; what a row cannot lose that way stays as a dead (masked) column."""
         p = self.current
-        b, cur = p.cols.shape
-        alive = torch.ones(b, cur, dtype=torch.bool, device=hidden.device)
-        alive.scatter_(1, torch.gather(p.image_pos, 1, dropped_slots), False)
-        rel = torch.nonzero(alive)[:, 1].view(b, -1)
-        is_img = torch.zeros(b, cur, dtype=torch.bool, device=hidden.device)
-        is_img.scatter_(1, p.image_pos, True)
-        kept_img = torch.gather(is_img, 1, rel)
-        img_keep = torch.ones_like(p.image_pos, dtype=torch.bool).scatter_(1, dropped_slots, False)
-        p.image_ids = p.image_ids[img_keep].view(b, -1)
+        gone = drop if p.dead is None else drop | p.dead
+        removable = gone | p.pad
+        width = int(torch.minimum(gone.sum(-1).max(), removable.sum(-1).min()))
+        rank = torch.where(gone, 0, torch.where(p.pad, 1, 2)).to(torch.uint8)
+        order = torch.sort(rank, dim=-1, stable=True).indices
+        rel = torch.sort(order[:, width:], dim=-1).values
+        dead = torch.gather(gone, 1, rel)
+        p.dead = dead if bool(dead.any()) else None
         p.cols = torch.gather(p.cols, 1, rel)
-        p.image_pos = torch.nonzero(kept_img)[:, 1].view(b, -1)
-        return _gather_seq(hidden, rel, 1), self._gather_kwargs(kwargs, p.cols, p.prompt_len)
+        p.is_img = torch.gather(p.is_img & ~drop, 1, rel)
+        p.pad = torch.gather(p.pad, 1, rel)
+        p.refresh()
+        return _gather_seq(hidden, rel, 1), self._gather_kwargs(kwargs)
 
-    def _inputs(self, layer: nn.Module, hidden: torch.Tensor, kw: dict, keep: int) -> StageInputs:
+    def _inputs(self, layer: nn.Module, hidden: torch.Tensor, kw: dict, group: _Group) -> StageInputs:
         cos, sin = compat.rotary_tables(kw, self._layer_index)
+        rows = group.rows
         return StageInputs(
-            layer=layer, hidden=hidden, cos=cos, sin=sin, mask=compat.layer_mask(kw),
-            image_pos=self.current.image_pos, rope=self.rope, n_images=self.current.n_images, keep=keep,
+            layer=layer, hidden=_take_rows(hidden, rows), cos=_take_rows(cos, rows, -3), sin=_take_rows(sin, rows, -3),
+            mask=_take_rows(compat.layer_mask(kw), rows), image_pos=_take_rows(self.current.image_pos, rows)[:, : group.count],
+            rope=self.rope, n_images=group.n_images, keep=group.keep,
         )
 
-    def _decode_kwargs(self, index: int, kwargs: dict) -> dict:
+    def _decode_kwargs(self, index: int, kwargs: dict, queries: int) -> dict:
         p = self.current
-        cols = p.layer_cols.get(index)
-        mask = compat.layer_mask(kwargs)
-        if cols is None or cols.shape[1] == p.prompt_len or mask is None:
+        cols, dead = p.layer_cols.get(index), p.layer_dead.get(index)
+        if cols is None or (cols.shape[1] == p.prompt_len and dead is None):
             return dict(kwargs)
-        kv = mask.shape[-1]
-        new = torch.arange(p.prompt_len, kv, device=cols.device).expand(cols.shape[0], -1)
+        mask = compat.layer_mask(kwargs)
         out = dict(kwargs)
-        out["attention_mask"] = _gather_seq(mask, torch.cat([cols, new], 1), 3)
+        if mask is not None:
+            kv = mask.shape[-1]
+            new = torch.arange(p.prompt_len, kv, device=cols.device).expand(cols.shape[0], -1)
+            mask = _gather_seq(mask, torch.cat([cols, new], 1), 3)
+        elif dead is not None:  # no mask from the model (SDPA, no padding): only the dead columns need one
+            keys = compat.layer_cache_length(kwargs, index) + queries
+            mask = self._built_mask(queries, keys, cols.device)
+        else:
+            return out
+        out["attention_mask"] = mask if dead is None else _hide_columns(mask, dead, own_rows=False)
         return out

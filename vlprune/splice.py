@@ -19,7 +19,7 @@ def shrink_prompt(
     """Keep the first ``kept_per_image[i]`` of the ``tokens_per_image[i]`` placeholders of image i.
 
     Images are taken in prompt order (row by row). Returns ``(columns, valid)``: for each sample, the
-    original columns that survive, re-padded on the same side as the input (left padding stays left), and
+    original columns that survive, re-padded on the left (on the right only if the input is right-padded), and
     a bool mask of the real (non-padding) entries. Placeholder tokens are identical, so which ones survive
     does not matter; the features carry the choice.
     """
@@ -41,7 +41,9 @@ def shrink_prompt(
         keep_real = keep
     lengths = keep_real.sum(-1)
     width = int(lengths.max())
-    left = attention_mask is not None and bool((attention_mask[:, 0] == 0).any())
+    # left unless the input is right-padded: an unpadded batch whose rows now differ in length is padded on the left,
+    # so that every row still ends with its last token (generate() and logits[:, -1] read that column)
+    left = not (attention_mask is not None and bool((attention_mask[:, -1] == 0).any()))
     order = true_first(keep_real)[:, :width]  # surviving columns of each row first, in their original order
     slot = torch.arange(width, device=input_ids.device).expand(b, width)
     if left:  # row r's survivors fill the last lengths[r] slots

@@ -22,7 +22,7 @@ patches are laid out in raster order and, with ``newlines=`` (an adapter option)
   "rows" (default): one ``image_newline`` follows every grid row that kept at least one patch: the packed layout
      restricted to the survivors (at full budget: the model's own layout, token for token);
   "all": every row of the unpadded grid keeps its newline, even when none of its patches survived (a constant
-     ``keep + Hu`` tokens per image: what batched in-LLM stages after encoder pruning, e.g. VisionDrop, need);
+     ``keep + Hu`` tokens per image of a given size);
   "none": no newline at all (VisionZip's official LLaVA-NeXT code drops them).
 Tokens that do not stand for one patch in raster order (VisionZip's [CLS] and contextual tokens, i.e. rows before
 ``Selection.indices`` or after its increasing run) follow the grid, as in VisionZip's official LLaVA-NeXT code.
