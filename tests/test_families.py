@@ -93,6 +93,25 @@ def test_identity_at_full_budget(fam, method):
     torch.testing.assert_close(m(**inputs).logits[:, -1], ref, rtol=0, atol=0)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("method", METHODS)
+def test_beams_at_full_budget_equal_unpatched(fam, method):
+    """generate(num_beams=2, num_return_sequences=2) on images of different sizes: generate() repeats the rows,
+    the adapters' per-image layouts follow (in-LLM methods raised 'does not match its images' before)."""
+    name, t = fam
+    m = t.model
+    inputs = _inputs(t, _sizes_for(name, method, 2), [1, 1])
+    kw = dict(max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False)
+    ref = m.generate(**inputs, **kw)
+    vlprune.apply(m, method, _full(t, name), **_kw(name, method, t))
+    out = m.generate(**inputs, **kw)
+    assert out.shape[0] == 4 and torch.equal(out, ref)
+    vlprune.apply(m, method, 4, **_kw(name, method, t))  # pruned: runs, and gives the prompt back per row
+    out = m.generate(**inputs, **kw)
+    n = inputs["input_ids"].shape[1]
+    assert torch.equal(out[:, :n], inputs["input_ids"].repeat_interleave(2, 0))
+
+
 def _greedy_no_cache(m, inputs, steps):
     cur = dict(inputs)
     pixel = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "mm_token_type_ids")}

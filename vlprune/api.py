@@ -16,7 +16,7 @@ from . import compat
 from .llm_pruning import LLMPruner
 from .methods.base import Selection, check_keep
 from .models import Adapter, get_adapter
-from .ops import copy_to_device
+from .ops import copy_to_device, repeat_per_sample
 from .registry import MethodSpec, checkpoint_defaults, get_method
 from .splice import PER_TOKEN_INPUTS, apply_columns, shrink_prompt
 from .text import ClipText, QuestionBatch, load_clip_text, questions_from_ids
@@ -65,6 +65,7 @@ class _State:
     pruner: LLMPruner | None
     last: KeptTokens | None = None
     images_per_sample: list[int] | None = None  # set by the encoder step, read by the in-LLM step
+    generate_images: list[int] | None = None  # images per prompt row of a running generate() (in-LLM methods)
     image_tokens: list[int] | None = None  # LLM tokens of every image after the encoder step (prompt order)
     owner: int = field(default_factory=threading.get_ident)  # the thread that applied the patch
     lock: Any = field(default_factory=threading.RLock)  # held by a patched call: one call at a time
@@ -244,7 +245,13 @@ def _patch(model: nn.Module, state: _State) -> None:
         call = _bind(orig_generate, args, kwargs)
         state.adapter.observe(call)
         if state.spec.encoder is None or call.get("pixel_values") is None:
-            return orig_generate(**call)
+            if state.pruner is not None and call.get("input_ids") is not None:
+                # generate() may repeat the rows (beams / returned sequences): remember the prompt's samples
+                state.generate_images = state.adapter.images_per_sample(call["input_ids"])
+            try:
+                return orig_generate(**call)
+            finally:
+                state.generate_images = None
         prompt = call["input_ids"]
         call = _prune_encoder(state, call)
         with compat.image_features_override(model, call) as call:
@@ -344,6 +351,10 @@ def _begin_llm_pass(state: _State, call: dict[str, Any]) -> None:
             _repeat_rows(state, input_ids.shape[0])
             per_sample = state.images_per_sample
     else:
+        prompt = state.generate_images
+        if prompt and input_ids.shape[0] != len(prompt) and input_ids.shape[0] % len(prompt) == 0:
+            state.adapter.repeat_samples(prompt, input_ids.shape[0] // len(prompt))  # generate repeated the rows
+            state.generate_images = None
         per_sample = state.adapter.images_per_sample(input_ids)
     state.pruner.begin_prefill(image_mask, per_sample, call.get("attention_mask"))
     state.pruner.last_kept = None
@@ -356,16 +367,15 @@ def _repeat_rows(state: _State, rows: int) -> None:
     if rows % len(per_sample):
         raise ValueError(f"the LLM batch has {rows} rows for {len(per_sample)} prompts")
     r = rows // len(per_sample)
-    starts = [sum(per_sample[:b]) for b in range(len(per_sample))]
-    order = [i for b, n in enumerate(per_sample) for _ in range(r) for i in range(starts[b], starts[b] + n)]
     state.images_per_sample = [n for n in per_sample for _ in range(r)]
-    if state.image_tokens is not None and len(state.image_tokens) == sum(per_sample):
-        state.image_tokens = [state.image_tokens[i] for i in order]
+
+    def pick(xs: list) -> list:
+        return repeat_per_sample(xs, per_sample, r) if len(xs) == sum(per_sample) else xs
+
+    if state.image_tokens is not None:
+        state.image_tokens = pick(state.image_tokens)
     last = state.last
     if last is not None:
-
-        def pick(xs: list) -> list:
-            return [xs[i] for i in order] if len(xs) == sum(per_sample) else xs
 
         state.last = KeptTokens(method=last.method, keep=last.keep, indices=pick(last.indices), grids=pick(last.grids),
                                 assign=pick(last.assign), questions=pick(last.questions))

@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from .ops import repeat_per_sample
+
 TESTED_MIN = "5.16.1"
 TESTED_BELOW = "5.25"
 CACHE_ARGS = ("cache", "past_key_values")  # 5.24 renamed past_key_values -> cache
@@ -194,13 +196,7 @@ def image_features_override(model: nn.Module, call: dict[str, Any]) -> Iterator[
         # sample's block of images to match the token stream (row b's images, r times, then row b+1's)
         pixel_values = pixel_values if pixel_values is not None else (args[0] if args else None)
         r = pixel_values.shape[0] // rows if isinstance(pixel_values, torch.Tensor) and rows else 1
-        if r <= 1:
-            return image_features_output(features)
-        out, start = [], 0
-        for n in per_sample:
-            out.extend(features[start:start + n] * r)
-            start += n
-        return image_features_output(out)
+        return image_features_output(repeat_per_sample(features, per_sample, r) if r > 1 else features)
 
     inner.__dict__["get_image_features"] = get_image_features
     inner.__dict__[_INJECTING] = True

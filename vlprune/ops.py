@@ -77,3 +77,13 @@ def copy_to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda" and x.device.type == "cpu":
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)
+
+
+def repeat_per_sample(items: list, per_sample: list[int], r: int) -> list:
+    """Per-image ``items`` (each sample's images in prompt order) with every sample's block repeated ``r`` times,
+    as ``generate()`` repeats its input rows for ``num_beams`` / ``num_return_sequences``."""
+    out, start = [], 0
+    for n in per_sample:
+        out.extend(items[start:start + n] * r)
+        start += n
+    return out

@@ -60,6 +60,10 @@ class Adapter:
         """Visual tokens of one image (LLaVA-1.5) or one tile (LLaVA-NeXT): the range of ``keep``."""
         raise NotImplementedError
 
+    def repeat_samples(self, per_sample: list[int], r: int) -> None:
+        """``generate()`` repeated every prompt row ``r`` times (beams, returned sequences): repeat the per-image
+        layout seen on the prompt to match. Default: nothing to repeat (every image has the same tokens)."""
+
     def images_per_sample(self, input_ids: torch.Tensor, tokens_per_image: list[int] | None = None) -> list[int]:
         counts = (input_ids == self.image_token_id).sum(-1).tolist()
         n = self.tokens_per_image()

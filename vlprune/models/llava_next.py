@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..ops import copy_to_device
 from .. import compat
+from ..ops import copy_to_device, repeat_per_sample
 from .base import Adapter, PrunedImages
 from .clip_signals import ClipVisionSignals, check_llava_feature_config
 
@@ -253,8 +253,12 @@ class LlavaNextAdapter(Adapter):
 
     def observe(self, call: dict[str, Any]) -> None:
         sizes = call.get("image_sizes")
-        if sizes is not None and (call.get("pixel_values") is not None or compat.call_cache(call) is None):
+        if sizes is not None and (call.get("pixel_values") is not None or compat.is_prefill(call)):
             self._layouts = [self.layout(sz) for sz in sizes]
+
+    def repeat_samples(self, per_sample: list[int], r: int) -> None:
+        if self._layouts is not None and len(self._layouts) == sum(per_sample):  # not yet seen repeated
+            self._layouts = repeat_per_sample(self._layouts, per_sample, r)
 
     def images_per_sample(self, input_ids: torch.Tensor, tokens_per_image: list[int] | None = None) -> list[int]:
         if not bool((input_ids == self.image_token_id).any()):

@@ -31,8 +31,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..ops import copy_to_device
 from .. import compat
+from ..ops import copy_to_device, repeat_per_sample
 from .base import Adapter, PrunedImages
 from .llava_next import images_from_counts
 
@@ -289,10 +289,15 @@ class Qwen2_5_VLAdapter(Adapter):
 
     def observe(self, call: dict[str, Any]) -> None:
         thw = call.get("image_grid_thw")
-        if thw is not None and (call.get("pixel_values") is not None or compat.call_cache(call) is None):
+        if thw is not None and (call.get("pixel_values") is not None or compat.is_prefill(call)):
             m = self.model.config.vision_config.spatial_merge_size
             self._grids = [(int(h) // m, int(w) // m) for t, h, w in thw.tolist()]
             self._sizes = [int(t) * h * w for (t, _, _), (h, w) in zip(thw.tolist(), self._grids)]
+
+    def repeat_samples(self, per_sample: list[int], r: int) -> None:
+        if self._sizes is not None and len(self._sizes) == sum(per_sample):  # not yet seen repeated
+            self._sizes = repeat_per_sample(self._sizes, per_sample, r)
+            self._grids = repeat_per_sample(self._grids, per_sample, r)
 
     def images_per_sample(self, input_ids: torch.Tensor, tokens_per_image: list[int] | None = None) -> list[int]:
         if not bool((input_ids == self.image_token_id).any()):
