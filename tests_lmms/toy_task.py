@@ -30,17 +30,21 @@ def doc_to_choice(doc):
 '''
 
 
-def gen_yaml(data: Path) -> str:
-    return f"""task: vlprune_toy_gen
+def task_yaml(task: str, data_file: Path, output_type: str, rest: str) -> str:
+    """An lmms-eval task over local JSON lines (``datasets``' json builder: no hub)."""
+    return f"""task: {task}
 dataset_path: json
 dataset_kwargs:
   data_files:
-    test: {data / 'gen.jsonl'}
+    test: {data_file}
 test_split: test
-output_type: generate_until
+output_type: {output_type}
 doc_to_visual: !function utils.doc_to_visual
 doc_to_text: !function utils.doc_to_text
-doc_to_target: answer
+{rest}"""
+
+
+GEN_REST = f"""doc_to_target: answer
 generation_kwargs:
   until: {json.dumps(UNTIL)}
   max_new_tokens: {MAX_NEW_TOKENS}
@@ -50,18 +54,7 @@ metric_list:
     higher_is_better: true
 """
 
-
-def mc_yaml(data: Path) -> str:
-    return f"""task: vlprune_toy_mc
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data / 'mc.jsonl'}
-test_split: test
-output_type: multiple_choice
-doc_to_visual: !function utils.doc_to_visual
-doc_to_text: !function utils.doc_to_text
-doc_to_choice: !function utils.doc_to_choice
+MC_REST = """doc_to_choice: !function utils.doc_to_choice
 doc_to_target: label
 metric_list:
   - metric: acc
@@ -112,6 +105,8 @@ def write_task(root: Path, images: list[Path], gen_answers: list[str], mc_labels
                                                        "label": y}) + "\n"
                                            for p, q, y in zip(images, QUESTIONS, mc_labels)))
     (tasks / "utils.py").write_text(UTILS)
-    (tasks / "vlprune_toy_gen.yaml").write_text(gen_yaml(data))
-    (tasks / "vlprune_toy_mc.yaml").write_text(mc_yaml(data))
+    (tasks / "vlprune_toy_gen.yaml").write_text(task_yaml("vlprune_toy_gen", data / "gen.jsonl", "generate_until",
+                                                          GEN_REST))
+    (tasks / "vlprune_toy_mc.yaml").write_text(task_yaml("vlprune_toy_mc", data / "mc.jsonl", "multiple_choice",
+                                                         MC_REST))
     return tasks
