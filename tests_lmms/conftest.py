@@ -19,9 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import toy_task  # noqa: E402
 
-RIGHT = (0, 1, 3)  # docs whose target is the unpruned model's own answer; the other two get a wrong one
-EXPECTED_SCORE = len(RIGHT) / len(toy_task.QUESTIONS)
-KEEP = 8  # of the tiny LLaVA's 4x4 = 16 patches
+from toy_task import KEEP, RIGHT  # noqa: E402
+
 BIN = Path(sys.executable).parent
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import EXPECTED_SCORE, KEEP
+from toy_task import EXPECTED_SCORE, KEEP
 
 GEN, MC = "vlprune_toy_gen", "vlprune_toy_mc"
 N_DOCS, N_CHOICES = 5, 4

@@ -11,6 +11,9 @@ QUESTIONS = ["what color is the circle ?", "how many shapes are there ?", "is th
              "describe this picture .", "what shape is above the triangle ?"]
 CHOICES = ["red", "green blue", "yes", "one two three"]
 MAX_NEW_TOKENS = 4
+RIGHT = (0, 1, 3)  # docs whose target is the unpruned model's own answer; the other two get a wrong one
+EXPECTED_SCORE = len(RIGHT) / len(QUESTIONS)
+KEEP = 8  # of the tiny LLaVA's 4x4 = 16 patches
 UNTIL = ["?"]
 
 UTILS = '''
