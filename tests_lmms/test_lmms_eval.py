@@ -106,3 +106,12 @@ def test_bad_model_args_name_the_fix(toy):
         VlpruneLMM(pretrained=model_dir, device="cpu", dtype="float32", method="nope")
     with pytest.raises(TypeError, match="takes no method options"):
         VlpruneLMM(pretrained=model_dir, device="cpu", dtype="float32", method="none", layer=2)
+
+
+def test_kept_log_holds_this_runs_lines_only(toy, tmp_path):
+    from vlprune.lmms_plugin import VlpruneLMM
+
+    log = tmp_path / "kept.jsonl"
+    log.write_text('{"from": "an earlier run"}\n')
+    VlpruneLMM(pretrained=str(toy[0]), device="cpu", dtype="float32", method="random", keep=KEEP, kept_log=str(log))
+    assert log.read_text() == ""

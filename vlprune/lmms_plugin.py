@@ -34,7 +34,7 @@ class VlpruneLMM(lmms):
 
     ``loglikelihood`` returns, per request, the mean negative log-likelihood of the continuation's tokens and
     whether greedy decoding would produce it: the loss that lmms-eval's own LLaVA models return, and which its
-    ``multiple_choice`` scoring minimises. ``kept_log=PATH`` appends one JSON line per request with the visual
+    ``multiple_choice`` scoring minimises. ``kept_log=PATH`` gets one JSON line per request with the visual
     tokens kept per image (``PATH.rankN`` for rank N > 0 under several processes).
     """
 
@@ -59,6 +59,11 @@ class VlpruneLMM(lmms):
         self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
         self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
         self.method, self.keep = str(method).lower(), int(coerce(keep))
+        del max_batch_size  # lmms-eval passes it along; it only matters for batch_size=auto, refused above
+        if self.method not in NO_PRUNING:
+            from .registry import get_method
+
+            get_method(self.method)  # an unknown name fails before the checkpoint loads
         self.loaded = load_model(str(pretrained), coerce(clip), DTYPES[str(dtype)], str(self._device))
         if self.method not in NO_PRUNING:
             from . import api
@@ -68,6 +73,9 @@ class VlpruneLMM(lmms):
         elif method_options:
             raise TypeError(f"method={self.method} takes no method options, got {sorted(method_options)}")
         self.kept_log = _rank_path(Path(kept_log), self._rank) if kept_log else None
+        if self.kept_log is not None:  # this run's own log, not appended to an earlier run's
+            self.kept_log.parent.mkdir(parents=True, exist_ok=True)
+            self.kept_log.write_text("")
         self.kept_records: list[dict[str, Any]] = []
 
     def _pick_device(self, device: str | None) -> str:
@@ -142,7 +150,6 @@ class VlpruneLMM(lmms):
                  "kept": [k for k, _ in pairs], "of": [n for _, n in pairs]} for r, pairs in zip(reqs, per_req)]
         self.kept_records.extend(rows)
         if self.kept_log is not None:
-            self.kept_log.parent.mkdir(parents=True, exist_ok=True)
             with self.kept_log.open("a") as f:
                 f.writelines(json.dumps(row) + "\n" for row in rows)
 
