@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -115,3 +116,21 @@ def test_kept_log_holds_this_runs_lines_only(toy, tmp_path):
     log.write_text('{"from": "an earlier run"}\n')
     VlpruneLMM(pretrained=str(toy[0]), device="cpu", dtype="float32", method="random", keep=KEEP, kept_log=str(log))
     assert log.read_text() == ""
+
+
+def test_text_only_requests_beside_image_requests(toy):
+    """A document without an image (ScienceQA has them) is answered as text, in a batch with image requests or
+    alone; only image requests get kept counts."""
+    from PIL import Image
+
+    from vlprune.lmms_plugin import VlpruneLMM
+
+    lm = VlpruneLMM(pretrained=str(toy[0]), device="cpu", dtype="float32", method="desap", keep=KEEP, batch_size=2)
+    docs = {0: {"im": Image.new("RGB", (16, 16), (200, 30, 30))}, 1: {"im": None}, 2: {"im": None}}
+    lm.task_dict = {"t": {"test": docs}}
+    gen = {"until": ["?"], "max_new_tokens": 3}
+    reqs = [SimpleNamespace(args=("what color is the circle ?", dict(gen), lambda d: [d["im"]], i, "t", "test"))
+            for i in (0, 1, 2)]
+    out = lm.generate_until(reqs)
+    assert len(out) == 3 and all(isinstance(o.text, str) for o in out)
+    assert [(r["doc_id"], r["kept"]) for r in lm.kept_records] == [(0, [KEEP]), (1, []), (2, [])]

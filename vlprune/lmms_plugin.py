@@ -145,7 +145,9 @@ class VlpruneLMM(lmms):
             return
         import vlprune
 
-        per_req = kept_per_request(vlprune.last_selection(self.loaded.model), [len(v) for v in visuals])
+        counts = [len(v) for v in visuals]
+        per_req = kept_per_request(vlprune.last_selection(self.loaded.model), counts) if sum(counts) else \
+            [[] for _ in visuals]  # a text-only batch: nothing was selected (the last selection is an older batch's)
         rows = [{"task": r[-2], "doc_id": r[-3], "method": self.method, "keep": self.keep,
                  "kept": [k for k, _ in pairs], "of": [n for _, n in pairs]} for r, pairs in zip(reqs, per_req)]
         self.kept_records.extend(rows)
