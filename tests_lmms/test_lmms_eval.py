@@ -101,11 +101,15 @@ def test_bad_model_args_name_the_fix(toy):
             VlpruneLMM(pretrained=model_dir, device="cuda")
     with pytest.raises(ValueError, match="batch_size=auto is not supported"):
         VlpruneLMM(pretrained=model_dir, device="cpu", batch_size="auto")
-    with pytest.raises(ValueError, match="dtype='fp8' is not one of"):
+    with pytest.raises(ValueError, match="unknown dtype 'fp8'; use one of"):
         VlpruneLMM(pretrained=model_dir, device="cpu", dtype="fp8")
     with pytest.raises(ValueError, match="unknown pruning method 'nope'"):
         VlpruneLMM(pretrained=model_dir, device="cpu", dtype="float32", method="nope")
-    with pytest.raises(TypeError, match="takes no method options"):
+    with pytest.raises(ValueError, match="keep must be a whole number"):
+        VlpruneLMM(pretrained=model_dir, device="cpu", dtype="float32", keep="8.5")
+    with pytest.raises(ValueError, match="fastv has no option 'layers'"):
+        VlpruneLMM(pretrained=model_dir, device="cpu", dtype="float32", method="fastv", layers="2")
+    with pytest.raises(ValueError, match="takes no method options"):
         VlpruneLMM(pretrained=model_dir, device="cpu", dtype="float32", method="none", layer=2)
 
 

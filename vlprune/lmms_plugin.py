@@ -17,7 +17,7 @@ import torch
 from lmms_eval.api.model import lmms
 from loguru import logger
 
-from .lmms_plugin_args import coerce
+from .lmms_plugin_args import coerce, parse_dtype, parse_int, parse_options
 from .lmms_plugin_batch import batches, cut_at_stops, group_key, kept_per_request, stop_strings, visuals_of
 
 try:  # lmms-eval >= 0.6: per-request token counts in the sample logs
@@ -25,7 +25,6 @@ try:  # lmms-eval >= 0.6: per-request token counts in the sample logs
 except ImportError:  # pragma: no cover
     GenerationResult = TokenCounts = None
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
 NO_PRUNING = ("none", "full")
 
 
@@ -54,24 +53,22 @@ class VlpruneLMM(lmms):
         self._rank, self._world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self._local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self._device = torch.device(self._pick_device(device))
-        if str(dtype) not in DTYPES:
-            raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
-        self.batch_size_per_gpu = _positive_int("batch_size", batch_size)
-        self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
-        self.method, self.keep = str(method).lower(), int(coerce(keep))
+        # every argument is checked before the checkpoint loads
+        torch_dtype = "auto" if str(dtype).strip().lower() == "auto" else parse_dtype(dtype)
+        if str(batch_size).strip().lower().startswith("auto"):
+            raise ValueError("batch_size=auto is not supported by the vlprune plugin: pass --batch_size N")
+        self.batch_size_per_gpu = parse_int(batch_size, "batch_size", minimum=1)
+        self.max_new_tokens = parse_int(max_new_tokens, "max_new_tokens", minimum=1)
+        self.method, self.keep = str(method).lower(), parse_int(keep, "keep", minimum=1)
         del max_batch_size  # lmms-eval passes it along; it only matters for batch_size=auto, refused above
-        if self.method not in NO_PRUNING:
-            from .registry import get_method
-
-            get_method(self.method)  # an unknown name fails before the checkpoint loads
-        self.loaded = load_model(str(pretrained), coerce(clip), DTYPES[str(dtype)], str(self._device))
-        if self.method not in NO_PRUNING:
+        if self.method in NO_PRUNING and method_options:
+            raise ValueError(f"method={self.method} takes no method options, got {sorted(method_options)}")
+        options = parse_options(self.method, method_options) if self.method not in NO_PRUNING else {}
+        self.loaded = load_model(str(pretrained), coerce(clip), torch_dtype, str(self._device))
+        if self.method not in NO_PRUNING:  # the checkpoint's method_options.json fills what is not given
             from . import api
 
-            options = {**self.loaded.options.get(self.method, {}), **{k: coerce(v) for k, v in method_options.items()}}
             api.apply(self.loaded.model, self.method, self.keep, **method_kwargs(self.method, self.loaded), **options)
-        elif method_options:
-            raise TypeError(f"method={self.method} takes no method options, got {sorted(method_options)}")
         self.kept_log = _rank_path(Path(kept_log), self._rank) if kept_log else None
         if self.kept_log is not None:  # this run's own log, not appended to an earlier run's
             self.kept_log.parent.mkdir(parents=True, exist_ok=True)
@@ -262,13 +259,6 @@ def _generated_length(row: torch.Tensor, eos: int | None) -> int:
         return int(row.numel())
     hits = (row == eos).nonzero()
     return int(hits[0, 0]) + 1 if len(hits) else int(row.numel())
-
-
-def _positive_int(name: str, value: Any) -> int:
-    value = coerce(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r} (batch_size=auto is not supported)")
-    return value
 
 
 def _rank_path(path: Path, rank: int) -> Path:
