@@ -138,3 +138,15 @@ def test_text_only_requests_beside_image_requests(toy):
     out = lm.generate_until(reqs)
     assert len(out) == 3 and all(isinstance(o.text, str) for o in out)
     assert [(r["doc_id"], r["kept"]) for r in lm.kept_records] == [(0, [KEEP]), (1, []), (2, [])]
+
+
+def test_environment_is_the_locked_one():
+    """.venv-lmms holds lmms-eval 0.7.3 and all it needs but torchvision and timm (requirements/lmms.txt)."""
+    from importlib.metadata import version
+
+    assert version("lmms_eval") == "0.7.3"
+    out = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=300)
+    assert sorted(line for line in out.stdout.splitlines() if line.strip()) == [
+        "lmms-eval 0.7.3 requires timm, which is not installed.",
+        "lmms-eval 0.7.3 requires torchvision, which is not installed.",
+    ]
