@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from lmms_eval.api.model import lmms
-from loguru import logger
 
 from .lmms_plugin_args import coerce, parse_dtype, parse_int, parse_options
 from .lmms_plugin_batch import batches, cut_at_stops, group_key, kept_per_request, stop_strings, visuals_of
@@ -44,12 +43,10 @@ class VlpruneLMM(lmms):
                  max_new_tokens: int = 128, kept_log: str | None = None, max_batch_size: int | None = None,
                  **method_options: Any) -> None:
         super().__init__()
-        from accelerate import Accelerator
-
         from .evaluation import load_model, method_kwargs
 
-        self.accelerator = Accelerator()
-        # the launcher's environment, as lmms-eval's evaluator reads it (on CPUs Accelerator() reports 1 process)
+        # the launcher's environment, as lmms-eval's evaluator reads it (Accelerator() sees 1 process on CPUs;
+        # lmms-eval makes its own accelerator where it needs one)
         self._rank, self._world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self._local_rank = int(os.environ.get("LOCAL_RANK", 0))
         self._device = torch.device(self._pick_device(device))
@@ -155,6 +152,8 @@ class VlpruneLMM(lmms):
     def _summary(self, kind: str, start: int) -> None:
         rows = [r for r in self.kept_records[start:] if r["kept"]]
         if rows:
+            from loguru import logger  # lmms-eval's logger
+
             kept = sum(sum(r["kept"]) for r in rows)
             of = sum(sum(r["of"]) for r in rows)
             n = sum(len(r["kept"]) for r in rows)
