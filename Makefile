@@ -75,3 +75,21 @@ test-matrix:
 
 clean:
 	rm -rf $(VENV) .venv-oldest .venv-latest .venv-tf* out .pytest_cache
+
+# lmms-eval (tests_lmms/): its own environment, .venv-lmms, from the exact versions in requirements/lmms.txt
+VENV_LMMS ?= .venv-lmms
+LMMS_BIN   = $(VENV_LMMS)/bin
+
+.PHONY: env-lmms test-lmms
+
+$(LMMS_BIN)/lmms-eval: pyproject.toml requirements/lmms.txt
+	$(PYTHON) -m venv $(VENV_LMMS)
+	$(LMMS_BIN)/$(PIP) $(TORCH)
+	$(LMMS_BIN)/$(PIP) --no-deps -r requirements/lmms.txt
+	$(LMMS_BIN)/$(PIP) --no-deps -e .
+	touch $@
+
+env-lmms: $(LMMS_BIN)/lmms-eval
+
+test-lmms: env-lmms
+	$(LMMS_BIN)/python -m pytest tests_lmms

@@ -1,7 +1,12 @@
-"""The lmms-eval plugin and the benchmark runner, end to end on a tiny saved LLaVA (lmms-eval itself faked)."""
+"""What of the lmms-eval plugin needs no lmms-eval, and the benchmark runner end to end on a tiny saved LLaVA.
+
+The plugin itself runs inside the real lmms-eval in tests_lmms/ (``make test-lmms``, its own environment); the
+fake lmms-eval module these tests once used is gone. Kept here: the pure request bookkeeping (batching order,
+stop strings, kept counts per request), model_args parsing and the LMMS_EVAL_PLUGINS table, which the core
+suite can check without lmms-eval installed.
+"""
 import json
-import sys
-import types
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -24,63 +29,57 @@ def saved_tiny(tmp_path_factory):
     return path
 
 
-@pytest.fixture()
-def fake_lmms_eval(monkeypatch):
-    """The two names the plugin imports from lmms-eval (its real API: lmms base class + register_model)."""
-    registry = {}
-    api = types.ModuleType("lmms_eval.api")
-    model_mod = types.ModuleType("lmms_eval.api.model")
-    reg_mod = types.ModuleType("lmms_eval.api.registry")
-
-    class lmms:  # noqa: N801  (lmms-eval's name)
-        def __init__(self):
-            self.task_dict = {}
-
-    def register_model(*names):
-        def wrap(cls):
-            for n in names:
-                registry[n] = cls
-            return cls
-        return wrap
-
-    model_mod.lmms = lmms
-    reg_mod.register_model = register_model
-    for name, mod in {"lmms_eval": types.ModuleType("lmms_eval"), "lmms_eval.api": api,
-                      "lmms_eval.api.model": model_mod, "lmms_eval.api.registry": reg_mod}.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.delitem(sys.modules, "vlprune.lmms_plugin", raising=False)
-    return registry
-
-
-class Request:
-    def __init__(self, *args):
-        self.args = args
-
-
-def test_coerce_model_args(fake_lmms_eval):
+def test_coerce_model_args():
     from vlprune.lmms_plugin_args import coerce
 
     assert coerce("64") == 64 and coerce("0.5") == 0.5 and coerce("True") is True and coerce("none") is None
     assert coerce("desap") == "desap"
 
 
-def test_plugin_generates_with_pruning(fake_lmms_eval, saved_tiny):
-    from vlprune.lmms_plugin import VlpruneLMM
-    import vlprune
+def test_batches_never_mix_generation_settings_and_go_longest_first():
+    from vlprune.lmms_plugin_batch import batches
 
-    assert fake_lmms_eval["vlprune"] is VlpruneLMM
-    lm = VlpruneLMM(pretrained=str(saved_tiny), method="vispruner", keep="5", device="cpu", dtype="float32",
-                    important_ratio="0.6")
-    img = Image.new("RGB", (16, 16), (200, 30, 30))
-    lm.task_dict = {"toy": {"test": {0: {"img": img}, 1: {"img": img}}}}
-    reqs = [Request("what color is the circle ?", {"until": ["."], "max_new_tokens": 3}, lambda d: [d["img"]], i,
-                    "toy", "test") for i in (0, 1)]
-    out = lm.generate_until(reqs)
-    assert len(out) == 2 and all(isinstance(o, str) for o in out)
-    kept = vlprune.last_selection(lm.loaded.model)
-    assert kept.method == "vispruner" and len(kept.indices[0]) == 5
-    with pytest.raises(NotImplementedError, match="generate_until"):
-        lm.loglikelihood(reqs)
+    keys = [("a", 3), ("b", 9), ("a", 7), ("a", 7), ("b", 1), ("a", 1)]
+    got = list(batches(keys, 2))
+    assert got == [[2, 3], [0, 5], [1, 4]]  # group a: 7, 7 (request order), 3, 1; then group b
+    assert sorted(i for b in got for i in b) == list(range(len(keys)))
+    assert list(batches(keys, 1)) == [[2], [3], [0], [5], [1], [4]]
+    assert list(batches([], 4)) == []
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        list(batches(keys, 0))
+
+
+def test_stop_strings_and_cut():
+    from vlprune.lmms_plugin_batch import cut_at_stops, stop_strings
+
+    assert stop_strings(None) == [] and stop_strings(".") == ["."] and stop_strings(["\n", "Q:"]) == ["\n", "Q:"]
+    with pytest.raises(ValueError, match="'until' must be a string or a list of strings"):
+        stop_strings(5)
+    assert cut_at_stops("red. blue\nQ: x", ["\n", "."]) == "red"
+    assert cut_at_stops("red", ["", "?"]) == "red"
+
+
+def test_kept_per_request_splits_images_in_prompt_order():
+    import torch
+
+    from vlprune.lmms_plugin_batch import kept_per_request
+
+    kept = SimpleNamespace(indices=[torch.arange(3), torch.arange(5), torch.arange(2)], grids=[(4, 4), (2, 3), (4, 4)])
+    assert kept_per_request(kept, [1, 0, 2]) == [[(3, 16)], [], [(5, 6), (2, 16)]]
+    with pytest.raises(RuntimeError, match="recorded 3 images for a batch of 2"):
+        kept_per_request(kept, [1, 1])
+
+
+def test_visuals_of_takes_pil_images_only():
+    from vlprune.lmms_plugin_batch import visuals_of
+
+    img = Image.new("L", (4, 4))
+    assert visuals_of(None, {}) == [] and visuals_of(lambda d: None, {}) == []
+    one = visuals_of(lambda d: d["im"], {"im": img})
+    assert len(one) == 1 and one[0].mode == "RGB"
+    assert len(visuals_of(lambda d: [img, None, img], {})) == 2
+    with pytest.raises(TypeError, match="video and audio tasks are not supported"):
+        visuals_of(lambda d: ["clip.mp4"], {})
 
 
 def test_plugin_found_through_lmms_eval_plugin_table():

@@ -18,13 +18,14 @@ from .store import AnswersFile, AnswersFileError, answer_key
 BenchRunError = (AnswersFileError, NothingScored)
 
 
-def chat_prompt(processor: Any, prompt: str, with_image: bool = True) -> str:
-    """The model's own chat template around ``prompt`` (LLaVA-1.5 style "USER: <image>\\n... ASSISTANT:" if none)."""
-    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": prompt}]
+def chat_prompt(processor: Any, prompt: str, with_image: bool | int = True) -> str:
+    """The model's own chat template around ``prompt`` (LLaVA-1.5 style "USER: <image>\\n... ASSISTANT:" if none);
+    ``with_image``: whether one image comes first, or how many."""
+    content = [{"type": "image"}] * int(with_image) + [{"type": "text", "text": prompt}]
     template = getattr(processor, "chat_template", None) or getattr(getattr(processor, "tokenizer", None), "chat_template", None)
     if template:
         return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    return f"USER: {'<image>' + chr(10) if with_image else ''}{prompt} ASSISTANT:"
+    return f"USER: {('<image>' + chr(10)) * int(with_image)}{prompt} ASSISTANT:"
 
 
 @torch.no_grad()
