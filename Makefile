@@ -74,7 +74,7 @@ test-matrix:
 	@for v in $(MATRIX); do $(MAKE) --no-print-directory test-transformers V=$$v TESTS="$(MATRIX_TESTS)" || exit 1; done
 
 clean:
-	rm -rf $(VENV) .venv-oldest .venv-latest .venv-tf* out .pytest_cache
+	rm -rf $(VENV) .venv-oldest .venv-latest .venv-tf* .venv-lmms .venv-vllm out .pytest_cache
 
 # lmms-eval (tests_lmms/): its own environment, .venv-lmms, from the exact versions in requirements/lmms.txt
 VENV_LMMS ?= .venv-lmms
