@@ -101,17 +101,17 @@ def test_vispruner_important_tokens_are_top_cls_attention():
 
 
 def loop_remove_duplicates(features, candidates, target, per_round):
-    """VisPruner's duplicate removal for one image, written round by round over Python lists."""
+    """VisPruner's duplicate removal for one image, written round by round over Python lists: the list keeps its
+    given order (official: descending [CLS] attention), splits alternately into a/b, the ``r`` most redundant
+    ``a`` go, and the next list is the surviving ``a`` (most redundant first) then ``b``, never re-sorted."""
     unit = torch.nn.functional.normalize(features.float(), dim=-1)
-    remaining = sorted(candidates)
+    remaining = list(candidates)
     while len(remaining) > target:
-        r = min(per_round, len(remaining) - target, (len(remaining) + 1) // 2)
         a, b = remaining[0::2], remaining[1::2]
-        if not b:
-            return remaining[:target]
+        r = min(per_round, len(remaining) - target, len(a))
         redundancy = [max(float(unit[i] @ unit[j]) for j in b) for i in a]
-        dropped = {a[p] for p in sorted(range(len(a)), key=lambda p: -redundancy[p])[:r]}
-        remaining = [i for i in remaining if i not in dropped]
+        by_redundancy = sorted(range(len(a)), key=lambda p: (-redundancy[p], p))
+        remaining = [a[p] for p in by_redundancy[r:]] + b
     return remaining
 
 
@@ -122,13 +122,31 @@ def test_vispruner_duplicate_removal_equals_round_by_round_loop(b, n, frac, per_
     g = torch.Generator().manual_seed(seed)
     features = torch.randn(b, n, 5, generator=g)
     m = max(1, int(n * 0.8))
-    candidates = torch.sort(torch.rand(b, n, generator=g).argsort(-1)[:, :m], -1).values
+    candidates = torch.rand(b, n, generator=g).argsort(-1)[:, :m]  # any order: the loop must keep it
     target = int(frac * (m - 1)) + 1
     got = vispruner.remove_duplicates(features, candidates, target, per_round)
     assert got.shape == (b, target)
     for row in range(b):
         want = loop_remove_duplicates(features[row], candidates[row].tolist(), target, per_round)
-        assert sorted(got[row].tolist()) == want
+        assert got[row].tolist() == want
+
+
+@pytest.mark.parametrize("keep,ratio,n_important", [(64, 0.75, 48), (16, 0.5, 8), (17, 0.5, 8), (10, 0.3, 3),
+                                                    (9, 0.75, 6), (5, 1.0, 5), (5, 0.0, 0)])
+def test_vispruner_important_count_is_floor_as_official(keep, ratio, n_important):
+    assert vispruner.important_count(keep, ratio) == n_important
+
+
+def test_vispruner_walks_the_rest_in_descending_cls_attention():
+    """The diverse tokens come from the rest taken in descending [CLS]-attention order (official), not raster
+    order: reversing the attention of the rest changes which near-duplicates are paired."""
+    src = FakeSource(1, 36, 3)
+    cfg = vispruner.VisPrunerConfig(important_ratio=0.25)
+    order = torch.sort(src.cls_attention(), dim=-1, descending=True, stable=True).indices
+    rest = order[:, 2:]
+    want = vispruner.remove_duplicates(src.features(), rest, 6)
+    sel = vispruner.select(src, 8, cfg)
+    assert sel.indices[0].tolist() == sorted(order[0, :2].tolist() + want[0].tolist())
 
 
 def loop_alignment(a, vs, s, qt, lam):
