@@ -49,7 +49,8 @@ class TieWatch(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in self._ORDERING and isinstance(args[0], torch.Tensor) and args[0].is_floating_point():
-            dim = kwargs.get("dim", args[1] if len(args) > 1 and isinstance(args[1], int) else -1)
+            at = 2 if func in (torch.topk, torch.Tensor.topk) else 1  # topk(k, dim), the others (dim)
+            dim = kwargs.get("dim", args[at] if len(args) > at and isinstance(args[at], int) else -1)
             x = args[0].detach()
             if x.dim() > 0 and x.shape[dim] > 1:
                 s = x.sort(dim=dim).values
