@@ -33,6 +33,15 @@ def test_full_budget_reproduces_unpatched_model(tiny, pixels, method):
         torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("options", [{"merge_space": "projected"}, {"salient_layer": "last"}])
+def test_desap_options_at_full_budget_reproduce_unpatched_model(tiny, pixels, options):
+    """Projected merging: the adapter skips its projector for already projected tokens (one cluster per token)."""
+    inputs = tiny.prompt_ids(QUESTIONS)
+    ref = logits(tiny.model, inputs, pixels)
+    vlprune.apply(tiny.model, "desap", 16, **extra(tiny, "desap"), **options)
+    torch.testing.assert_close(logits(tiny.model, inputs, pixels), ref, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("method", ALL)
 def test_remove_restores_bit_identical_model(tiny, pixels, method):
     model = tiny.model

@@ -206,7 +206,10 @@ def test_nearest_centre_merge_is_average_of_clusters():
     assert torch.equal(all_kept, feats)
 
 
-def test_recomputed_cls_attention_equals_eager(tiny, pixels):
+@pytest.mark.parametrize("which", ["feature", "last"])
+def test_recomputed_cls_attention_equals_eager(tiny, pixels, which):
+    """A_s read from the block that produced hidden_states[-2] ("feature") or from the tower's last block
+    ("last", DeSAP's salient_layer) equals that block's eager [CLS] row, head mean."""
     from vlprune.models.clip_signals import ClipVisionSignals
 
     model = tiny.model
@@ -218,8 +221,65 @@ def test_recomputed_cls_attention_equals_eager(tiny, pixels):
             att = tower(pixel_values=pixels, output_attentions=True).attentions
     finally:
         model.set_attn_implementation({"vision_config": "sdpa"})
-    want = att[src.f - 1][:, :, 0, 1:].mean(1)  # the block that produced hidden_states[-2]
-    torch.testing.assert_close(src.cls_attention(), want, rtol=0, atol=1e-5)
+    block = src.f - 1 if which == "feature" else len(att) - 1
+    assert which == "feature" or block == src.f  # LLaVA: the last block reads hidden_states[-2]
+    got = src.cls_attention() if which == "feature" else src.last_cls_attention()
+    torch.testing.assert_close(got, att[block][:, :, 0, 1:].mean(1), rtol=0, atol=1e-5)
+
+
+def test_last_cls_attention_runs_the_blocks_after_an_earlier_feature_layer(tiny, pixels):
+    from vlprune.models.clip_signals import ClipVisionSignals
+
+    model = tiny.model
+    tower = model.model.vision_tower
+    src = ClipVisionSignals(tower, pixels, -3)
+    model.set_attn_implementation({"vision_config": "eager"})
+    try:
+        with torch.no_grad():
+            att = tower(pixel_values=pixels, output_attentions=True).attentions
+    finally:
+        model.set_attn_implementation({"vision_config": "sdpa"})
+    torch.testing.assert_close(src.last_cls_attention(), att[-1][:, :, 0, 1:].mean(1), rtol=0, atol=1e-5)
+
+
+class ProjectingSource(FakeSource):
+    """FakeSource with a separate last-block [CLS] attention and a non-linear "projector"."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._last = torch.softmax(torch.randn(self._a.shape, generator=torch.Generator().manual_seed(5)), -1)
+
+    def last_cls_attention(self):
+        return self._last
+
+    def projected_features(self):
+        return torch.tanh(self._f @ torch.ones(self._f.shape[-1], 3)) * torch.arange(1.0, 4.0)
+
+
+@pytest.mark.parametrize("salient", ["feature", "last"])
+def test_desap_salient_layer_picks_the_map(salient):
+    src = ProjectingSource(2, 36, 4)
+    sel = desap.select(src, 8, desap.DesapConfig(task_ratio=0.0, merge=False, salient_layer=salient))
+    a_s = src.cls_attention() if salient == "feature" else src.last_cls_attention()
+    assert torch.equal(sel.indices, torch.sort(torch.topk(a_s, 8).indices).values)
+
+
+def test_desap_projected_merge_averages_projected_tokens_of_the_same_clusters():
+    src = ProjectingSource(2, 36, 4)
+    vision = desap.select(src, 10, desap.DesapConfig())
+    proj = desap.select(src, 10, desap.DesapConfig(merge_space="projected"))
+    assert not vision.projected and proj.projected
+    assert torch.equal(proj.indices, vision.indices) and torch.equal(proj.assign, vision.assign)
+    p = src.projected_features()
+    for b in range(2):
+        want = torch.stack([p[b][proj.assign[b] == c].mean(0) for c in range(10)])
+        torch.testing.assert_close(proj.features[b], want)
+
+
+@pytest.mark.parametrize("option", [{"salient_layer": "nope"}, {"merge_space": "llm"}])
+def test_desap_option_errors(option):
+    with pytest.raises(ValueError, match=next(iter(option))):
+        desap.DesapConfig(**option)
 
 
 @pytest.mark.parametrize("mode", ["qq", "qk", "kk", "vv"])
@@ -314,3 +374,24 @@ def test_methods_listing():
     listed = vlprune.methods()
     assert {"desap", "vispruner", "visionzip", "fastv", "random"} <= set(listed)
     assert listed["desap"].defaults()["task_ratio"] == 0.5 and listed["fastv"].stage == "llm"
+
+
+@pytest.mark.parametrize("family", ["llava_next", "qwen2_5_vl"])
+@pytest.mark.parametrize("options", [{"merge_space": "projected"}, {"salient_layer": "last"}])
+def test_desap_options_on_other_families_at_full_budget(family, options):
+    """LLaVA-NeXT skips its projector for projected tiles; on Qwen both options are the features / map it has."""
+    from vlprune.models import get_adapter
+    from vlprune.testing import tiny_llava_next, tiny_qwen2_5_vl
+
+    t = tiny_llava_next() if family == "llava_next" else tiny_qwen2_5_vl()
+    sizes = [(20, 36), (30, 30)] if family == "llava_next" else [(32, 32), (24, 40)]
+    im = t.images(sizes, seed=0)
+    inputs = {**t.prompt_ids(["what color is the circle ?", "how many star are there ?"], im, [1, 1]), **im}
+    kw = {"processor": t.tokenizer}
+    if family == "llava_next":
+        kw.update(clip=t.clip, clip_tokenizer=t.clip_tokenizer)
+    with torch.no_grad():
+        ref = t.model(**inputs).logits[:, -1]
+        vlprune.apply(t.model, "desap", get_adapter(t.model).tokens_per_image(), **kw, **options)
+        torch.testing.assert_close(t.model(**inputs).logits[:, -1], ref, rtol=0, atol=1e-5)
+    vlprune.remove(t.model)

@@ -15,12 +15,14 @@ class Selection:
     ``indices`` (B, K_p) are the patch positions (raster order on the grid) that kept tokens stand for.
     ``assign`` (B, N), optional: for merging methods, the kept token (0..K-1) each patch was merged into,
     -1 for patches that were dropped without merging.
+    ``projected``: ``features`` are already in the LLM's input space (the adapter skips its projector).
     """
 
     features: torch.Tensor
     indices: torch.Tensor
     assign: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
+    projected: bool = False
 
 
 class SignalSource(Protocol):
@@ -35,6 +37,12 @@ class SignalSource(Protocol):
         ...
 
     def cls_attention(self) -> torch.Tensor:  # (B, N): head-mean [CLS]->patch attention (feature layer)
+        ...
+
+    def last_cls_attention(self) -> torch.Tensor:  # (B, N): the same from the tower's LAST block (LLaVA: the
+        ...  # block after the feature layer, whose input is hidden_states[-2]; Qwen: the scoring block)
+
+    def projected_features(self) -> torch.Tensor:  # (B, N, D_llm): ``features`` through the model's projector
         ...
 
     def keys(self) -> torch.Tensor:  # (B, N, Dk): keys of the feature layer's attention

@@ -29,6 +29,11 @@ class DesapConfig:
     fcma: use fine-grained cross-modal alignment (eq. 3); False = plain mean cosine similarity (Table 5).
     merge: average-merge dropped tokens into their most similar kept token (§4.3).
     sign: +1 ranks patches by similarity to the question, -1 by dissimilarity (a polarity check; keep +1).
+    salient_layer: where eq. 4's [CLS] attention A_s is read: "last" = the vision encoder's last block (the
+        paper's words, "from the last layer of the visual encoder"), "feature" = the block that produced the
+        features LLaVA reads (hidden_states[-2]; what VisionZip/VisPruner read). docs/methods/desap.md.
+    merge_space: where §4.3's cluster average is taken: "vision" = of the vision features, before the projector;
+        "projected" = of the projected (LLM-input) tokens. Clusters are formed in vision feature space either way.
     """
 
     task_ratio: float = 0.5
@@ -37,6 +42,8 @@ class DesapConfig:
     fcma: bool = True
     merge: bool = True
     sign: float = 1.0
+    salient_layer: Literal["last", "feature"] = "feature"
+    merge_space: Literal["vision", "projected"] = "vision"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.task_ratio <= 1.0:
@@ -47,6 +54,10 @@ class DesapConfig:
             raise ValueError(f"attention must be one of qq/qk/kk/vv, got {self.attention!r}")
         if self.sign not in (1.0, -1.0):
             raise ValueError(f"sign must be +1 or -1, got {self.sign}")
+        if self.salient_layer not in ("last", "feature"):
+            raise ValueError(f"salient_layer must be 'last' or 'feature', got {self.salient_layer!r}")
+        if self.merge_space not in ("vision", "projected"):
+            raise ValueError(f"merge_space must be 'vision' or 'projected', got {self.merge_space!r}")
 
 
 def fine_grained_alignment(
@@ -139,15 +150,19 @@ _select_graphed = GraphedCall(select_from_signals)
 def select(source: SignalSource, keep: int, cfg: DesapConfig) -> Selection:
     """DeSAP on one batch of images: decoupled similarity + [CLS] saliency, rank & prune, merge."""
     feats = source.features()
-    salient = source.cls_attention()
+    salient = source.last_cls_attention() if cfg.salient_layer == "last" else source.cls_attention()
     k1 = int(round(keep * cfg.task_ratio)) if source.has_question() else 0
     cue: tuple[torch.Tensor, ...] = ()
     if k1 > 0:
         joint = source.decoupled(cfg.attention)  # (B, 1+N, e); queued before the text side, which may overlap it
         cue = (joint, *source.question())
-    out = _select_graphed(feats, salient, *cue, k1=k1, k2=keep - k1, lam=cfg.lam, fcma=cfg.fcma, merge=cfg.merge,
+    in_vision = cfg.merge and cfg.merge_space == "vision"
+    out = _select_graphed(feats, salient, *cue, k1=k1, k2=keep - k1, lam=cfg.lam, fcma=cfg.fcma, merge=in_vision,
                           sign=cfg.sign)
     features, kept, task = out[:3]
+    if cfg.merge and not in_vision:  # same clusters (vision-feature cosine), averaged after the projector
+        features, assign = nearest_centre_merge(source.projected_features(), kept, metric=feats)
+        return Selection(features=features, indices=kept, assign=assign, extras={"task": task}, projected=True)
     return Selection(features=features, indices=kept, assign=out[3] if cfg.merge else None, extras={"task": task})
 
 

@@ -50,7 +50,8 @@ class ClipVisionSignals:
     One vision forward with ``output_hidden_states``; the feature layer f (LLaVA: -2) gives the features
     (``hidden_states[f]`` without [CLS]); [CLS] attention and keys are recomputed from the projections of
     the block that produced them (its input is ``hidden_states[f-1]``); DeSAP's decoupled attention runs the
-    NEXT block's attention on ``hidden_states[f]`` (eq. 2), then ``post_layernorm`` + ``visual_projection``.
+    NEXT block's attention on ``hidden_states[f]`` (eq. 2), then ``post_layernorm`` + ``visual_projection``, and
+    ``last_cls_attention`` is the [CLS] row of the tower's last block (for LLaVA's f = -2: that same block).
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class ClipVisionSignals:
         questions: QuestionBatch | None = None,
         clip_text: ClipText | None = None,
         grid: tuple[int, int] | None = None,
+        projector: nn.Module | None = None,
     ) -> None:
         self.vision_model = vision_model
         self.pixel_values = pixel_values
@@ -73,6 +75,7 @@ class ClipVisionSignals:
         self.next_block = layers[self.f] if self.f < len(layers) else None
         self.questions = questions
         self.clip_text = clip_text
+        self.projector = projector
         n = self.hidden_states[self.f].shape[1] - 1
         side = int(round(n**0.5))
         self.grid = grid or (side, side)
@@ -103,6 +106,24 @@ class ClipVisionSignals:
 
     def cls_attention(self) -> torch.Tensor:
         return self._cls_attention
+
+    @cached_property
+    def _last_cls_attention(self) -> torch.Tensor:
+        layers = self.vision_model.encoder.layers
+        if self.next_block is None:  # the feature layer is the last block's output: the same block
+            return self._cls_attention
+        hidden = self.hidden_states[self.f]
+        for block in layers[self.f : len(layers) - 1]:  # LLaVA (f = -2): none, the last block reads the features
+            hidden = block(hidden, None)
+        return _cls_attention_graphed(hidden, block=layers[-1])
+
+    def last_cls_attention(self) -> torch.Tensor:
+        return self._last_cls_attention
+
+    def projected_features(self) -> torch.Tensor:
+        if self.projector is None:
+            raise ValueError("merge_space='projected' needs the model's projector; this source was built without it")
+        return self.projector(self.features())
 
     @cached_property
     def _keys(self) -> torch.Tensor:

@@ -27,9 +27,10 @@ class LlavaAdapter(Adapter):
         source = ClipVisionSignals(
             tower, pixel_values.to(tower.dtype), self.model.config.vision_feature_layer,
             questions=run.questions, clip_text=run.clip_text, grid=(self.side, self.side),
+            projector=self.model.model.multi_modal_projector,
         )
         sel = run.select(source)
-        feats = self.model.model.multi_modal_projector(sel.features)
+        feats = sel.features if sel.projected else self.model.model.multi_modal_projector(sel.features)
         n = pixel_values.shape[0]
         return PrunedImages(
             features=list(feats),

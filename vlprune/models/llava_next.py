@@ -115,6 +115,12 @@ class _PatchSubset:
     def cls_attention(self) -> torch.Tensor:
         return self._pick(self.tiles.cls_attention())
 
+    def last_cls_attention(self) -> torch.Tensor:
+        return self._pick(self.tiles.last_cls_attention())
+
+    def projected_features(self) -> torch.Tensor:
+        return self._pick(self.tiles.projected_features())
+
     def keys(self) -> torch.Tensor:
         return self._pick(self.tiles.keys())
 
@@ -285,7 +291,8 @@ class LlavaNextAdapter(Adapter):
         model = self.model.model
         tower = model.vision_tower
         tiles = ClipVisionSignals(tower, pixel_values.to(tower.dtype), self.model.config.vision_feature_layer,
-                                  clip_text=run.clip_text, grid=(self.side, self.side))
+                                  clip_text=run.clip_text, grid=(self.side, self.side),
+                                  projector=model.multi_modal_projector)
         cache: dict = {}
         s2 = self.side * self.side
         out = PrunedImages(features=[], tokens_per_image=[], indices=[], assign=[], grids=[])
@@ -302,12 +309,13 @@ class LlavaNextAdapter(Adapter):
                 sub = _PatchSubset(tiles, first + lay.tile[members], lay.patch[members], cls_tile, i,
                                    run.questions, cache, _subset_key(tiles, first, lay.n_tiles, g_i), lay.grid)
                 sel = run.select(sub)
+                projected = sel.projected
                 pieces.append({
                     "vis": sel.features[0], "index": members.to(sel.indices.device)[sel.indices[0]].cpu(),
                     "assign": sel.assign[0] if sel.assign is not None else None, "members": members,
                 })
             vis = torch.cat([p["vis"] for p in pieces], 0)
-            proj = model.multi_modal_projector(vis)
+            proj = vis if projected else model.multi_modal_projector(vis)
             start = 0
             for p in pieces:
                 n = p.pop("vis").shape[0]

@@ -78,6 +78,14 @@ class _QwenImage:
     def cls_attention(self) -> torch.Tensor:
         return self.vit.received(self.i).unsqueeze(0)
 
+    def last_cls_attention(self) -> torch.Tensor:
+        """The scoring block already feeds both the salient map and DeSAP's decoupled attention: the same map."""
+        return self.cls_attention()
+
+    def projected_features(self) -> torch.Tensor:
+        """Qwen's features are the merger's output, already in the LLM input space."""
+        return self.features()
+
     def keys(self) -> torch.Tensor:
         return self.vit.keys(self.i).unsqueeze(0)
 
