@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vlprune
-from vlprune.methods import desap, random_, visionzip, vispruner
+from vlprune.methods import desap, random_, visiondrop, visionzip, vispruner
 from vlprune.methods.base import check_keep
 from vlprune.ops import nearest_centre_merge
 
@@ -395,3 +395,48 @@ def test_desap_options_on_other_families_at_full_budget(family, options):
         vlprune.apply(t.model, "desap", get_adapter(t.model).tokens_per_image(), **kw, **options)
         torch.testing.assert_close(t.model(**inputs).logits[:, -1], ref, rtol=0, atol=1e-5)
     vlprune.remove(t.model)
+
+
+@pytest.mark.parametrize("p,s", [(7, 3), (40, 17), (100, 0)])
+def test_shift_rope_equals_the_table_at_the_shifted_position(p, s):
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from vlprune.positions import shift_rope
+
+    rot = LlamaRotaryEmbedding(LlamaConfig(hidden_size=64, num_attention_heads=4, max_position_embeddings=256))
+    x = torch.zeros(1, 1, 64)
+    cos, sin = rot(x, torch.arange(128).unsqueeze(0))
+    got = shift_rope(cos[:, p : p + 1], sin[:, p : p + 1], cos[:, s : s + 1], sin[:, s : s + 1], cos[:, :1])
+    torch.testing.assert_close(got[0], cos[:, p - s : p - s + 1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(got[1], sin[:, p - s : p - s + 1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", [None, "bool", "additive"])
+def test_position_causal_mask_orders_by_position(kind):
+    from vlprune.positions import position_causal_mask, renumbered
+
+    pos = renumbered(torch.tensor([[2, 3, 4]]), torch.tensor([[1, 2, 0]]), 6)  # visual run 2..4 reordered
+    assert pos.tolist() == [[0, 1, 3, 4, 2, 5]]
+    pad = torch.tensor([False, True, True, True, True, True])  # token 0 is padding
+    base = {None: None, "bool": pad.view(1, 1, 1, 6).expand(1, 1, 6, 6),
+            "additive": torch.zeros(1, 1, 6, 6).masked_fill(~pad.view(1, 1, 1, 6), -1e9)}[kind]
+    m = position_causal_mask(base, pos, torch.float32)
+    allowed = m if m.dtype == torch.bool else m > -1e8
+    want = pos[0].view(1, 6) <= pos[0].view(6, 1)
+    if kind is not None:
+        want = want & pad.view(1, 6)
+    assert torch.equal(allowed[0, 0], want)
+
+
+def test_visiondrop_official_positions_refuse_several_images(tiny, pixels):
+    inputs = tiny.prompt_ids(["what color is the circle ?"], n_images=2)
+    vlprune.apply(tiny.model, "visiondrop", 3, positions="official")
+    try:
+        with pytest.raises(NotImplementedError, match="one image per sample"):
+            with torch.no_grad():
+                tiny.model(**inputs, pixel_values=pixels)
+    finally:
+        vlprune.remove(tiny.model)
+    with pytest.raises(ValueError, match="positions"):
+        visiondrop.VisionDropConfig(positions="renumbered")

@@ -24,6 +24,7 @@ from torch import nn
 from . import compat
 from .attention import decoder_attention_logits, decoder_attention_probs, mask_logits
 from .ops import descending_order, true_first
+from .positions import position_causal_mask, renumbered, shift_rope
 
 
 @dataclass
@@ -49,6 +50,7 @@ class StageInputs:
     keep: int = 0
     scores: torch.Tensor | None = None
     aux: Any = None
+    positions: torch.Tensor | None = None  # (B, L_cur) renumbered positions after a ``renumber`` stage, else None
 
     def attention(self, query_pos: torch.Tensor) -> torch.Tensor:
         """Recomputed attention probabilities (B, H, q, L_cur) of this layer for the given queries."""
@@ -84,7 +86,10 @@ class LLMStage:
         of the kept visual tokens, for methods that fold dropped tokens into kept ones.
     The top ``keep`` slots of the ranking are kept (stable: ties go to the earlier token). A stage whose
     ``keep`` covers every surviving visual token does nothing (no scoring, no merging).
-    Hidden states, positions, rotary tables and masks of the kept tokens are gathered, never renumbered.
+    renumber: optional (StageInputs, kept_slots (B, k)) -> (B, k) rank of each kept visual token in a new order;
+        after the drop every token takes positions 0..L'-1 (text in place, the visual run in that order) with a
+        mask causal in that order (official VisionDrop; one image per sample, 1-D RoPE; vlprune/positions.py).
+    Without ``renumber``, hidden states, positions, rotary tables and masks of the kept tokens are gathered.
     """
 
     layer: int
@@ -93,6 +98,7 @@ class LLMStage:
     score_layer: int | None = None
     merge: Callable[[StageInputs, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     select: Callable[[StageInputs], Any] | None = None
+    renumber: Callable[[StageInputs, torch.Tensor], torch.Tensor] | None = None
 
     @property
     def scored_at(self) -> int:
@@ -127,6 +133,9 @@ class _Pass:
     layer_cols: dict[int, torch.Tensor] = field(default_factory=dict)
     layer_dead: dict[int, torch.Tensor | None] = field(default_factory=dict)
     scores: dict[int, list] = field(default_factory=dict)
+    pos: torch.Tensor | None = None  # (B, L_cur) renumbered positions (None: the original ones, ``cols``)
+    rope_full: tuple[torch.Tensor, torch.Tensor] | None = None  # the prompt's rotary tables (renumbering only)
+    layer_shift: dict[int, int] = field(default_factory=dict)  # per layer, prompt tokens dropped before it
 
     def refresh(self) -> None:
         """Recompute ``counts`` and ``image_pos`` from ``is_img`` (one host read)."""
@@ -280,9 +289,10 @@ class LLMPruner:
         p = self.current
         cols, full_len = p.cols, p.prompt_len
         out = dict(kwargs)
+        at = cols if p.pos is None else p.pos  # renumbered positions, or the original ones
         if cols.shape[1] != full_len:
             cos, sin = compat.rotary_tables(kwargs, self._layer_index)
-            out["position_embeddings"] = (compat.table_rows(cos, cols), compat.table_rows(sin, cols))
+            out["position_embeddings"] = (compat.table_rows(cos, at), compat.table_rows(sin, at))
             mask = compat.layer_mask(kwargs)
             if mask is not None:
                 mask = _gather_seq(mask, cols, 2) if mask.shape[2] == full_len else mask
@@ -290,13 +300,16 @@ class LLMPruner:
             pos = kwargs.get("position_ids")
             if isinstance(pos, torch.Tensor) and pos.shape[-1] == full_len:
                 pos = pos.expand(*pos.shape[:-2], cols.shape[0], full_len)
-                out["position_ids"] = torch.gather(pos, -1, cols.expand(*pos.shape[:-2], *cols.shape))
+                out["position_ids"] = torch.gather(pos, -1, at.expand(*pos.shape[:-2], *at.shape))
         if p.dead is not None:
             n = cols.shape[1]
             mask = compat.layer_mask(out)
             out["attention_mask"] = _hide_columns(
                 mask if mask is not None else self._built_mask(n, n, cols.device), p.dead, own_rows=True
             )
+        if p.pos is not None:
+            cos = compat.rotary_tables(kwargs, self._layer_index)[0]
+            out["attention_mask"] = position_causal_mask(compat.layer_mask(out), p.pos, cos.dtype)
         return out
 
     def _built_mask(self, queries: int, keys: int, device: torch.device) -> torch.Tensor:
@@ -336,6 +349,7 @@ class LLMPruner:
                 self.history.append(p.image_ids.clone())
                 continue
             drop = torch.zeros_like(p.is_img)
+            order = None  # renumbering stages: the new order of the kept visual tokens
             for g, group in enumerate(groups):
                 inputs = self._inputs(layer, hidden, kw, group)
                 out = stage.score(inputs) if stage.scored_at == index else pending[g]
@@ -352,7 +366,10 @@ class LLMPruner:
                     hidden = _put_rows(hidden, group.rows, inputs.hidden.scatter(1, where, new_img))
                 gone = torch.gather(inputs.image_pos, 1, dropped_slots)
                 drop = _put_rows(drop, group.rows, _take_rows(drop, group.rows).scatter(1, gone, True))
-            hidden, kw = self._drop(hidden, kwargs, drop)
+                if stage.renumber is not None:
+                    self._check_renumber(kwargs, group)
+                    order = stage.renumber(inputs, kept_slots)
+            hidden, kw = self._drop(hidden, kwargs, drop, order)
             self.history.append(p.image_ids.clone())
         for stage in self.stages:  # scores taken before a later drop layer (FastV: the layer before)
             if stage.scored_at == index and stage.layer != index:
@@ -360,14 +377,19 @@ class LLMPruner:
                 if groups:
                     p.scores[stage.layer] = [stage.score(self._inputs(layer, hidden, kw, g)) for g in groups]
         p.layer_cols[index], p.layer_dead[index] = p.cols, p.dead
+        if p.pos is not None:
+            p.layer_shift[index] = p.prompt_len - p.cols.shape[1]
         if index == len(self.layers) - 1:
             self.last_kept = p.image_ids
         return hidden, kw
 
-    def _drop(self, hidden: torch.Tensor, kwargs: dict, drop: torch.Tensor):
+    def _drop(self, hidden: torch.Tensor, kwargs: dict, drop: torch.Tensor, order: torch.Tensor | None = None):
         """Remove the visual columns ``drop`` (B, L_cur). Every row loses the same number of columns: dropped and
-        dead ones first, then padding; what a row cannot lose that way stays as a dead (masked) column."""
+        dead ones first, then padding; what a row cannot lose that way stays as a dead (masked) column. ``order``
+        (B, k): a renumbering stage's order of the kept visual tokens (positions become 0..L'-1)."""
         p = self.current
+        if order is not None and p.rope_full is None:
+            p.rope_full = compat.rotary_tables(kwargs, self._layer_index)
         gone = drop if p.dead is None else drop | p.dead
         removable = gone | p.pad
         width = int(torch.minimum(gone.sum(-1).max(), removable.sum(-1).min()))
@@ -380,7 +402,20 @@ class LLMPruner:
         p.is_img = torch.gather(p.is_img & ~drop, 1, rel)
         p.pad = torch.gather(p.pad, 1, rel)
         p.refresh()
+        if order is not None:
+            p.pos = renumbered(p.image_pos, order, rel.shape[1])
+        elif p.pos is not None:  # a later stage without renumbering: ranks of the positions so far
+            p.pos = torch.argsort(torch.argsort(torch.gather(p.pos, 1, rel), dim=-1), dim=-1)
         return _gather_seq(hidden, rel, 1), self._gather_kwargs(kwargs)
+
+    def _check_renumber(self, kwargs: dict, group: _Group) -> None:
+        pos = kwargs.get("position_ids")
+        if group.rows is not None or group.n_images != 1 or (isinstance(pos, torch.Tensor) and pos.dim() == 3):
+            raise NotImplementedError(
+                "renumbered positions (VisionDrop positions='official') need one image per sample, the same number "
+                "of visual tokens in every sample and 1-D RoPE (LLaVA-1.5 / LLaVA-NeXT, as the official code); use "
+                "positions='original'"
+            )
 
     def _inputs(self, layer: nn.Module, hidden: torch.Tensor, kw: dict, group: _Group) -> StageInputs:
         cos, sin = compat.rotary_tables(kw, self._layer_index)
@@ -388,10 +423,20 @@ class LLMPruner:
         return StageInputs(
             layer=layer, hidden=_take_rows(hidden, rows), cos=_take_rows(cos, rows, -3), sin=_take_rows(sin, rows, -3),
             mask=_take_rows(compat.layer_mask(kw), rows), image_pos=_take_rows(self.current.image_pos, rows)[:, : group.count],
-            rope=self.rope, n_images=group.n_images, keep=group.keep,
+            rope=self.rope, n_images=group.n_images, keep=group.keep, positions=_take_rows(self.current.pos, rows),
         )
 
     def _decode_kwargs(self, index: int, kwargs: dict, queries: int) -> dict:
+        out = self._decode_mask(index, kwargs, queries)
+        shift = self.current.layer_shift.get(index, 0)
+        if shift:  # renumbered: the new tokens sit ``shift`` positions earlier in this layer
+            (cos, sin), (full_cos, full_sin) = compat.rotary_tables(out, index), self.current.rope_full
+            row = slice(shift, shift + 1)
+            out["position_embeddings"] = shift_rope(cos, sin, full_cos[..., row, :], full_sin[..., row, :],
+                                                    full_cos[..., :1, :])
+        return out
+
+    def _decode_mask(self, index: int, kwargs: dict, queries: int) -> dict:
         p = self.current
         cols, dead = p.layer_cols.get(index), p.layer_dead.get(index)
         if cols is None or (cols.shape[1] == p.prompt_len and dead is None):

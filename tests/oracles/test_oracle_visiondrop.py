@@ -86,3 +86,80 @@ def test_llm_stage_equals_official(llama, n, dominant, contextual):
     is_target = torch.isin(kept[0], aux["targets"][0])
     # official order: dominant tokens (slot order), then contextual tokens (target order = slot order)
     torch.testing.assert_close(torch.cat([merged[~is_target], merged[is_target]]), want_tokens, rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny8():
+    from vlprune.testing import tiny_llava
+
+    return tiny_llava(seed=0, grid=4, layers=8)
+
+
+def _official_forward(model, embeds, stages):
+    """The LLM as the official code runs it: at each stage layer, visiondrop_stage on that layer's input
+    (q/k at the current positions 0..L-1), then the shorter sequence renumbered 0..L'-1, causal."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+    lm = model.model.language_model
+    hidden, start = embeds, stages["image_index"]
+    n_img = stages["first"]
+    for i, layer in enumerate(lm.layers):
+        pos = torch.arange(hidden.shape[1]).unsqueeze(0)
+        cos, sin = lm.rotary_emb(hidden, pos)
+        if i in stages["at"]:
+            dominant, contextual = stages["at"][i]
+            attn = layer.self_attn
+            normed = layer.input_layernorm(hidden)
+            shape = (1, hidden.shape[1], -1, attn.head_dim)
+            q = attn.q_proj(normed).view(shape).transpose(1, 2)
+            k = attn.k_proj(normed).view(shape).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            k = repeat_kv(k, attn.num_key_value_groups)  # the official code has as many kv heads as q heads
+            causal = torch.full((hidden.shape[1],) * 2, torch.finfo(q.dtype).min).triu(1).unsqueeze(0)
+            _, new, *_ = visiondrop_stage(q[0], k[0], causal, [hidden[0]], [n_img], [dominant], [contextual],
+                                          start, attn.head_dim, q)
+            hidden, n_img = new.unsqueeze(0), dominant + contextual
+            pos = torch.arange(hidden.shape[1]).unsqueeze(0)
+            cos, sin = lm.rotary_emb(hidden, pos)
+        hidden = layer(hidden, position_embeddings=(cos, sin), position_ids=pos)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    return model.lm_head(lm.norm(hidden))[:, -1]
+
+
+@pytest.mark.parametrize("keep", [7, 8, 10])  # every stage merges (the official code needs contextual >= 1)
+def test_official_positions_equal_the_official_forward(tiny8, keep):
+    """positions='official': prefill logits equal the official LLM forward (every stage from the official code,
+    sequence renumbered after each); cached greedy decoding equals a no-cache loop of that forward."""
+    import vlprune
+
+    model = tiny8.model
+    inputs = tiny8.prompt_ids(["what color is the circle ?"])
+    pixels = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(keep))
+    cfg = visiondrop.VisionDropConfig(positions="official")
+    layers, counts, contextual = visiondrop.schedule(keep, 8, cfg, 16)
+    captured = {}
+
+    def capture(module, args, kwargs):  # the LLM input of the prompt (the first call), same in both conventions
+        captured.setdefault("embeds", (args[0] if args else kwargs["hidden_states"]).clone())
+
+    hook = model.model.language_model.layers[0].register_forward_pre_hook(capture, with_kwargs=True)
+    vlprune.apply(model, "visiondrop", keep, positions="official")
+    try:
+        with torch.no_grad():
+            got = model(**inputs, pixel_values=pixels).logits[:, -1]
+            out = model.generate(**inputs, pixel_values=pixels, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    finally:
+        vlprune.remove(model)
+        hook.remove()
+    image_index = int((inputs["input_ids"][0] == 4).nonzero()[0])
+    stages = {"image_index": image_index, "first": counts[0],
+              "at": {l: (c - x, x) for l, c, x in zip(layers, counts[1:], contextual[1:])}}
+    with torch.no_grad():
+        want = _official_forward(model, captured["embeds"][:1], stages)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+        embeds = captured["embeds"][:1]
+        emb = model.get_input_embeddings()
+        for step in range(4):  # greedy, no cache: the prompt's embeddings plus the generated tokens'
+            nxt = _official_forward(model, embeds, stages).argmax(-1)
+            assert int(nxt) == int(out[0, inputs["input_ids"].shape[1] + step])
+            embeds = torch.cat([embeds, emb(nxt).unsqueeze(1)], 1)

@@ -16,6 +16,7 @@ official scripts' schedule 48 -> 35 -> 26 -> 19 ([dominant, contextual] = [42, 6
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -45,12 +46,17 @@ class VisionDropConfig:
     contextual_ratios: share of each segment's tokens that are contextual (merged) tokens; official
         6/48, 5/35, 4/26, 3/19. 0 disables merging at that stage.
     include_cls: the encoder stage spends one dominant token on [CLS] (official, via VisionZip).
+    positions: "original" = kept tokens keep their positions, each contextual token in its target's slot (vlprune);
+        "official" = as the official code: after each LLM stage the sequence is renumbered 0..L'-1 with the
+        dominant tokens first, then the contextual ones (one image per sample, LLaVA-1.5/NeXT).
+        docs/methods/visiondrop.md.
     """
 
     layer_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     stage_ratios: tuple[float, ...] = tuple((d + c) / _OFFICIAL_BUDGET for d, c in _OFFICIAL)
     contextual_ratios: tuple[float, ...] = tuple(c / (d + c) for d, c in _OFFICIAL)
     include_cls: bool = True
+    positions: Literal["original", "official"] = "original"
 
     def __post_init__(self) -> None:
         self.layer_fractions = tuple(float(f) for f in self.layer_fractions)
@@ -72,6 +78,8 @@ class VisionDropConfig:
             raise ValueError(f"contextual_ratios needs {len(ratios)} entries (one per segment), got {len(ctx)}")
         if any(not 0.0 <= c < 1.0 for c in ctx):
             raise ValueError(f"contextual_ratios must lie in [0, 1), got {ctx}")
+        if self.positions not in ("original", "official"):
+            raise ValueError(f"positions must be 'original' or 'official', got {self.positions!r}")
 
 
 # -- the budget -> schedule mapping ---------------------------------------------------------------------------
@@ -180,15 +188,28 @@ def dominant_contextual(
     return dominant, targets, tokens, assign
 
 
-def _llm_stage(layer: int, count: int, n_contextual: int) -> LLMStage:
+def position_order(inputs: StageInputs) -> torch.Tensor:
+    """(B, n_img) the visual slots in the order of their current positions: slot order unless an earlier stage
+    renumbered (official convention: the order the official code's sequence has them in)."""
+    b, n = inputs.image_pos.shape
+    if inputs.positions is None:
+        return torch.arange(n, device=inputs.image_pos.device).expand(b, n)
+    return torch.argsort(torch.gather(inputs.positions, 1, inputs.image_pos), dim=-1)
+
+
+def _llm_stage(layer: int, count: int, n_contextual: int, official: bool = False) -> LLMStage:
     def score(inputs: StageInputs):
         s = visual_scores(inputs)
         k = inputs.keep
         ctx = min(n_contextual * inputs.n_images, k - 1)
         if ctx <= 0:
             return s
-        feats = gather_rows(inputs.hidden, inputs.image_pos)
-        dominant, targets, tokens, _ = dominant_contextual(s, feats, image_keys(inputs), k - ctx, ctx)
+        # dominant/contextual in position order (targets are strided over it), mapped back to slots
+        perm = position_order(inputs)
+        feats = gather_rows(gather_rows(inputs.hidden, inputs.image_pos), perm)
+        dominant, targets, tokens, _ = dominant_contextual(
+            torch.gather(s, 1, perm), feats, gather_rows(image_keys(inputs), perm), k - ctx, ctx)
+        dominant, targets = torch.gather(perm, 1, dominant), torch.gather(perm, 1, targets)
         ranking = torch.zeros_like(s)  # tiers: dominant 2, contextual targets 1, the rest 0 (exactly k kept)
         ranking.scatter_(1, dominant, 2.0)
         ranking.scatter_(1, targets, 1.0)
@@ -203,14 +224,25 @@ def _llm_stage(layer: int, count: int, n_contextual: int) -> LLMStage:
         ctx = gather_rows(inputs.aux["tokens"], which).to(feats.dtype)
         return torch.where(match.any(-1, keepdim=True), ctx, feats)
 
-    return LLMStage(layer=layer, keep=count, score=score, merge=merge if n_contextual > 0 else None)
+    def renumber(inputs: StageInputs, kept: torch.Tensor) -> torch.Tensor:
+        """Official order of the kept tokens: dominant ones, then contextual ones, each in position order."""
+        rank = torch.argsort(position_order(inputs), dim=-1)  # slot -> its place in position order
+        key = torch.gather(rank, 1, kept)
+        if inputs.aux is not None:
+            is_target = (kept.unsqueeze(-1) == inputs.aux["targets"].unsqueeze(1)).any(-1)
+            key = key + is_target * rank.shape[1]
+        return torch.argsort(torch.argsort(key, dim=-1), dim=-1)
+
+    return LLMStage(layer=layer, keep=count, score=score, merge=merge if n_contextual > 0 else None,
+                    renumber=renumber if official else None)
 
 
 def plan(keep: int, num_layers: int, cfg: VisionDropConfig, tokens_per_image: int | None = None) -> list[LLMStage]:
     """The LLM stages of :func:`schedule` (their ``layer``/``keep`` are all the FLOPs count needs, plus
     :func:`encoder_tokens` for the encoder stage)."""
     layers, counts, contextual = schedule(keep, num_layers, cfg, tokens_per_image)
-    return [_llm_stage(l, c, x) for l, c, x in zip(layers, counts[1:], contextual[1:])]
+    official = cfg.positions == "official"
+    return [_llm_stage(l, c, x, official) for l, c, x in zip(layers, counts[1:], contextual[1:])]
 
 
 def select(source: SignalSource, keep: int, cfg: VisionDropConfig) -> Selection:
