@@ -35,6 +35,12 @@ class FakeSource:
     def cls_attention(self):
         return self._a
 
+    def last_cls_attention(self):  # another map than cls_attention
+        return self._a.flip(-1)
+
+    def projected_features(self):  # a non-linear "projector"
+        return torch.tanh(self._f) * 2
+
     def keys(self):
         return self._k
 
@@ -193,7 +199,7 @@ def test_desap_without_question_uses_visual_cue_only():
     src = FakeSource(1, 16, 2)
     src._mask[:] = False
     sel = desap.select(src, 6, desap.DesapConfig(merge=False))
-    want = torch.sort(torch.topk(src.cls_attention()[0], 6).indices).values
+    want = torch.sort(torch.topk(src.last_cls_attention()[0], 6).indices).values  # the default salient_layer
     assert sel.indices[0].tolist() == want.tolist()
 
 
@@ -242,31 +248,17 @@ def test_last_cls_attention_runs_the_blocks_after_an_earlier_feature_layer(tiny,
     torch.testing.assert_close(src.last_cls_attention(), att[-1][:, :, 0, 1:].mean(1), rtol=0, atol=1e-5)
 
 
-class ProjectingSource(FakeSource):
-    """FakeSource with a separate last-block [CLS] attention and a non-linear "projector"."""
-
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self._last = torch.softmax(torch.randn(self._a.shape, generator=torch.Generator().manual_seed(5)), -1)
-
-    def last_cls_attention(self):
-        return self._last
-
-    def projected_features(self):
-        return torch.tanh(self._f @ torch.ones(self._f.shape[-1], 3)) * torch.arange(1.0, 4.0)
-
-
 @pytest.mark.parametrize("salient", ["feature", "last"])
 def test_desap_salient_layer_picks_the_map(salient):
-    src = ProjectingSource(2, 36, 4)
+    src = FakeSource(2, 36, 4)
     sel = desap.select(src, 8, desap.DesapConfig(task_ratio=0.0, merge=False, salient_layer=salient))
     a_s = src.cls_attention() if salient == "feature" else src.last_cls_attention()
     assert torch.equal(sel.indices, torch.sort(torch.topk(a_s, 8).indices).values)
 
 
 def test_desap_projected_merge_averages_projected_tokens_of_the_same_clusters():
-    src = ProjectingSource(2, 36, 4)
-    vision = desap.select(src, 10, desap.DesapConfig())
+    src = FakeSource(2, 36, 4)
+    vision = desap.select(src, 10, desap.DesapConfig(merge_space="vision"))
     proj = desap.select(src, 10, desap.DesapConfig(merge_space="projected"))
     assert not vision.projected and proj.projected
     assert torch.equal(proj.indices, vision.indices) and torch.equal(proj.assign, vision.assign)

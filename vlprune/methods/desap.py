@@ -21,7 +21,8 @@ from .base import Selection, SignalSource
 
 @dataclass
 class DesapConfig:
-    """Options of DeSAP; defaults are the paper's.
+    """Options of DeSAP; defaults are the paper's (salient_layer and merge_space: the readings chosen on the
+    testbed's val split, docs/methods/desap.md).
 
     task_ratio: share of the budget chosen by the task cue, k1 = round(K * task_ratio) (paper: 0.5, Table 4a).
     lam: sharpness lambda of the fine-grained cross-modal alignment (eq. 3; paper: 0.1).
@@ -42,8 +43,8 @@ class DesapConfig:
     fcma: bool = True
     merge: bool = True
     sign: float = 1.0
-    salient_layer: Literal["last", "feature"] = "feature"
-    merge_space: Literal["vision", "projected"] = "vision"
+    salient_layer: Literal["last", "feature"] = "last"
+    merge_space: Literal["vision", "projected"] = "projected"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.task_ratio <= 1.0:
