@@ -34,7 +34,8 @@ def test_kept_set_equals_official(n, t, ratio):
     if not official_rounds_defined(n, t, ratio):
         pytest.skip("the official loop is undefined here (the extension applies; see the extension test)")
     (feats, attn, *_), want = run_tie_free(
-        lambda seed: (*draw(n, seed=1000 * n + 10 * t + seed, heads=3), t, ratio), encode_images)
+        lambda seed: (*draw(n, seed=1000 * n + 10 * t + seed, heads=3, batch=1 if n > 144 else 2), t, ratio),
+        encode_images)  # one image at N=576: its ~70 rounds meet a tie in about every other draw of two
     got = vispruner.select(TensorSource(feats, attn.mean(dim=1)), t, vispruner.VisPrunerConfig(ratio))
     for row in range(feats.shape[0]):  # want: (B, N) bool index masks
         assert got.indices[row].tolist() == torch.nonzero(want[row]).flatten().tolist()
