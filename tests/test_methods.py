@@ -212,40 +212,24 @@ def test_nearest_centre_merge_is_average_of_clusters():
     assert torch.equal(all_kept, feats)
 
 
-@pytest.mark.parametrize("which", ["feature", "last"])
-def test_recomputed_cls_attention_equals_eager(tiny, pixels, which):
-    """A_s read from the block that produced hidden_states[-2] ("feature") or from the tower's last block
-    ("last", DeSAP's salient_layer) equals that block's eager [CLS] row, head mean."""
+@pytest.mark.parametrize("feature_layer,which,block", [(-2, "feature", -2), (-2, "last", -1), (-3, "last", -1)])
+def test_recomputed_cls_attention_equals_eager(tiny, pixels, feature_layer, which, block):
+    """A_s read from the block that produced the features ("feature") or from the tower's last block ("last",
+    DeSAP's salient_layer; for LLaVA's -2 the block that reads hidden_states[-2], for an earlier feature layer
+    after running the blocks in between) equals that block's eager [CLS] row, head mean."""
     from vlprune.models.clip_signals import ClipVisionSignals
 
     model = tiny.model
     tower = model.model.vision_tower
-    src = ClipVisionSignals(tower, pixels, model.config.vision_feature_layer)
+    src = ClipVisionSignals(tower, pixels, feature_layer)
     model.set_attn_implementation({"vision_config": "eager"})
     try:
         with torch.no_grad():
             att = tower(pixel_values=pixels, output_attentions=True).attentions
     finally:
         model.set_attn_implementation({"vision_config": "sdpa"})
-    block = src.f - 1 if which == "feature" else len(att) - 1
-    assert which == "feature" or block == src.f  # LLaVA: the last block reads hidden_states[-2]
     got = src.cls_attention() if which == "feature" else src.last_cls_attention()
     torch.testing.assert_close(got, att[block][:, :, 0, 1:].mean(1), rtol=0, atol=1e-5)
-
-
-def test_last_cls_attention_runs_the_blocks_after_an_earlier_feature_layer(tiny, pixels):
-    from vlprune.models.clip_signals import ClipVisionSignals
-
-    model = tiny.model
-    tower = model.model.vision_tower
-    src = ClipVisionSignals(tower, pixels, -3)
-    model.set_attn_implementation({"vision_config": "eager"})
-    try:
-        with torch.no_grad():
-            att = tower(pixel_values=pixels, output_attentions=True).attentions
-    finally:
-        model.set_attn_implementation({"vision_config": "sdpa"})
-    torch.testing.assert_close(src.last_cls_attention(), att[-1][:, :, 0, 1:].mean(1), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("salient", ["feature", "last"])
