@@ -349,7 +349,7 @@ class LLMPruner:
                 self.history.append(p.image_ids.clone())
                 continue
             drop = torch.zeros_like(p.is_img)
-            order = None  # renumbering stages: the new order of the kept visual tokens
+            new_order = None  # renumbering stages: the new order of the kept visual tokens
             for g, group in enumerate(groups):
                 inputs = self._inputs(layer, hidden, kw, group)
                 out = stage.score(inputs) if stage.scored_at == index else pending[g]
@@ -368,8 +368,8 @@ class LLMPruner:
                 drop = _put_rows(drop, group.rows, _take_rows(drop, group.rows).scatter(1, gone, True))
                 if stage.renumber is not None:
                     self._check_renumber(kwargs, group)
-                    order = stage.renumber(inputs, kept_slots)
-            hidden, kw = self._drop(hidden, kwargs, drop, order)
+                    new_order = stage.renumber(inputs, kept_slots)
+            hidden, kw = self._drop(hidden, kwargs, drop, new_order)
             self.history.append(p.image_ids.clone())
         for stage in self.stages:  # scores taken before a later drop layer (FastV: the layer before)
             if stage.scored_at == index and stage.layer != index:
@@ -383,12 +383,12 @@ class LLMPruner:
             self.last_kept = p.image_ids
         return hidden, kw
 
-    def _drop(self, hidden: torch.Tensor, kwargs: dict, drop: torch.Tensor, order: torch.Tensor | None = None):
+    def _drop(self, hidden: torch.Tensor, kwargs: dict, drop: torch.Tensor, new_order: torch.Tensor | None = None):
         """Remove the visual columns ``drop`` (B, L_cur). Every row loses the same number of columns: dropped and
-        dead ones first, then padding; what a row cannot lose that way stays as a dead (masked) column. ``order``
+        dead ones first, then padding; what a row cannot lose that way stays as a dead (masked) column. ``new_order``
         (B, k): a renumbering stage's order of the kept visual tokens (positions become 0..L'-1)."""
         p = self.current
-        if order is not None and p.rope_full is None:
+        if new_order is not None and p.rope_full is None:
             p.rope_full = compat.rotary_tables(kwargs, self._layer_index)
         gone = drop if p.dead is None else drop | p.dead
         removable = gone | p.pad
@@ -402,8 +402,8 @@ class LLMPruner:
         p.is_img = torch.gather(p.is_img & ~drop, 1, rel)
         p.pad = torch.gather(p.pad, 1, rel)
         p.refresh()
-        if order is not None:
-            p.pos = renumbered(p.image_pos, order, rel.shape[1])
+        if new_order is not None:
+            p.pos = renumbered(p.image_pos, new_order, rel.shape[1])
         elif p.pos is not None:  # a later stage without renumbering: ranks of the positions so far
             p.pos = torch.argsort(torch.argsort(torch.gather(p.pos, 1, rel), dim=-1), dim=-1)
         return _gather_seq(hidden, rel, 1), self._gather_kwargs(kwargs)
