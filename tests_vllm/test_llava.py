@@ -1,0 +1,87 @@
+"""Greedy generation through vLLM with the plugin equals ``model.generate()`` with ``vlprune.apply``."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vlprune
+from tiny import GRID, PROMPT, images
+from vlprune.vllm_plugin import hf_overrides
+
+MAX_NEW = 8
+N = GRID * GRID
+
+
+@pytest.fixture(scope="module")
+def hf(model_dir):
+    """The same checkpoint in transformers, with its processor."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None  # as vLLM's ignore_eos: always MAX_NEW tokens
+    return model, AutoProcessor.from_pretrained(model_dir)
+
+
+def reference(hf, pics, method: str | None, keep: int | None) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """transformers' greedy tokens (one prompt per image) and kept patches (None without pruning)."""
+    model, processor = hf
+    tokens, kept = [], []
+    for pic in pics:
+        inputs = processor(text=PROMPT, images=pic, return_tensors="pt")
+        assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == N
+        if method is not None:
+            vlprune.apply(model, method, keep)
+        try:
+            out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
+            kept.append(vlprune.last_selection(model).indices[0] if method is not None else None)
+        finally:
+            if method is not None:
+                vlprune.remove(model)
+        tokens.append(out[0, -MAX_NEW:].tolist())
+    return tokens, kept
+
+
+def served(llm, pics) -> tuple[list[list[int]], list[int]]:
+    """vLLM's greedy tokens and prompt lengths, one request per image, all in one batch."""
+    from vllm import SamplingParams
+
+    outs = llm.generate([{"prompt": PROMPT, "multi_modal_data": {"image": p}} for p in pics],
+                        SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True), use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outs], [len(o.prompt_token_ids) for o in outs]
+
+
+def prompt_len(image_tokens: int) -> int:
+    return len(PROMPT.replace("<image>", "").split()) + 1 + image_tokens  # words + <s> + image tokens
+
+
+@pytest.fixture(scope="module")
+def pics():
+    return images(3, seed=7)
+
+
+def test_unpruned_vllm_equals_transformers(engine, hf, pics):
+    tokens, lengths = served(engine(), pics)
+    assert lengths == [prompt_len(N)] * len(pics)
+    assert tokens == reference(hf, pics, None, None)[0]
+
+
+@pytest.mark.parametrize("method", ["none", "full"])
+def test_plugin_unpruned_equals_vllm(engine, hf, pics, method):
+    tokens, lengths = served(engine(hf_overrides(method)), pics)
+    assert lengths == [prompt_len(N)] * len(pics)
+    assert tokens == reference(hf, pics, None, None)[0]
+
+
+@pytest.mark.parametrize("method,keep", [("random", 16), ("visionzip", 16), ("vispruner", 16), ("random", N)])
+def test_pruned_equals_vlprune_apply(engine, hf, pics, method, keep):
+    llm = engine(hf_overrides(method, keep))
+    tokens, lengths = served(llm, pics)
+    assert lengths == [prompt_len(keep)] * len(pics)  # K placeholders per image reached the scheduler
+    want_tokens, want_kept = reference(hf, pics, method, keep)
+    assert tokens == want_tokens
+    pixel_values = hf[1].image_processor(pics, return_tensors="pt")["pixel_values"]
+    got_kept = llm.apply_model(lambda model: model.select(pixel_values).indices.cpu())[0]
+    for got, want in zip(got_kept, want_kept):
+        assert torch.equal(got, want)
+    if keep == N:  # the full budget keeps every patch, in raster order: the unpruned model's answer
+        assert tokens == reference(hf, pics, None, None)[0]
