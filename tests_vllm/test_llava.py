@@ -83,5 +83,23 @@ def test_pruned_equals_vlprune_apply(engine, hf, pics, method, keep):
     got_kept = llm.apply_model(lambda model: model.select(pixel_values).indices.cpu())[0]
     for got, want in zip(got_kept, want_kept):
         assert torch.equal(got, want)
+    unpruned = reference(hf, pics, None, None)[0]
     if keep == N:  # the full budget keeps every patch, in raster order: the unpruned model's answer
-        assert tokens == reference(hf, pics, None, None)[0]
+        assert tokens == unpruned
+    else:  # pruning reached the LLM: some answer changed
+        assert tokens != unpruned
+
+
+@pytest.mark.parametrize("settings,words", [
+    ({"method": "random", "keep": N + 1}, f"choose 1 <= keep <= {N}"),
+    ({"method": "fastv", "keep": 16}, "only encoder-side methods run in vLLM"),
+])
+def test_bad_settings_stop_the_engine_with_the_fix(engine, settings, words):
+    overrides = {"architectures": ["VlpruneLlavaForConditionalGeneration"], "vlprune": settings}
+    with pytest.raises(Exception) as info:
+        engine(overrides)
+    chain, e = [], info.value
+    while e is not None:  # vLLM may wrap the plugin's error
+        chain.append(str(e))
+        e = e.__cause__ or e.__context__
+    assert any(words in m for m in chain), chain

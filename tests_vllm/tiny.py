@@ -14,6 +14,15 @@ from vlprune.testing import word_tokenizer
 
 GRID, PATCH = 8, 4  # 8x8 = 64 patches of 4 px: 32 px images
 PROMPT = "user : <image> what color is the circle ? assistant :"
+QUESTION = "what color is the circle ?"
+# <s> + the message (vLLM tokenizes chat prompts without adding <s>); the word tokenizer splits on white space,
+# so a chat message renders to PROMPT's tokens whatever vLLM puts between the image placeholder and the text
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}user : "
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'text' %}{{ c['text'] }} {% else %}<image> {% endif %}{% endfor %}{% endif %}"
+    " assistant :{% endif %}{% endfor %}"
+)
 
 
 def build_tiny_llava(seed: int = 0):
@@ -35,8 +44,10 @@ def build_tiny_llava(seed: int = 0):
     with torch.no_grad():  # random init is near-zero in places: spread the LM head so greedy tokens vary
         model.lm_head.weight.normal_(0, 1.0)
     image_processor = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
+    tok.chat_template = CHAT_TEMPLATE
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=PATCH,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                               chat_template=CHAT_TEMPLATE)
     return model, processor
 
 

@@ -1,0 +1,50 @@
+"""The vLLM plugin's deployment settings (no vLLM needed): what --hf-overrides accepts and the errors it gives."""
+from __future__ import annotations
+
+import pytest
+
+from vlprune.vllm_plugin import hf_overrides, parse_settings
+
+
+def test_encoder_methods_parse_with_their_options():
+    s = parse_settings({"method": "VisionZip", "keep": 16, "options": {"contextual_ratio": 0.25}})
+    assert (s.method, s.keep, s.prunes, s.tokens(64), s.tokens(8)) == ("visionzip", 16, True, 16, 8)
+    assert s.config().contextual_ratio == 0.25
+
+
+@pytest.mark.parametrize("raw", [None, {"method": "none"}, {"method": "full", "keep": 3}])
+def test_unpruned(raw):
+    s = parse_settings(raw)
+    assert not s.prunes and s.tokens(64) == 64
+
+
+@pytest.mark.parametrize("raw,error,words", [
+    ({"method": "fastv", "keep": 16}, ValueError, "only encoder-side methods"),
+    ({"method": "visiondrop", "keep": 16}, ValueError, "only encoder-side methods"),
+    ({"method": "desap", "keep": 16}, NotImplementedError, "use vispruner, visionzip or random"),
+    ({"method": "nope", "keep": 16}, ValueError, "unknown pruning method"),
+    ({"method": "random"}, ValueError, '"keep" must be a positive int'),
+    ({"method": "random", "keep": 0}, ValueError, '"keep" must be a positive int'),
+    ({"method": "random", "keep": 16, "options": {"sed": 1}}, ValueError, "its options are ['seed']"),
+    ({"method": "visionzip", "keep": 16, "options": {"contextual_ratio": 2}}, ValueError, "contextual_ratio"),
+    ({"method": "random", "kep": 16}, ValueError, "allowed: method, keep, options"),
+    ("random", TypeError, "JSON object"),
+])
+def test_bad_settings_name_the_fix(raw, error, words):
+    with pytest.raises(error) as info:
+        parse_settings(raw)
+    assert words in str(info.value)
+
+
+def test_keep_beyond_the_tower_is_refused():
+    with pytest.raises(ValueError, match="choose 1 <= keep <= 64"):
+        parse_settings({"method": "random", "keep": 65}).check(64)
+
+
+def test_hf_overrides_names_the_architecture():
+    assert hf_overrides("random", 16, seed=3) == {
+        "architectures": ["VlpruneLlavaForConditionalGeneration"],
+        "vlprune": {"method": "random", "keep": 16, "options": {"seed": 3}},
+    }
+    with pytest.raises(ValueError, match="choose one of"):
+        hf_overrides("random", 16, family="qwen2_5_vl")
