@@ -103,3 +103,24 @@ def test_bad_settings_stop_the_engine_with_the_fix(engine, settings, words):
         chain.append(str(e))
         e = e.__cause__ or e.__context__
     assert any(words in m for m in chain), chain
+
+
+def test_two_images_in_one_prompt(engine, hf):
+    """Each image of a prompt is pruned on its own, in prompt order (vLLM encodes them as separate items)."""
+    from vllm import SamplingParams
+
+    prompt = PROMPT.replace("<image>", "<image> <image>")
+    pairs = [images(2, seed=21), images(2, seed=22)]
+    llm = engine(hf_overrides("visionzip", 16))
+    outs = llm.generate([{"prompt": prompt, "multi_modal_data": {"image": pair}} for pair in pairs],
+                        SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True), use_tqdm=False)
+    assert [len(o.prompt_token_ids) for o in outs] == [prompt_len(2 * 16)] * 2
+    model, processor = hf
+    vlprune.apply(model, "visionzip", 16)
+    try:
+        for pair, out in zip(pairs, outs):
+            inputs = processor(text=prompt, images=pair, return_tensors="pt")
+            want = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)[0, -MAX_NEW:].tolist()
+            assert list(out.outputs[0].token_ids) == want
+    finally:
+        vlprune.remove(model)
