@@ -92,7 +92,7 @@ test-vllm: env-vllm
 	$(VLLM_VENV)/bin/python -m pytest tests_vllm -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .venv-oldest .venv-latest .venv-tf* .venv-lmms .venv-vllm out .pytest_cache
+	rm -rf $(VENV) .venv-oldest .venv-latest .venv-tf* .venv-lmms $(VLLM_VENV) out .pytest_cache
 
 # lmms-eval (tests_lmms/): its own environment, .venv-lmms, from the exact versions in requirements/lmms.txt
 VENV_LMMS ?= .venv-lmms
