@@ -28,6 +28,9 @@ class TensorSource:
     def cls_attention(self):
         return self._a
 
+    def last_cls_attention(self):  # one map for both (PruMerge reads the last block's)
+        return self._a
+
     def keys(self):
         return self._k
 
