@@ -6,7 +6,7 @@ import vlprune
 from helpers import QUESTIONS, assert_batch_equals_per_sample, logits
 from vlprune.api import _state
 
-ENCODER = ["desap", "vispruner", "visionzip", "random"]
+ENCODER = ["desap", "vispruner", "visionzip", "random", "prumerge", "prumerge+"]
 ALL = ENCODER + ["fastv"]
 
 
@@ -150,8 +150,9 @@ def test_llm_receives_k_visual_tokens(tiny, pixels, method, keep):
         assert seen[0] == seen[1] == full_len and all(seen[i] == expected for i in range(2, len(layers)))
     else:
         assert all(v == expected for v in seen.values())
-    # VisionZip spends one token on [CLS] (official), so it stands for one patch fewer
-    patches = keep - 1 if method == "visionzip" and keep >= 3 else keep
+    # VisionZip spends one token on [CLS] (official), PruMerge one on the sum of the pruned patches, so they stand
+    # for one patch fewer
+    patches = keep - 1 if (method == "visionzip" and keep >= 3) or method.startswith("prumerge") else keep
     for idx in vlprune.last_selection(model).indices:
         assert len(idx) == patches and len(set(idx.tolist())) == patches
 

@@ -3,11 +3,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vlprune
-from vlprune.methods import desap, random_, visiondrop, visionzip, vispruner
+from vlprune.methods import desap, prumerge, random_, visiondrop, visionzip, vispruner
 from vlprune.methods.base import check_keep
 from vlprune.ops import nearest_centre_merge
 
@@ -97,6 +98,54 @@ def test_visionzip_counts_cls_as_dominant_token():
     # official split at 64 tokens: 54 dominant (53 patches + [CLS]) + 10 contextual
     sel = visionzip.select(FakeSource(1, 576, 0), 64, visionzip.VisionZipConfig())
     assert sel.features.shape[1] == 64 and sel.indices.shape[1] == 63
+
+
+@pytest.mark.parametrize("plus", [False, True])
+@settings(max_examples=20, deadline=None)
+@given(b=st.integers(1, 3), side=st.integers(2, 7), frac=st.floats(0.0, 1.0), seed=st.integers(0, 10_000))
+def test_prumerge_budget_extra_token_and_assign(plus, b, side, frac, seed):
+    """keep tokens: the extra one (sum of the pruned patches weighted by [CLS] attention) + keep-1 distinct patches in
+    raster order, each x_i + its weighted key-nearest neighbours; assign maps pruned patches to the extra token."""
+    n = side * side
+    keep = max(1, min(n - 1, int(round(frac * n))))
+    src = FakeSource(b, n, seed)
+    cfg = prumerge.PruMergePlusConfig() if plus else prumerge.PruMergeConfig()
+    sel = (prumerge.select_plus if plus else prumerge.select)(src, keep, cfg)
+    a, f = src.last_cls_attention(), src.features()
+    assert sel.features.shape[:2] == (b, keep) and sel.indices.shape == (b, keep - 1)
+    for i in range(b):
+        kept = sel.indices[i]
+        assert len(set(kept.tolist())) == keep - 1 and torch.equal(kept, torch.sort(kept).values)
+        pruned = torch.ones(n, dtype=torch.bool)
+        pruned[kept] = False
+        torch.testing.assert_close(sel.features[i, 0], (a[i, pruned, None] * f[i, pruned]).sum(0))
+        assert torch.equal(sel.assign[i][pruned], torch.zeros(int(pruned.sum()), dtype=torch.long))
+        assert torch.equal(sel.assign[i][kept], torch.arange(1, keep))
+        if not plus:  # PruMerge keeps the top of the last block's [CLS] attention
+            assert set(kept.tolist()) == set(torch.topk(a[i], keep - 1).indices.tolist())
+        if keep > 1:  # the first kept token, merged by hand
+            j = int(kept[0])
+            sim = F.normalize(src.keys()[i], dim=-1) @ F.normalize(src.keys()[i, j], dim=-1)
+            sim[j] = -math.inf
+            near = torch.topk(sim, min(32, n - 1)).indices
+            torch.testing.assert_close(sel.features[i, 1], f[i, j] + (a[i, near, None] * f[i, near]).sum(0))
+
+
+def test_prumerge_plus_samples_spread_uniformly_over_the_rest():
+    src = FakeSource(1, 576, 0)
+    sel = prumerge.select_plus(src, 129, prumerge.PruMergePlusConfig())
+    top = set(torch.topk(src.last_cls_attention()[0], 32).indices.tolist())  # 128 patches: 32 top + 96 samples
+    samples = sorted(set(sel.indices[0].tolist()) - top)
+    assert len(samples) == 96 and top <= set(sel.indices[0].tolist())
+    gaps = torch.diff(torch.tensor(samples))
+    assert int(gaps.min()) >= 1 and int(gaps.max()) <= 2 * 544 // 96  # ~every 5.7th of the 544 left
+
+
+def test_prumerge_config_validation():
+    with pytest.raises(ValueError, match="order"):
+        prumerge.PruMergeConfig(order="random")
+    with pytest.raises(ValueError, match="uniform_share"):
+        prumerge.PruMergePlusConfig(uniform_share=1.5)
 
 
 def test_vispruner_important_tokens_are_top_cls_attention():
