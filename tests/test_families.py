@@ -10,6 +10,7 @@ import torch
 
 import vlprune
 from helpers import append_tokens
+from vlprune.api import _state
 from vlprune.compat import output_cache
 from vlprune.registry import get_method, methods
 
@@ -50,6 +51,20 @@ def _kw(name: str, method: str, t, question=None) -> dict:
     return kw
 
 
+def _budgets(name: str, method: str) -> list:
+    """LLaVA-NeXT's encoder-side budgets per image or per tile; a method limited to some families (HiRED splits
+    one image's budget over its tiles itself) per image only (refused otherwise: test_family_limited_methods_refuse)."""
+    if name != "llava_next" or _in_llm(method):
+        return [None]
+    return ["global"] if get_method(method).families is not None else ["global", "tile"]
+
+
+def _skip_without_tiles(name: str, method: str) -> None:
+    families = get_method(method).families
+    if families is not None and name not in families:
+        pytest.skip(f"{method} runs on {families} only (refused elsewhere: test_family_limited_methods_refuse)")
+
+
 def _in_llm(method: str) -> bool:
     return get_method(method).plan is not None
 
@@ -79,10 +94,11 @@ def _sizes_for(name: str, method: str, n: int):
 @pytest.mark.parametrize("method", METHODS)
 def test_identity_at_full_budget(fam, method):
     name, t = fam
+    _skip_without_tiles(name, method)
     m = t.model
     inputs = _inputs(t, _sizes_for(name, method, 2), [1, 1])
     ref = m(**inputs).logits[:, -1]
-    budgets = ["global", "tile"] if name == "llava_next" and not _in_llm(method) else [None]
+    budgets = _budgets(name, method)
     for budget in budgets:
         vc = t.model.config.vision_config
         keep = (vc.image_size // vc.patch_size) ** 2 if budget == "tile" else _full(t, name)
@@ -99,6 +115,7 @@ def test_beams_at_full_budget_equal_unpatched(fam, method):
     """generate(num_beams=2, num_return_sequences=2) on images of different sizes: generate() repeats the rows,
     the adapters' per-image layouts follow (in-LLM methods raised 'does not match its images' before)."""
     name, t = fam
+    _skip_without_tiles(name, method)
     m = t.model
     inputs = _inputs(t, _sizes_for(name, method, 2), [1, 1])
     kw = dict(max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False)
@@ -151,6 +168,7 @@ def _greedy_cached(m, inputs, steps, explicit=True):
 @pytest.mark.parametrize("method", METHODS)
 def test_generate_matches_greedy_reference(fam, method):
     name, t = fam
+    _skip_without_tiles(name, method)
     m = t.model
     inputs = _inputs(t, _sizes_for(name, method, 2), [1, 1])
     # the question is fixed so that a growing prompt (no-cache loop) does not change DeSAP's text cue
@@ -170,6 +188,7 @@ def test_manual_cached_decode(fam, method):
     """One unpadded sample decoded by hand with neither mask nor positions equals generate() (Qwen: the
     ``rope_deltas`` we set for the shortened prompt)."""
     name, t = fam
+    _skip_without_tiles(name, method)
     m = t.model
     inputs = _inputs(t, SIZES[name][:1], [1])
     vlprune.apply(m, method, 5, **_kw(name, method, t, question="what color is the circle"))
@@ -181,6 +200,7 @@ def test_manual_cached_decode(fam, method):
 @pytest.mark.parametrize("method", METHODS)
 def test_batch_equals_per_sample(fam, method):
     name, t = fam
+    _skip_without_tiles(name, method)
     m = t.model
     sizes = _sizes_for(name, method, 2)
     vlprune.apply(m, method, 5, **_kw(name, method, t))
@@ -236,6 +256,7 @@ def test_token_counts_reach_llm(fam, method, layout):
     """Visual tokens reaching the LLM: keep per image (per tile with budget='tile'), LLaVA-NeXT newlines on top;
     in-LLM methods: all of them at the first layer, fewer at the last. A multi-image prompt prunes every image."""
     name, t = fam
+    _skip_without_tiles(name, method)
     m = t.model
     keep = 5
     per_sample = [1, 1] if layout == "one" else ([2, 2] if _in_llm(method) else [2, 1])
@@ -243,7 +264,7 @@ def test_token_counts_reach_llm(fam, method, layout):
     sizes = [SIZES[name][0]] * n_img if _in_llm(method) else (SIZES[name] * 2)[:n_img]
     inputs = _inputs(t, sizes, per_sample)
     n_text = int(inputs["attention_mask"].sum() - (inputs["input_ids"] == 4).sum())
-    budgets = ["global", "tile"] if name == "llava_next" and not _in_llm(method) else [None]
+    budgets = _budgets(name, method)
     for budget in budgets:
         vlprune.apply(m, method, keep, budget=budget, **_kw(name, method, t))
         h, mask = _llm_input(m, inputs)
@@ -260,7 +281,11 @@ def test_token_counts_reach_llm(fam, method, layout):
             continue
         real = h[mask.bool()]
         n_newline = int((real == m.model.image_newline).all(-1).sum()) if name == "llava_next" else 0
-        assert real.shape[0] - n_text - n_newline == _expected_visual(t, name, sizes, keep, budget), budget
+        n_visual = real.shape[0] - n_text - n_newline
+        if method == "hired":  # the official shares are floored, unpadding drops patches: at most keep per image
+            assert n_visual == sum(len(i) for i in kept.indices) and all(0 < len(i) <= keep for i in kept.indices)
+        else:
+            assert n_visual == _expected_visual(t, name, sizes, keep, budget), budget
         if name == "llava_next" and method != "visionzip":  # one newline per grid row that kept a patch
             s2 = (m.config.vision_config.image_size // m.config.vision_config.patch_size) ** 2
             rows = sum(len(torch.unique((i[i >= s2] - s2) // g[1])) for i, g in zip(kept.indices, kept.grids))
@@ -288,6 +313,7 @@ def _expected_visual(t, name, sizes, keep, budget) -> int:
 @pytest.mark.parametrize("method", METHODS)
 def test_multi_image_identity(fam, method):
     name, t = fam
+    _skip_without_tiles(name, method)
     m = t.model
     inputs = _inputs(t, _sizes_for(name, method, 4), [2, 2]) if _in_llm(method) else _inputs(t, SIZES[name][:3], [2, 1])
     ref = m(**inputs).logits[:, -1]
@@ -484,3 +510,15 @@ def test_errors(next_t, qwen_t):
         vlprune.apply(next_t.model, "random", 17, budget="tile")
     for model in (next_t.model, qwen_t.model):
         vlprune.remove(model)
+
+
+def test_family_limited_methods_refuse(next_t, qwen_t, tiny):
+    """HiRED needs LLaVA-NeXT's global image and sub-images: a clear error on the other families and per tile."""
+    limited = [name for name, spec in methods().items() if spec.families is not None]
+    assert "hired" in limited
+    for method in limited:
+        for model, budget in ((tiny.model, None), (qwen_t.model, None), (next_t.model, "tile")):
+            with pytest.raises(ValueError, match=r"runs on llava_next with budget='global' only: HiRED splits"):
+                vlprune.apply(model, method, 4, budget=budget)
+            assert _state(model) is None  # refused before patching anything
+

@@ -154,6 +154,10 @@ def _apply(model: nn.Module, method: str, keep: int, *, processor: Any, clip: An
             )
         if tokenizer is None and question is None:
             raise ValueError("DeSAP reads the question from input_ids: pass processor=... (or question=...)")
+    if spec.families is not None and (adapter.family not in spec.families
+                                      or getattr(adapter, "budget", "global") != "global"):
+        raise ValueError(f"{spec.name} runs on {', '.join(spec.families)} with budget='global' only: "
+                         f"{spec.families_why} (docs/models.md)")
     pruner = None
     if spec.plan is not None and getattr(adapter, "budget", "global") != "global":
         raise ValueError(f"{spec.name} prunes inside the LLM, where keep counts per image: use budget='global'")

@@ -38,6 +38,8 @@ class MethodSpec:
     encoder: Callable[..., Any] | None = field(default=None, repr=False)
     plan: Callable[..., Any] | None = field(default=None, repr=False)
     kept_tokens: str = field(default="", repr=False)
+    families: tuple[str, ...] | None = field(default=None, repr=False)  # adapters' ``family``; None: every one
+    families_why: str = field(default="", repr=False)
 
     def __repr__(self) -> str:
         return f"MethodSpec({self.name!r}, stage={self.stage!r}, paper={self.paper!r}, defaults={self.defaults()})"
@@ -62,15 +64,17 @@ _REGISTRY: dict[str, MethodSpec] = {}
 
 def register_method(
     name: str, *, config: type, paper: str, encoder: Callable | None = None, plan: Callable | None = None,
-    kept: str = "",
+    kept: str = "", families: tuple[str, ...] | None = None, families_why: str = "",
 ) -> MethodSpec:
     """Register a method under ``name``; at least one of ``encoder`` / ``plan`` is required.
-    ``kept`` says what its ``last_selection(model).indices`` hold."""
+    ``kept`` says what its ``last_selection(model).indices`` hold; ``families`` limits it to those model families
+    (with per-image budgets), ``families_why`` says why in the error ``apply`` raises elsewhere."""
     if name in _REGISTRY:
         raise ValueError(f"method {name!r} is already registered")
     if encoder is None and plan is None:
         raise ValueError("a method needs an encoder-side selection, an in-LLM plan, or both")
-    spec = MethodSpec(name=name, config_cls=config, paper=paper, encoder=encoder, plan=plan, kept_tokens=kept)
+    spec = MethodSpec(name=name, config_cls=config, paper=paper, encoder=encoder, plan=plan, kept_tokens=kept,
+                      families=families, families_why=families_why)
     _REGISTRY[name] = spec
     return spec
 

@@ -107,6 +107,15 @@ class ClipVisionSignals:
     def cls_attention(self) -> torch.Tensor:
         return self._cls_attention
 
+    def layer_cls_attention(self, layer: int) -> torch.Tensor:
+        """Head-mean [CLS] -> patch attention (B, N) of block ``layer`` (0-based, below the feature layer), from
+        its input ``hidden_states[layer]`` (HiRED's early layer)."""
+        if not 0 <= layer < self.f:
+            raise ValueError(f"layer must index a block below the feature layer (0..{self.f - 1}), got {layer}")
+        if layer == self.f - 1:
+            return self._cls_attention
+        return cls_attention_row(self.hidden_states[layer], block=self.vision_model.encoder.layers[layer])
+
     @cached_property
     def _last_cls_attention(self) -> torch.Tensor:
         layers = self.vision_model.encoder.layers

@@ -105,6 +105,7 @@ class _PatchSubset:
         self.tiles, self.cls_tile = tiles, cls_tile
         self.tile, self.patch = copy_to_device(tile, device), copy_to_device(patch, device)
         self.image, self.questions, self._cache, self.key, self.grid = image, questions, cache, key, grid
+        self.n_tiles: int | None = None  # set where the subset is one whole image (its tiles from ``cls_tile`` on)
 
     def _pick(self, x: torch.Tensor) -> torch.Tensor:
         return x[self.tile.to(x.device), self.patch.to(x.device)].unsqueeze(0)
@@ -126,6 +127,22 @@ class _PatchSubset:
 
     def cls_feature(self) -> torch.Tensor:
         return self.tiles.cls_feature()[self.cls_tile].unsqueeze(0)
+
+    @property
+    def image_tiles(self) -> Callable[[int], tuple[torch.Tensor, ...]] | None:
+        """For a subset holding one whole image (``budget="global"``): a function of an early ViT block giving the
+        members' tile (0 = the global image) and patch, and every tile's [CLS] attention, of the feature layer's
+        block and of that early block, (T, S) each (HiRED). None for a per-tile subset."""
+        if self.n_tiles is None:
+            return None
+
+        def signals(layer: int) -> tuple[torch.Tensor, ...]:
+            rows = slice(self.cls_tile, self.cls_tile + self.n_tiles)
+            late = self.tiles.cls_attention()[rows]
+            early = self.tiles.layer_cls_attention(layer)[rows]
+            return (self.tile - self.cls_tile).to(late.device), self.patch.to(late.device), late, early
+
+        return signals
 
     def decoupled(self, mode: str) -> torch.Tensor:
         if mode not in self._cache:
@@ -308,6 +325,8 @@ class LlavaNextAdapter(Adapter):
                 cls_tile = first + int(lay.tile[members[0]])
                 sub = _PatchSubset(tiles, first + lay.tile[members], lay.patch[members], cls_tile, i,
                                    run.questions, cache, _subset_key(tiles, first, lay.n_tiles, g_i), lay.grid)
+                if self.budget == "global":
+                    sub.n_tiles = lay.n_tiles
                 sel = run.select(sub)
                 projected = sel.projected
                 pieces.append({
