@@ -522,3 +522,34 @@ def test_family_limited_methods_refuse(next_t, qwen_t, tiny):
                 vlprune.apply(model, method, 4, budget=budget)
             assert _state(model) is None  # refused before patching anything
 
+
+
+@torch.no_grad()
+def test_hired_keeps_the_official_tiles_choice_on_llava_next(next_t):
+    """End to end: the patches HiRED keeps through vlprune.apply are select_tiles on the tower's own attention
+    (eager, output_attentions: layer 0 of the global image, the feature layer's block of every tile), mapped
+    through LLaVA-NeXT's stitching and unpadding."""
+    from vlprune.methods.hired import select_tiles
+    from vlprune.models import get_adapter
+
+    m = next_t.model
+    size = SIZES["llava_next"][0]
+    inputs = _inputs(next_t, [size], [1])
+    lay = get_adapter(m).layout(size)
+    tower = m.model.vision_tower
+    impl = tower.config._attn_implementation
+    tower.config._attn_implementation = "eager"
+    try:
+        att = tower(inputs["pixel_values"][0, : lay.n_tiles], output_attentions=True).attentions
+    finally:
+        tower.config._attn_implementation = impl
+    f = m.config.vision_feature_layer % (len(att) + 1)
+    early, late = (a[:, :, 0, 1:].mean(1) for a in (att[0], att[f - 1]))
+    for keep in (5, 40):
+        vlprune.apply(m, "hired", keep)
+        m(**inputs)
+        mask = select_tiles(early[0], late, keep, 0.5)
+        want = torch.nonzero(mask[lay.tile, lay.patch])[:, 0]
+        got = vlprune.last_selection(m).indices[0]
+        assert torch.equal(got.cpu(), want) and 0 < len(got) <= keep
+    vlprune.remove(m)
