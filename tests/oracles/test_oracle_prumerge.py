@@ -64,3 +64,49 @@ def test_adaptive_choice_and_merge_equal_official(n, plus):
     tokens, extra = prumerge.cluster_merge(feats, src.keys(), src.last_cls_attention(), kept[None], 32)
     torch.testing.assert_close(tokens, want[:, :-1], rtol=0, atol=1e-5)
     torch.testing.assert_close(extra, want[:, -1], rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny36():
+    """A tiny LLaVA-1.5 with 6x6 = 36 patches: the official merge takes 32 neighbours, so it needs N > 32."""
+    from vlprune.testing import tiny_llava
+
+    return tiny_llava(seed=0, grid=6, layers=3)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("keep", [2, 9, 20])
+def test_tiny_llava_end_to_end_equals_official(tiny36, keep):
+    """On a tiny LLaVA-1.5: the official code's own signals (hooks on the last block's q_proj / k_proj, features
+    hidden_states[-2] without [CLS]) through the official function, against what vlprune.apply hands the projector
+    (its signals: ClipVisionSignals.last_block_full_width) and the patches it reports kept."""
+    import vlprune
+    from vlprune.models.clip_signals import ClipVisionSignals
+
+    tiny = tiny36
+    pixels = torch.randn(2, 3, 24, 24, generator=torch.Generator().manual_seed(keep))
+    model = tiny.model
+    tower = model.model.vision_tower
+    out = {}
+    block = tower.encoder.layers[-1].self_attn  # as ClipVisionSignals reads the tower
+    hooks = [block.q_proj.register_forward_hook(lambda m, i, o: out.__setitem__("q", o)),
+             block.k_proj.register_forward_hook(lambda m, i, o: out.__setitem__("k", o))]
+    try:
+        feats = tower(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+    finally:
+        for h in hooks:
+            h.remove()
+    assert model.config.vision_feature_layer == -2
+    n = feats.shape[1]
+    want = official(out["q"], out["k"], feats, if_adaptive=False, reduction_ratio=(keep - 1 + 0.5) / n)
+    src = ClipVisionSignals(tower, pixels, -2)
+    cfg = prumerge.PruMergeConfig(order="attention")
+    got = prumerge.select(src, keep, cfg)
+    attn = F.softmax((out["q"] @ out["k"].transpose(-2, -1)) * feats.shape[-1] ** -0.5, dim=-1)[:, 0, 1:]
+    check(got, want, torch.topk(attn, keep - 1, dim=1).indices)
+    vlprune.apply(model, "prumerge", keep, order="attention")
+    try:
+        model(**tiny.prompt_ids(["what is it?"] * pixels.shape[0]), pixel_values=pixels)
+        assert all(torch.equal(i.cpu(), g) for i, g in zip(vlprune.last_selection(model).indices, got.indices))
+    finally:
+        vlprune.remove(model)

@@ -110,13 +110,24 @@ def cluster_merge(
     return tokens.to(features.dtype), extra.to(features.dtype)
 
 
-def _merged_selection(source: SignalSource, kept: torch.Tensor, cfg: PruMergeConfig) -> Selection:
+def signals(source: SignalSource) -> tuple[torch.Tensor, torch.Tensor]:
+    """[CLS] attention (B, N) and keys (B, N, Dk) PruMerge reads: as official, one softmax over the full width of
+    the tower's last block and its full-width keys, where the source has them (CLIP towers: LLaVA-1.5, LLaVA-NeXT);
+    else the last block's head-mean [CLS] attention and the source's keys (Qwen2.5-VL, no [CLS])."""
+    full_width = getattr(source, "last_block_full_width", None)
+    if full_width is not None:
+        return full_width()
+    return source.last_cls_attention(), source.keys()
+
+
+def _merged_selection(source: SignalSource, attention: torch.Tensor, kept: torch.Tensor,
+                      cfg: PruMergeConfig) -> Selection:
     """Selection of ``[extra, merged kept tokens]`` for the kept patches (B, L), in ``cfg.order``."""
     feats = source.features()
     b, n, _ = feats.shape
     if cfg.order == "raster":
         kept = spatial_sort(kept)
-    tokens, extra = cluster_merge(feats, source.keys(), source.last_cls_attention(), kept, cfg.cluster_size)
+    tokens, extra = cluster_merge(feats, signals(source)[1], attention, kept, cfg.cluster_size)
     slots = kept.shape[1]
     assign = torch.zeros(b, n, dtype=torch.long, device=feats.device)  # every pruned patch: the extra token
     assign.scatter_(1, kept, torch.arange(1, slots + 1, device=feats.device).expand(b, slots))
@@ -135,8 +146,9 @@ def select(source: SignalSource, keep: int, cfg: PruMergeConfig) -> Selection:
     n = source.features().shape[1]
     if keep >= n:  # full budget: nothing to prune or merge
         return _full(source)
-    kept = descending_order(source.last_cls_attention())[:, : keep - 1]
-    return _merged_selection(source, kept, cfg)
+    attention = signals(source)[0]
+    kept = descending_order(attention)[:, : keep - 1]
+    return _merged_selection(source, attention, kept, cfg)
 
 
 def select_plus(source: SignalSource, keep: int, cfg: PruMergePlusConfig) -> Selection:
@@ -146,9 +158,10 @@ def select_plus(source: SignalSource, keep: int, cfg: PruMergePlusConfig) -> Sel
     if keep >= n:
         return _full(source)
     u = int((keep - 1) * cfg.uniform_share + 0.5)
-    top = descending_order(source.last_cls_attention())[:, : keep - 1 - u]
+    attention = signals(source)[0]
+    top = descending_order(attention)[:, : keep - 1 - u]
     kept = torch.cat([top, uniform_samples(top, n, u)], 1)
-    return _merged_selection(source, kept, cfg)
+    return _merged_selection(source, attention, kept, cfg)
 
 
 _KEPT = ("keep-1 entries: the patches kept ({}), each merged with its 32 key-nearest tokens; the extra token "

@@ -117,14 +117,34 @@ class ClipVisionSignals:
         return cls_attention_row(self.hidden_states[layer], block=self.vision_model.encoder.layers[layer])
 
     @cached_property
-    def _last_cls_attention(self) -> torch.Tensor:
+    def _last_block_input(self) -> torch.Tensor:
+        """The input of the tower's last block (LLaVA, f = -2: the features' layer itself)."""
         layers = self.vision_model.encoder.layers
-        if self.next_block is None:  # the feature layer is the last block's output: the same block
-            return self._cls_attention
+        if self.next_block is None:  # the feature layer is the last block's output
+            return self.hidden_states[self.f - 1]
         hidden = self.hidden_states[self.f]
         for block in layers[self.f : len(layers) - 1]:  # LLaVA (f = -2): none, the last block reads the features
             hidden = block(hidden, None)
-        return _cls_attention_graphed(hidden, block=layers[-1])
+        return hidden
+
+    @cached_property
+    def _last_cls_attention(self) -> torch.Tensor:
+        if self.next_block is None:  # the feature layer is the last block's output: the same block
+            return self._cls_attention
+        return _cls_attention_graphed(self._last_block_input, block=self.vision_model.encoder.layers[-1])
+
+    @cached_property
+    def _last_block_full_width(self) -> tuple[torch.Tensor, torch.Tensor]:
+        block = self.vision_model.encoder.layers[-1]
+        normed = block.layer_norm1(self._last_block_input)
+        q, k = block.self_attn.q_proj(normed[:, :1]).float(), block.self_attn.k_proj(normed)
+        probs = torch.softmax(q @ k.float().transpose(1, 2) * k.shape[-1] ** -0.5, dim=-1)
+        return probs[:, 0, 1:], k[:, 1:]
+
+    def last_block_full_width(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """LLaVA-PruMerge's signals of the last block: the [CLS] row of ONE softmax over the full width,
+        ``softmax(q k^T / sqrt(C))`` of its ``q_proj`` / ``k_proj`` outputs (B, N), and those keys (B, N, C)."""
+        return self._last_block_full_width
 
     def last_cls_attention(self) -> torch.Tensor:
         return self._last_cls_attention

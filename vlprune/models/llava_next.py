@@ -122,6 +122,9 @@ class _PatchSubset:
     def projected_features(self) -> torch.Tensor:
         return self._pick(self.tiles.projected_features())
 
+    def last_block_full_width(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(self._pick(x) for x in self.tiles.last_block_full_width())
+
     def keys(self) -> torch.Tensor:
         return self._pick(self.tiles.keys())
 
