@@ -150,8 +150,13 @@ def image_features_output(features: list[torch.Tensor]) -> Any:
 
 def takes_mm_outputs(model: nn.Module) -> bool:
     """Whether the model's forward takes precomputed encoder outputs (transformers >= 5.18)."""
-    inner = getattr(model, "model", model)
-    return MM_OUTPUTS_ARG in accepted_args(inner.forward)
+    return _class_takes_mm_outputs(type(getattr(model, "model", model)))
+
+
+@functools.lru_cache(maxsize=None)
+def _class_takes_mm_outputs(cls: type) -> bool:
+    # a class property: read its signature once, not on every pruned call (the host is the bottleneck on a GPU)
+    return MM_OUTPUTS_ARG in accepted_args(cls.forward)
 
 
 def give_image_features(model: nn.Module, call: dict[str, Any], features: list[torch.Tensor],
