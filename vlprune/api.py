@@ -116,7 +116,8 @@ def apply(
     clip: DeSAP's CLIP text tower + visual projection (hub id, local path, loaded ``CLIPModel`` with
         ``clip_tokenizer``); llava-hf checkpoints lack ``visual_projection``, so load the matching CLIP.
     question: overrides the question found in ``input_ids`` (one string, or one per sample).
-    budget: how ``keep`` is counted on tiled families (LLaVA-NeXT: "global" per image, or "tile"); see docs/models.md.
+    budget: how ``keep`` is counted on tiled families (LLaVA-NeXT: "global" per image, or "tile") and on videos
+        (Video-LLaVA: "video" across all its frames, or "frame"); see docs/models.md.
     adapter_options: further options of the model-family adapter (``budget=`` is a shorthand for one of them).
     options: the method's config fields (see ``vlprune.methods()``).
     Applying again replaces the previous patch. Returns the same model.
@@ -154,13 +155,13 @@ def _apply(model: nn.Module, method: str, keep: int, *, processor: Any, clip: An
             )
         if tokenizer is None and question is None:
             raise ValueError("DeSAP reads the question from input_ids: pass processor=... (or question=...)")
-    if spec.families is not None and (adapter.family not in spec.families
-                                      or getattr(adapter, "budget", "global") != "global"):
+    if spec.families is not None and (adapter.family not in spec.families or not adapter.per_item_budget):
         raise ValueError(f"{spec.name} runs on {', '.join(spec.families)} with budget='global' only: "
                          f"{spec.families_why} (docs/models.md)")
     pruner = None
-    if spec.plan is not None and getattr(adapter, "budget", "global") != "global":
-        raise ValueError(f"{spec.name} prunes inside the LLM, where keep counts per image: use budget='global'")
+    if spec.plan is not None and not adapter.per_item_budget:
+        raise ValueError(f"{spec.name} prunes inside the LLM, where keep counts per image (per video): use "
+                         f"budget={'video' if adapter.family == 'video_llava' else 'global'!r}")
     if spec.plan is not None:
         layers = adapter.llm_layers()
         plan_kw = {}
@@ -230,7 +231,7 @@ def _patch(model: nn.Module, state: _State) -> None:
     def _forward(*args: Any, **kwargs: Any) -> Any:
         call = _bind(orig_forward, args, kwargs)
         state.adapter.observe(call)
-        if state.spec.encoder is not None and call.get("pixel_values") is not None and not compat.injecting(model):
+        if state.spec.encoder is not None and state.adapter.has_visual_inputs(call) and not compat.injecting(model):
             call = _prune_encoder(state, call)
         if state.pruner is not None:
             _begin_llm_pass(state, call)
@@ -248,7 +249,7 @@ def _patch(model: nn.Module, state: _State) -> None:
     def _generate(*args: Any, **kwargs: Any) -> Any:
         call = _bind(orig_generate, args, kwargs)
         state.adapter.observe(call)
-        if state.spec.encoder is None or call.get("pixel_values") is None:
+        if state.spec.encoder is None or not state.adapter.has_visual_inputs(call):
             if state.pruner is not None and call.get("input_ids") is not None:
                 # generate() may repeat the rows (beams / returned sequences): remember the prompt's samples
                 state.generate_images = state.adapter.images_per_sample(call["input_ids"])
@@ -282,7 +283,7 @@ def _questions(state: _State, input_ids: torch.Tensor, attention_mask: torch.Ten
         if len(qs) != b:
             raise ValueError(f"question= has {len(qs)} entries for a batch of {b}")
         return qs
-    return questions_from_ids(input_ids, attention_mask, state.adapter.image_token_id, state.tokenizer)
+    return questions_from_ids(input_ids, attention_mask, state.adapter.visual_token_ids, state.tokenizer)
 
 
 def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
@@ -309,8 +310,9 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
     with torch.no_grad():
         questions = QuestionBatch(state.clip_text, image_questions) if image_questions is not None else None
         result = adapter.prune_images(call, _Run(select, questions, state.clip_text))
-    state.image_tokens = [f.shape[0] for f in result.features]
-    cols, valid = shrink_prompt(ids_host, mask_host, adapter.image_token_id, result.tokens_per_image, state.image_tokens)
+    placeholders = [f.shape[0] for f in result.features]
+    state.image_tokens = result.llm_tokens if result.llm_tokens is not None else placeholders
+    cols, valid = shrink_prompt(ids_host, mask_host, adapter.visual_token_ids, result.tokens_per_image, placeholders)
     add_mask = mask is None and not bool(valid.all())  # rows of different lengths now: their padding needs a mask
     cols, valid = copy_to_device(cols, input_ids.device), copy_to_device(valid, input_ids.device)
     pad = _pad_id(ids_host, mask_host, adapter)
@@ -323,7 +325,7 @@ def _prune_encoder(state: _State, call: dict[str, Any]) -> dict[str, Any]:
             call[name] = apply_columns(x, cols, valid, fill)
     if add_mask:
         call["attention_mask"] = valid.long()
-    call = compat.give_image_features(adapter.model, call, result.features, per_sample)
+    call = adapter.give_features(call, result, per_sample)
     call = adapter.finish_call(original, call, cols, valid)
     state.last = KeptTokens(
         method=state.spec.name, keep=state.keep, indices=result.indices, grids=result.grids,
@@ -348,8 +350,8 @@ def _begin_llm_pass(state: _State, call: dict[str, Any]) -> None:
     input_ids = call.get("input_ids")
     if input_ids is None:
         raise ValueError("in-LLM pruning needs input_ids to find the visual tokens")
-    image_mask = input_ids == state.adapter.image_token_id
-    if state.spec.encoder is not None and state.images_per_sample is not None:
+    after_encoder = state.spec.encoder is not None and state.images_per_sample is not None
+    if after_encoder:
         per_sample = state.images_per_sample  # the encoder step already shrank the image spans
         if len(per_sample) != input_ids.shape[0]:  # generate() repeated every row (num_beams, num_return_sequences)
             _repeat_rows(state, input_ids.shape[0])
@@ -360,6 +362,7 @@ def _begin_llm_pass(state: _State, call: dict[str, Any]) -> None:
             state.adapter.repeat_samples(prompt, input_ids.shape[0] // len(prompt))  # generate repeated the rows
             state.generate_images = None
         per_sample = state.adapter.images_per_sample(input_ids)
+    image_mask = state.adapter.llm_visual_mask(input_ids, after_encoder=after_encoder)
     state.pruner.begin_prefill(image_mask, per_sample, call.get("attention_mask"))
     state.pruner.last_kept = None
 
@@ -371,6 +374,7 @@ def _repeat_rows(state: _State, rows: int) -> None:
     if rows % len(per_sample):
         raise ValueError(f"the LLM batch has {rows} rows for {len(per_sample)} prompts")
     r = rows // len(per_sample)
+    state.adapter.repeat_samples(per_sample, r)
     state.images_per_sample = [n for n in per_sample for _ in range(r)]
 
     def pick(xs: list) -> list:

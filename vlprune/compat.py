@@ -7,8 +7,10 @@ layouts that transformers does not promise to keep. Each one is read here, and n
   5.24 (the old name is still accepted through a ``deprecate_kwarg`` shim);
 * the cache on a model output: ``.past_key_values`` / ``.cache``;
 * how pruned image features reach the LLM: ``mm_encoder_outputs={"image": BaseModelOutputWithPooling}`` from
-  5.18; before that the model always runs ``get_image_features(pixel_values, ...)``, so the instance's
-  ``get_image_features`` is replaced for the duration of one patched call (ToMe-style, on this instance only);
+  5.18 (videos: ``"video"``); before that the model always runs ``get_image_features(pixel_values, ...)``
+  (``get_video_features``), so the instance's method is replaced for the duration of one patched call
+  (ToMe-style, on this instance only);
+* Video-LLaVA's image pixels: ``pixel_values_images`` until 5.22, ``pixel_values`` from 5.23 (old name shimmed);
 * the decoder layer's rotary tables ``position_embeddings=(cos, sin)``: ``(B, L, d)``, or for Qwen2.5-VL before
   5.17 ``(3, B, L, d)`` (one table per M-RoPE section, combined inside attention by
   ``apply_multimodal_rotary_pos_emb``);
@@ -38,6 +40,7 @@ TESTED_BELOW = "5.25"
 CACHE_ARGS = ("cache", "past_key_values")  # 5.24 renamed past_key_values -> cache
 MM_OUTPUTS_ARG = "mm_encoder_outputs"
 _INJECTING = "_vlprune_injecting"  # instance flag while get_image_features is replaced (before 5.18)
+_GIVEN = "_vlprune_features"  # call key: per modality, the features image_features_override hands in (before 5.18)
 
 
 class TransformersContractError(RuntimeError):
@@ -160,20 +163,30 @@ def _class_takes_mm_outputs(cls: type) -> bool:
 
 
 def give_image_features(model: nn.Module, call: dict[str, Any], features: list[torch.Tensor],
-                        images_per_sample: list[int] | None = None) -> dict[str, Any]:
-    """Hand the pruned per-image features to the model in place of its own vision pass.
+                        images_per_sample: list[int] | None = None, *, modality: str = "image",
+                        pixel_args: tuple[str, ...] = ("pixel_values",),
+                        pack: Callable[[list[torch.Tensor]], Any] | None = None) -> dict[str, Any]:
+    """Hand the pruned per-item features of one ``modality`` ("image" / "video") to the model in place of its own
+    vision pass. ``pixel_args``: the call's arguments holding those pixels (Video-LLaVA's images:
+    ``pixel_values`` from 5.23, ``pixel_values_images`` before); ``pack``: the per-item list -> what the model's
+    forward reads as ``pooler_output`` (default: the list; Video-LLaVA reads one tensor).
 
-    >= 5.18: ``mm_encoder_outputs`` (pixel_values dropped). Before: pixel_values stay in the call (the model only
-    runs its image branch when they are present) and ``image_features_override`` must wrap the model call.
+    >= 5.18: ``mm_encoder_outputs[modality]`` (the pixels dropped). Before: the pixels stay in the call (the model
+    only runs that branch when they are present) and ``image_features_override`` must wrap the model call.
+    Called once per modality, on the call the previous one returned.
     """
     call = dict(call)
+    pack = pack or (lambda given: given)
     if takes_mm_outputs(model):
-        call.pop("pixel_values", None)
-        call[MM_OUTPUTS_ARG] = {"image": image_features_output(features)}
+        for name in pixel_args:
+            call.pop(name, None)
+        call[MM_OUTPUTS_ARG] = {**(call.get(MM_OUTPUTS_ARG) or {}), modality: image_features_output(pack(features))}
     else:
-        pixels = call.get("pixel_values")
-        rows = pixels.shape[0] if isinstance(pixels, torch.Tensor) else None
-        call["_vlprune_image_features"] = (features, images_per_sample or [1] * len(features), rows)
+        pixels = next((call[a] for a in pixel_args if isinstance(call.get(a), torch.Tensor)), None)
+        rows = pixels.shape[0] if pixels is not None else None
+        given = dict(call.get(_GIVEN) or {})
+        given[modality] = (features, images_per_sample or [1] * len(features), rows, pack)
+        call[_GIVEN] = given
     return call
 
 
@@ -181,38 +194,46 @@ def give_image_features(model: nn.Module, call: dict[str, Any], features: list[t
 def image_features_override(model: nn.Module, call: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """Context for one model call built by ``give_image_features``; yields the call to pass on.
 
-    Before 5.18 it replaces ``get_image_features`` on this model instance (its inner ``model``) for the duration
-    of the call and restores the class method afterwards.
+    Before 5.18 it replaces ``get_image_features`` (``get_video_features`` for videos) on this model instance (its
+    inner ``model``) for the duration of the call and restores the class methods afterwards.
     """
-    given = call.get("_vlprune_image_features")
+    given = call.get(_GIVEN)
     if given is None:
         yield call
         return
-    features, per_sample, rows = given
-    call = {k: v for k, v in call.items() if k != "_vlprune_image_features"}
+    call = {k: v for k, v in call.items() if k != _GIVEN}
     inner = getattr(model, "model", model)
-    if not hasattr(inner, "get_image_features"):
-        raise TransformersContractError(f"{type(inner).__name__} has neither mm_encoder_outputs nor get_image_features")
-    had = "get_image_features" in inner.__dict__
-    previous = inner.__dict__.get("get_image_features")
-
-    def get_image_features(pixel_values: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> Any:
-        # generate(num_beams=r / num_return_sequences=r) repeats every row of its inputs r times: repeat each
-        # sample's block of images to match the token stream (row b's images, r times, then row b+1's)
-        pixel_values = pixel_values if pixel_values is not None else (args[0] if args else None)
-        r = pixel_values.shape[0] // rows if isinstance(pixel_values, torch.Tensor) and rows else 1
-        return image_features_output(repeat_per_sample(features, per_sample, r) if r > 1 else features)
-
-    inner.__dict__["get_image_features"] = get_image_features
+    saved = {}
+    for modality, (features, per_sample, rows, pack) in given.items():
+        name = f"get_{modality}_features"
+        if not hasattr(inner, name):
+            raise TransformersContractError(f"{type(inner).__name__} has neither mm_encoder_outputs nor {name}")
+        saved[name] = (name in inner.__dict__, inner.__dict__.get(name))
+        inner.__dict__[name] = _replacement(features, per_sample, rows, pack)
     inner.__dict__[_INJECTING] = True
     try:
         yield call
     finally:
         inner.__dict__.pop(_INJECTING, None)
-        if had:
-            inner.__dict__["get_image_features"] = previous
-        else:
-            inner.__dict__.pop("get_image_features", None)
+        for name, (had, previous) in saved.items():
+            if had:
+                inner.__dict__[name] = previous
+            else:
+                inner.__dict__.pop(name, None)
+
+
+def _replacement(features: list[torch.Tensor], per_sample: list[int], rows: int | None,
+                 pack: Callable[[list[torch.Tensor]], Any]) -> Callable[..., Any]:
+    """A ``get_*_features`` that returns the given features (packed as the model reads them)."""
+    def get_features(*args: Any, **kwargs: Any) -> Any:
+        # generate(num_beams=r / num_return_sequences=r) repeats every row of its inputs r times: repeat each
+        # sample's block of images to match the token stream (row b's images, r times, then row b+1's)
+        pixels = args[0] if args else next((v for k, v in kwargs.items() if k.startswith("pixel_values")
+                                            and v is not None), None)
+        r = pixels.shape[0] // rows if isinstance(pixels, torch.Tensor) and rows else 1
+        return image_features_output(pack(repeat_per_sample(features, per_sample, r) if r > 1 else features))
+
+    return get_features
 
 
 def injecting(model: nn.Module) -> bool:

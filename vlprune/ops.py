@@ -87,3 +87,12 @@ def repeat_per_sample(items: list, per_sample: list[int], r: int) -> list:
         out.extend(items[start:start + n] * r)
         start += n
     return out
+
+
+def visual_mask(input_ids: torch.Tensor, token_ids: int | tuple[int, ...] | list[int]) -> torch.Tensor:
+    """(B, L) bool: ``input_ids`` equal to one of ``token_ids``."""
+    if isinstance(token_ids, int):
+        return input_ids == token_ids
+    if len(token_ids) == 1:
+        return input_ids == token_ids[0]
+    return torch.isin(input_ids, torch.tensor(list(token_ids), device=input_ids.device))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .ops import true_first
+from .ops import true_first, visual_mask
 
 # per-token inputs that must follow input_ids, and what fills their padding
 PER_TOKEN_INPUTS = {"attention_mask": 0, "labels": -100, "token_type_ids": 0, "mm_token_type_ids": 0}
@@ -12,19 +12,20 @@ PER_TOKEN_INPUTS = {"attention_mask": 0, "labels": -100, "token_type_ids": 0, "m
 def shrink_prompt(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    image_token_id: int,
+    image_token_id: int | tuple[int, ...],
     tokens_per_image: list[int],
     kept_per_image: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the first ``kept_per_image[i]`` of the ``tokens_per_image[i]`` placeholders of image i.
 
-    Images are taken in prompt order (row by row). Returns ``(columns, valid)``: for each sample, the
+    Images are taken in prompt order (row by row); ``image_token_id`` may name several placeholder ids (images and
+    videos), whose runs are then the items in prompt order. Returns ``(columns, valid)``: for each sample, the
     original columns that survive, re-padded on the left (on the right only if the input is right-padded), and
     a bool mask of the real (non-padding) entries. Placeholder tokens are identical, so which ones survive
     does not matter; the features carry the choice.
     """
     b, n = input_ids.shape
-    positions = torch.nonzero(input_ids == image_token_id)  # row-major: (row, col)
+    positions = torch.nonzero(visual_mask(input_ids, image_token_id))  # row-major: (row, col)
     if positions.shape[0] != sum(tokens_per_image):
         raise ValueError(
             f"input_ids hold {positions.shape[0]} image tokens but the images need {sum(tokens_per_image)}"

@@ -210,6 +210,39 @@ class TinyQwen:
         out["mm_token_type_ids"] = (out["input_ids"] == 4).int()
         return out
 
+    def videos(self, sizes: list[tuple[int, int]], frames: int = 4, seed: int = 1,
+               seconds: float = 1.0) -> dict[str, torch.Tensor]:
+        """Hand-built Qwen2.5-VL video inputs: ``frames`` frames of (height, width) per video, i.e.
+        ``video_grid_thw`` = (frames / temporal_patch_size, h/patch, w/patch), ``second_per_grid_ts`` = ``seconds``."""
+        vc = self.model.config.vision_config
+        dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
+        t = frames // vc.temporal_patch_size
+        thw = torch.tensor([[t, h // self.patch, w // self.patch] for h, w in sizes])
+        gen = torch.Generator().manual_seed(seed)
+        pv = torch.randn(int(thw.prod(-1).sum()), dim, generator=gen)
+        return {"pixel_values_videos": pv, "video_grid_thw": thw,
+                "second_per_grid_ts": torch.full((len(sizes),), float(seconds))}
+
+    def mixed_prompt_ids(self, questions: list[str], inputs: dict[str, torch.Tensor], items: list[str],
+                         left_pad: bool = True) -> dict[str, torch.Tensor]:
+        """Prompts whose sample b holds the images ("i") and videos ("v") of ``items[b]`` in that order, each
+        wrapped in <|vision_start|> ... <|vision_end|>; ``mm_token_type_ids`` 1 for images, 2 for videos."""
+        tok = self.tokenizer
+        m = self.model.config.vision_config.spatial_merge_size
+        video_id = self.model.config.video_token_id
+        counts = {kind: iter((inputs[key].prod(-1) // (m * m)).tolist() if key in inputs else [])
+                  for kind, key in (("i", "image_grid_thw"), ("v", "video_grid_thw"))}
+        vs, ve = tok.convert_tokens_to_ids(["<|vision_start|>", "<|vision_end|>"])
+        rows = []
+        for q, kinds in zip(questions, items):
+            body = tok("user :", add_special_tokens=False)["input_ids"]
+            for kind in kinds:
+                body += [vs] + [4 if kind == "i" else video_id] * next(counts[kind]) + [ve]
+            rows.append(body + tok(f"{q} assistant :", add_special_tokens=False)["input_ids"])
+        out = _pad_rows(rows, left_pad)
+        out["mm_token_type_ids"] = (out["input_ids"] == 4).int() + 2 * (out["input_ids"] == video_id).int()
+        return out
+
 
 def tiny_qwen2_5_vl(seed: int = 0, patch: int = 4, layers: int = 4, attn: str = "sdpa") -> TinyQwen:
     """A tiny random ``Qwen2_5_VLForConditionalGeneration``: 2 ViT blocks (a window block, then a full-attention
@@ -230,3 +263,66 @@ def tiny_qwen2_5_vl(seed: int = 0, patch: int = 4, layers: int = 4, attn: str = 
     cfg._attn_implementation = attn
     model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
     return TinyQwen(model, tok, patch)
+
+
+@dataclass
+class TinyVideoLlava:
+    model: Any
+    clip: Any
+    tokenizer: Any
+    clip_tokenizer: Any
+    grid: int  # patches per side of one frame / image
+
+    def pixels(self, images: int = 0, videos: int = 0, frames: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Random ``pixel_values`` (images, 3, s, s) and ``pixel_values_videos`` (videos, frames, 3, s, s); videos
+        of ``frames`` frames (a Video-LLaVA processor samples 8)."""
+        import inspect
+
+        s = self.model.config.vision_config.image_size
+        gen = torch.Generator().manual_seed(seed)
+        out = {}
+        # the image pixels are ``pixel_values_images`` before transformers 5.23
+        key = "pixel_values" if "pixel_values" in inspect.signature(type(self.model).forward).parameters \
+            else "pixel_values_images"
+        if images:
+            out[key] = torch.randn(images, 3, s, s, generator=gen)
+        if videos:
+            out["pixel_values_videos"] = torch.randn(videos, frames, 3, s, s, generator=gen)
+        return out
+
+    def prompt_ids(self, questions: list[str], items: list[str], frames: int = 4,
+                   left_pad: bool = True) -> dict[str, torch.Tensor]:
+        """"user : <image|video>... {q} assistant :" per sample; ``items[b]`` names its items in order ("iv": an
+        image then a video); a video is ``frames`` x (1 + grid^2) placeholders (each frame's [CLS] + patches)."""
+        tok = self.tokenizer
+        n = self.grid * self.grid
+        video_id = self.model.config.video_token_id
+        rows = []
+        for q, kinds in zip(questions, items):
+            body = tok("user :", add_special_tokens=True)["input_ids"]
+            for kind in kinds:
+                body += [4] * n if kind == "i" else [video_id] * (frames * (n + 1))
+            rows.append(body + tok(f"{q} assistant :", add_special_tokens=False)["input_ids"])
+        return _pad_rows(rows, left_pad)
+
+
+def tiny_video_llava(seed: int = 0, grid: int = 4, patch: int = 4, layers: int = 4, attn: str = "sdpa") -> TinyVideoLlava:
+    """A tiny random ``VideoLlavaForConditionalGeneration`` (image and video CLIP towers + Llama; the image tower
+    holds the video tower's weights) and a ``CLIPModel`` sharing them (DeSAP's text tower + visual projection)."""
+    from transformers import LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tok = word_tokenizer(specials=SPECIALS + ["<video>"])
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                  image_size=grid * patch, patch_size=patch, projection_dim=24)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                       pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    cfg = VideoLlavaConfig(vision_config=dict(model_type="clip_vision_model", **vision), text_config=text,
+                           image_token_index=4, video_token_index=len(SPECIALS), vision_feature_layer=-2,
+                           vision_feature_select_strategy="default", projector_hidden_act="gelu")
+    cfg._attn_implementation = attn
+    model = VideoLlavaForConditionalGeneration(cfg).eval()
+    model.model.image_tower.load_state_dict(model.model.video_tower.state_dict())
+    clip, clip_tok = tiny_clip_sharing_tower(vision, model.model.video_tower)
+    return TinyVideoLlava(model, clip, tok, clip_tok, grid)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .cuda_graph import GraphedCall, graphs_enabled
-from .ops import copy_to_device
+from .ops import copy_to_device, visual_mask
 
 # Role markers and answer-format boilerplate of common chat templates (LLaVA-1.5 "USER: ... ASSISTANT:",
 # Vicuna, Llama-2 [INST], ChatML, Qwen, Mistral) and of the LLaVA evaluation prompts.
@@ -45,9 +45,10 @@ def strip_chat_template(text: str) -> str:
 
 
 def questions_from_ids(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image_token_id: int, tokenizer: Any
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image_token_id: int | tuple[int, ...], tokenizer: Any
 ) -> list[str]:
-    """Per sample: the text after its last image token, decoded, chat template removed ('' if none).
+    """Per sample: the text after its last image (or video: ``image_token_id`` may name several ids) token, decoded,
+    chat template removed ('' if none).
 
     The ids come to the host once (one device sync for the batch, not four per sample)."""
     input_ids = input_ids.cpu()
@@ -55,7 +56,7 @@ def questions_from_ids(
     out = []
     for b in range(input_ids.shape[0]):
         ids = input_ids[b] if attention_mask is None else input_ids[b][attention_mask[b].bool()]
-        img = torch.nonzero(ids == image_token_id)
+        img = torch.nonzero(visual_mask(ids, image_token_id))
         after = ids[int(img[-1]) + 1 :] if len(img) else ids
         out.append(strip_chat_template(tokenizer.decode(after.tolist(), skip_special_tokens=True)))
     return out

@@ -9,8 +9,9 @@ from .base import Adapter
 from .llava import LlavaAdapter
 from .llava_next import LlavaNextAdapter
 from .qwen2_5_vl import Qwen2_5_VLAdapter
+from .video_llava import VideoLlavaAdapter
 
-ADAPTERS: list[type[Adapter]] = [LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter]
+ADAPTERS: list[type[Adapter]] = [LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter, VideoLlavaAdapter]
 
 
 def get_adapter(model: nn.Module, options: dict[str, Any] | None = None) -> Adapter:

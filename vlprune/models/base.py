@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .. import compat
+from ..ops import visual_mask
 
 
 @dataclass
@@ -19,6 +20,9 @@ class PrunedImages:
     indices: list[torch.Tensor]  # per image, kept patch indices on its grid
     assign: list[torch.Tensor | None]  # per image, merge target of every patch (or None)
     grids: list[tuple[int, int]]
+    # per item, the LLM tokens in-LLM stages may prune (None: every placeholder, ``features[i].shape[0]``);
+    # Video-LLaVA's frame [CLS] tokens are placeholders that no method prunes
+    llm_tokens: list[int] | None = None
 
 
 class Adapter:
@@ -56,6 +60,29 @@ class Adapter:
     def image_token_id(self) -> int:
         return int(self.model.config.image_token_id)
 
+    @property
+    def visual_token_ids(self) -> tuple[int, ...]:
+        """Placeholder ids of every visual input the family takes (images; videos where it has them)."""
+        return (self.image_token_id,)
+
+    @property
+    def per_item_budget(self) -> bool:
+        """``keep`` counts per image / per video (not per tile or per frame): what in-LLM stages can honour."""
+        return getattr(self, "budget", "global") == "global"
+
+    def has_visual_inputs(self, call: dict[str, Any]) -> bool:
+        """The call carries pixels for the encoder step."""
+        return call.get("pixel_values") is not None
+
+    def llm_visual_mask(self, input_ids: torch.Tensor, after_encoder: bool = False) -> torch.Tensor:
+        """(B, L) bool: the visual tokens in-LLM stages rank and drop (``after_encoder``: ``input_ids`` is the prompt
+        the encoder step shrank). Default: every placeholder."""
+        return visual_mask(input_ids, self.visual_token_ids)
+
+    def give_features(self, call: dict[str, Any], result: PrunedImages, per_sample: list[int]) -> dict[str, Any]:
+        """Hand the pruned features to the model (``compat.give_image_features``)."""
+        return compat.give_image_features(self.model, call, result.features, per_sample)
+
     def tokens_per_image(self) -> int:
         """Visual tokens of one image (LLaVA-1.5) or one tile (LLaVA-NeXT): the range of ``keep``."""
         raise NotImplementedError
@@ -65,7 +92,7 @@ class Adapter:
         layout seen on the prompt to match. Default: nothing to repeat (every image has the same tokens)."""
 
     def images_per_sample(self, input_ids: torch.Tensor, tokens_per_image: list[int] | None = None) -> list[int]:
-        counts = (input_ids == self.image_token_id).sum(-1).tolist()
+        counts = visual_mask(input_ids, self.visual_token_ids).sum(-1).tolist()
         n = self.tokens_per_image()
         return [c // n for c in counts]
 

@@ -32,9 +32,9 @@ from typing import Any, Callable
 import torch
 
 from .. import compat
-from ..ops import copy_to_device, repeat_per_sample
+from ..ops import copy_to_device, repeat_per_sample, visual_mask
 from .base import Adapter, PrunedImages
-from .llava_next import images_from_counts
+from .frames import walk_items
 
 
 @dataclass
@@ -66,10 +66,11 @@ class LlmEmbeddingQuestions:
 class _QwenImage:
     """``SignalSource`` of one image (B = 1) of a Qwen2.5-VL vision pass; every signal is computed on first use."""
 
-    def __init__(self, vit: "_VisionPass", i: int, questions: Any) -> None:
+    def __init__(self, vit: "_VisionPass", i: int, questions: Any, item: int | None = None) -> None:
         self.vit, self.i, self.questions = vit, i, questions
+        self.item = i if item is None else item  # the item's row in ``questions`` (images and videos, prompt order)
         t, h, w = vit.grids[i]
-        self.grid = (h // vit.merge, w // vit.merge)
+        self.grid = (t * h // vit.merge, w // vit.merge)  # a video: its temporal slices stacked vertically
 
     def features(self) -> torch.Tensor:
         lo, hi = self.vit.unit_ranges[self.i]
@@ -99,10 +100,10 @@ class _QwenImage:
     def question(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self.questions is None:
             raise ValueError("no question encoder: pass processor=... to vlprune.apply")
-        return self.questions.rows(slice(self.i, self.i + 1), self.vit.merged.device)
+        return self.questions.rows(slice(self.item, self.item + 1), self.vit.merged.device)
 
     def has_question(self) -> bool:
-        return self.questions is not None and self.questions.any_present(slice(self.i, self.i + 1))
+        return self.questions is not None and self.questions.any_present(slice(self.item, self.item + 1))
 
     def image_keys(self) -> list[int]:
         return [self.vit.image_keys[self.i]]
@@ -287,37 +288,74 @@ class Qwen2_5_VLAdapter(Adapter):
             raise ValueError(f"vision_layer must index one of the {depth} ViT blocks, got {vision_layer}")
         self.vision_layer = vision_layer % depth
         self.max_tokens = int(max_tokens)
-        self._sizes: list[int] | None = None
+        # per kind (placeholder id): merged tokens and (t*h, w) merged grid of every item of the last call, in order
+        self._sizes: dict[int, list[int]] | None = None
+        self._grids: dict[int, list[tuple[int, int]]] | None = None
+        self._order: list[tuple[int, int]] | None = None  # (kind, index) of every item of the last prompt walked
         self._pruned: PrunedImages | None = None
-        self._grids: list[tuple[int, int]] | None = None
+
+    @property
+    def video_token_id(self) -> int:
+        return int(self.model.config.video_token_id)
+
+    @property
+    def visual_token_ids(self) -> tuple[int, ...]:
+        return (self.image_token_id, self.video_token_id)
+
+    def has_visual_inputs(self, call: dict[str, Any]) -> bool:
+        return call.get("pixel_values") is not None or call.get("pixel_values_videos") is not None
 
     def tokens_per_image(self) -> int:
         """Upper bound of ``keep``: the processor's default max_pixels (12845056) gives at most 16384 merged tokens."""
         return self.max_tokens
 
     def observe(self, call: dict[str, Any]) -> None:
-        thw = call.get("image_grid_thw")
-        if thw is not None and (call.get("pixel_values") is not None or compat.is_prefill(call)):
+        grids = {self.image_token_id: call.get("image_grid_thw"), self.video_token_id: call.get("video_grid_thw")}
+        pixels = self.has_visual_inputs(call)
+        if any(g is not None for g in grids.values()) and (pixels or compat.is_prefill(call)):
             m = self.model.config.vision_config.spatial_merge_size
-            self._grids = [(int(h) // m, int(w) // m) for t, h, w in thw.tolist()]
-            self._sizes = [int(t) * h * w for (t, _, _), (h, w) in zip(thw.tolist(), self._grids)]
+            self._sizes, self._grids, self._order = {}, {}, None
+            for kind, thw in grids.items():
+                rows = thw.tolist() if thw is not None else []
+                self._grids[kind] = [(int(t) * int(h) // m, int(w) // m) for t, h, w in rows]
+                self._sizes[kind] = [int(t) * int(h) * int(w) // (m * m) for t, h, w in rows]
 
     def repeat_samples(self, per_sample: list[int], r: int) -> None:
-        if self._sizes is not None and len(self._sizes) == sum(per_sample):  # not yet seen repeated
-            self._sizes = repeat_per_sample(self._sizes, per_sample, r)
-            self._grids = repeat_per_sample(self._grids, per_sample, r)
+        order = self._order
+        if self._sizes is None or order is None or len(order) != sum(per_sample):  # unknown, or seen repeated
+            return
+        rows, start = [], 0
+        for n in per_sample:
+            rows.append(order[start: start + n])
+            start += n
+        for kind in self._sizes:
+            counts = [sum(1 for k, _ in row if k == kind) for row in rows]
+            self._sizes[kind] = repeat_per_sample(self._sizes[kind], counts, r)
+            self._grids[kind] = repeat_per_sample(self._grids[kind], counts, r)
+        index = dict.fromkeys(self._sizes, 0)
+        self._order = []
+        for row in rows:
+            for _ in range(r):
+                for kind, _ in row:
+                    self._order.append((kind, index[kind]))
+                    index[kind] += 1
 
     def images_per_sample(self, input_ids: torch.Tensor, tokens_per_image: list[int] | None = None) -> list[int]:
-        if not bool((input_ids == self.image_token_id).any()):
+        if not bool(visual_mask(input_ids, self.visual_token_ids).any()):
             return [0] * input_ids.shape[0]
         if self._sizes is None:
-            raise ValueError("Qwen2.5-VL needs image_grid_thw (from its processor) to lay out the image tokens")
-        return images_from_counts(input_ids, self.image_token_id, self._sizes)
+            raise ValueError("Qwen2.5-VL needs image_grid_thw / video_grid_thw (from its processor) to lay out the "
+                             "visual tokens")
+        rows = walk_items(input_ids, self._sizes)
+        if rows is None:
+            raise ValueError(f"the prompt's visual tokens do not match its images and videos ({self._sizes})")
+        self._order = [item for row in rows for item in row]
+        return [len(row) for row in rows]
 
     def llm_layout(self):
-        if self._sizes is None:
+        if self._sizes is None or self._order is None:
             return None
-        return [(n, g, None) for n, g in zip(self._sizes, self._grids)]
+        return [(self._sizes[k][i], self._grids[k][i], None) for k, i in self._order]
 
     def question_encoder(self, tokenizer: Any) -> LlmEmbeddingQuestions:
         if tokenizer is None:
@@ -326,14 +364,30 @@ class Qwen2_5_VLAdapter(Adapter):
 
     # -- encoder side ----------------------------------------------------------------------------------------
     def prune_images(self, kwargs: dict[str, Any], run: Any) -> PrunedImages:
-        thw = kwargs.get("image_grid_thw")
-        if thw is None:
-            raise ValueError("Qwen2.5-VL needs image_grid_thw (from its processor)")
-        vit = _VisionPass(self.model.model.visual, kwargs["pixel_values"], thw, self.vision_layer)
+        """Images and videos of the call, each pruned alone (a video's temporal slices as one ranked set), in
+        prompt order."""
+        self.images_per_sample(kwargs["input_ids"])  # the prompt order of the items
+        order = self._order
+        slots = {item: i for i, item in enumerate(order)}
+        chosen: dict[int, tuple] = {}
+        for kind, pixels, grids in ((self.image_token_id, "pixel_values", "image_grid_thw"),
+                                    (self.video_token_id, "pixel_values_videos", "video_grid_thw")):
+            if kwargs.get(pixels) is None:
+                continue
+            thw = kwargs.get(grids)
+            if thw is None:
+                raise ValueError(f"Qwen2.5-VL needs {grids} with {pixels} (from its processor)")
+            vit = _VisionPass(self.model.model.visual, kwargs[pixels], thw, self.vision_layer)
+            for i in range(len(vit.grids)):
+                if (kind, i) not in slots:
+                    raise ValueError(f"{pixels} holds {len(vit.grids)} items, the prompt fewer placeholders")
+                src = _QwenImage(vit, i, run.questions, item=slots[(kind, i)])
+                chosen[slots[(kind, i)]] = (src, run.select(src))
+        if len(chosen) != len(order):
+            raise ValueError(f"the prompt holds {len(order)} images and videos, the call's pixels {len(chosen)}")
         out = PrunedImages(features=[], tokens_per_image=[], indices=[], assign=[], grids=[])
-        for i in range(len(vit.grids)):
-            src = _QwenImage(vit, i, run.questions)
-            sel = run.select(src)
+        for j in range(len(order)):
+            src, sel = chosen[j]
             out.features.append(sel.features[0])
             out.tokens_per_image.append(src.features().shape[1])
             out.indices.append(sel.indices[0])
@@ -341,6 +395,21 @@ class Qwen2_5_VLAdapter(Adapter):
             out.grids.append(src.grid)
         self._pruned = out
         return out
+
+    def give_features(self, call: dict[str, Any], result: PrunedImages, per_sample: list[int]) -> dict[str, Any]:
+        """Images and videos back to the model's own two branches (``mm_encoder_outputs`` "image" / "video")."""
+        order = self._order
+        rows, start = [], 0
+        for n in per_sample:
+            rows.append([k for k, _ in order[start: start + n]])
+            start += n
+        for kind, modality, arg in ((self.image_token_id, "image", "pixel_values"),
+                                    (self.video_token_id, "video", "pixel_values_videos")):
+            feats = [f for f, (k, _) in zip(result.features, order) if k == kind]
+            if feats:
+                call = compat.give_image_features(self.model, call, feats, [row.count(kind) for row in rows],
+                                                  modality=modality, pixel_args=(arg,))
+        return call
 
     def finish_call(self, original: dict[str, Any], call: dict[str, Any], cols: torch.Tensor,
                     valid: torch.Tensor) -> dict[str, Any]:
@@ -384,9 +453,10 @@ class Qwen2_5_VLAdapter(Adapter):
         if pruned is None:
             return src
         img = 0
+        visual = visual_mask(ids, self.visual_token_ids)
         for b in range(ids.shape[0]):
-            long_cols = torch.nonzero(ids[b] == self.image_token_id)[:, 0]
-            short_slots = torch.nonzero(ids[b][cols[b]] == self.image_token_id)[:, 0]
+            long_cols = torch.nonzero(visual[b])[:, 0]
+            short_slots = torch.nonzero(visual[b][cols[b]])[:, 0]
             lo = short = 0
             while lo < long_cols.shape[0]:
                 n, k = pruned.tokens_per_image[img], pruned.features[img].shape[0]
