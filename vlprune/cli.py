@@ -90,7 +90,7 @@ def flops_command(
 @app.command("eval")
 def eval_command(
     model: str = typer.Option("testbed", help="`testbed` or a LLaVA checkpoint (hub id / path)."),
-    bench: str = typer.Option("testbed", help="`testbed` (bundled scenes) or NAME:DIR, NAME in pope, gqa, mme, textvqa, vqav2, sqa, mmbench (LLaVA layout)."),
+    bench: str = typer.Option("testbed", help="`testbed` (bundled scenes) or NAME:DIR, NAME in pope, gqa, mme, textvqa, vqav2, sqa, mmbench (LLaVA layout), msvd-qa, msrvtt-qa, tgif-qa, activitynet-qa (Video-LLaVA layout)."),
     methods: str = typer.Option("desap,vispruner,visionzip,fastv,random", help="Comma-separated methods."),
     keep: str = typer.Option("16,32,48", help="Budgets, comma separated."),
     seed: Optional[int] = typer.Option(None, help="Draw a new test split with this seed (default: the canonical one)."),
@@ -207,6 +207,16 @@ def print_report(report: dict) -> None:
 
 def print_bench_report(report: dict) -> None:
     full = report["full"]
+    if full["score"] is None:  # video QA: answers only; the GPT judge scores them (vlprune score --judge-url ...)
+        table = Table(title=f"{report['model']} on {report['bench']} ({report['n']} questions): answers")
+        for col in ("method", "keep", "answers", "answers file"):
+            table.add_column(col, justify="right")
+        for r in [{"method": "full", "keep": "all", **full}, *report["results"]]:
+            table.add_row(r["method"], str(r["keep"]), str(r["n_answers"]), r["answers_file"])
+        console.print(table)
+        console.print(f"score each file with: vlprune score --bench {report['bench'].replace('_', '-')} --data DIR "
+                      "--answers FILE --judge-url URL --judge-model MODEL (docs/benchmarks.md)")
+        return
     table = Table(title=f"{report['model']} on {report['bench']} ({report['n']} questions; score = {full['headline']})")
     for col in ("method", "keep", "score", "% of full", "missing"):
         table.add_column(col, justify="right")

@@ -8,6 +8,7 @@
 """
 
 from .answers import BadLine, load_answers, write_answers
+from .video_readers import VIDEO_BENCHMARKS, VideoItem  # registers the video QA readers first
 from .readers import BENCHMARKS, BenchItem, ImageRef, canonical_bench, read
 from .score import HEADLINES, NothingScored, score, score_items
 from .store import AnswersFile, AnswersFileError, AnswersFileLocked, RunConfigMismatch
@@ -22,6 +23,8 @@ __all__ = [
     "BenchItem",
     "ImageRef",
     "NothingScored",
+    "VIDEO_BENCHMARKS",
+    "VideoItem",
     "RunConfigMismatch",
     "canonical_bench",
     "load_answers",

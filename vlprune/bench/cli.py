@@ -25,6 +25,10 @@ class BenchChoice(str, Enum):
     vqav2 = "vqav2"
     sqa = "sqa"
     mmbench = "mmbench"
+    msvd_qa = "msvd-qa"
+    msrvtt_qa = "msrvtt-qa"
+    tgif_qa = "tgif-qa"
+    activitynet_qa = "activitynet-qa"
 
 
 def _fmt(value: Any) -> str:
@@ -40,7 +44,7 @@ def render_table(result: dict[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row(f"[bold]score ({result['headline']})[/bold]", f"[bold]{result['score']:.2f}[/bold]")
-    skip = {"bench", "score", "headline", "answers_file", "data_dir", "bad_lines"}
+    skip = {"bench", "score", "headline", "answers_file", "data_dir", "bad_lines", "unjudged"}
     nested = []
     for key, value in result.items():
         if key in skip:
@@ -72,6 +76,25 @@ def warn_bad_lines(result: dict[str, Any], console: Console | None = None) -> No
         console.print(f"  ... and {n - len(result['bad_lines'])} more", highlight=False)
 
 
+VIDEO_CHOICES = ("msvd-qa", "msrvtt-qa", "tgif-qa", "activitynet-qa")
+
+
+def _score_video(bench: str, data: Path, answers: Path, strict: bool, url: str | None, model: str | None,
+                 key_env: str, attempts: int, workers: int, temperature: float | None,
+                 judgements: Path | None) -> dict[str, Any]:
+    import os
+
+    from .judge import Judge
+    from .video_score import score_video
+
+    if not url or not model:
+        raise ValueError(f"--bench {bench} is scored by a GPT judge: give --judge-url URL and --judge-model NAME "
+                         f"(and the API key in ${key_env})")
+    judge = Judge(url=url, model=model, api_key=os.environ.get(key_env, ""), temperature=temperature,
+                  max_attempts=attempts, workers=workers)
+    return score_video(bench, data, answers, judge, judgements=judgements, strict=strict)
+
+
 def score_command(
     bench: Annotated[BenchChoice, typer.Option("--bench", help="Benchmark to score.", case_sensitive=False)],
     data: Annotated[
@@ -87,17 +110,42 @@ def score_command(
         typer.Option("--json", help="Also write the full result as JSON to this path."),
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail if some question has no answer.")] = False,
+    judge_url: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--judge-url", help="Video QA: OpenAI-compatible endpoint of the GPT judge, e.g. https://api.openai.com/v1.")] = None,
+    judge_model: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--judge-model", help="Video QA: the judge model (Video-LLaVA used gpt-3.5-turbo).")] = None,
+    judge_key_env: Annotated[str, typer.Option(
+        "--judge-key-env", help="Video QA: environment variable holding the judge's API key.")] = "OPENAI_API_KEY",
+    judge_attempts: Annotated[int, typer.Option(
+        "--judge-attempts", help="Video QA: replies (and endpoint errors) allowed per question.")] = 3,
+    judge_workers: Annotated[int, typer.Option("--judge-workers", help="Video QA: requests in flight.")] = 8,
+    judge_temperature: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        "--judge-temperature", help="Video QA: sampling temperature sent to the judge (default: none sent, as "
+        "Video-LLaVA).")] = None,
+    judgements: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--judgements", help="Video QA: the judgements file (default <answers>.judge-<model>.jsonl).")] = None,
 ) -> None:
-    """Score a LLaVA-format answers file with the official benchmark rules."""
+    """Score a LLaVA-format answers file with the official benchmark rules (video QA: the GPT judge)."""
     try:
-        result = score(bench.value, data, answers, strict=strict)
-    except (OSError, KeyError, ValueError) as exc:
+        if bench.value in VIDEO_CHOICES:
+            result = _score_video(bench.value, data, answers, strict, judge_url, judge_model, judge_key_env,
+                                  judge_attempts, judge_workers, judge_temperature, judgements)
+        else:
+            if judge_url or judge_model:
+                raise ValueError(f"--bench {bench.value} is scored by its official rules, without a judge: drop "
+                                 "--judge-url / --judge-model")
+            result = score(bench.value, data, answers, strict=strict)
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
         err = Console(stderr=True)
         err.print("[red]error:[/red] ", end="")
         err.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(code=2) from exc  # vlprune's exit code for every CLI error
     Console().print(render_table(result))
     warn_bad_lines(result)
+    if result.get("n_unjudged"):
+        Console(stderr=True).print(
+            f"[yellow]warning:[/yellow] {result['n_unjudged']} question(s) got only malformed judge replies and are "
+            f"not scored (replies in {result['judgements_file']}): {', '.join(result['unjudged'])}", highlight=False)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n", encoding="utf-8")

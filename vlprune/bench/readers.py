@@ -21,7 +21,7 @@ import io
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ __all__ = [
     "ImageRef",
     "load_mme_ground_truth",
     "read",
+    "register",
     "read_gqa",
     "read_mmbench",
     "read_mme",
@@ -566,7 +567,7 @@ READERS: dict[str, Callable[..., Iterator[BenchItem]]] = {
 }
 BENCHMARKS: tuple[str, ...] = tuple(READERS)
 
-_ALIASES: Mapping[str, str] = {
+_ALIASES: dict[str, str] = {
     "scienceqa": "sqa",
     "scienceqa_img": "sqa",
     "sqa_img": "sqa",
@@ -575,6 +576,14 @@ _ALIASES: Mapping[str, str] = {
     "mmbench_en": "mmbench",
     "mme_perception": "mme",
 }
+
+
+def register(name: str, reader: Callable[..., Iterator[BenchItem]], aliases: tuple[str, ...] = ()) -> None:
+    """Add a benchmark reader (the video QA readers register themselves: ``video_readers.py``)."""
+    global BENCHMARKS
+    READERS[name] = reader
+    BENCHMARKS = tuple(READERS)
+    _ALIASES.update({alias: name for alias in aliases})
 
 
 def canonical_bench(name: str) -> str:

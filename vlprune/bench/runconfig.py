@@ -122,7 +122,8 @@ def describe(value: Any) -> Any:
 
 
 def questions_sha256(items: Iterable[Any]) -> str:
-    """Hash of the questions as the model sees them: ids, prompts, images, extra answer fields."""
+    """Hash of the questions as the model sees them: ids, prompts, images (videos and their frame counts), extra
+    answer fields."""
     digest = hashlib.sha256()
     for item in items:
         image = item.image
@@ -133,5 +134,8 @@ def questions_sha256(items: Iterable[Any]) -> str:
         else:
             ref = hashlib.sha256(str(getattr(image, "b64", "")).encode("ascii", "replace")).hexdigest()
         row = [item.question_id, item.prompt, ref, item.record_extra]
+        video = getattr(item, "video", None)
+        if video is not None:  # video questions: the file and how many frames are sampled from it
+            row.append([os.path.abspath(video.path), video.num_frames])
         digest.update(json.dumps(row, sort_keys=True, default=str).encode("utf-8") + b"\n")
     return digest.hexdigest()

@@ -13,19 +13,22 @@ from .readers import BenchItem, canonical_bench, read
 from .runconfig import describe, model_fingerprint, questions_sha256
 from .score import NothingScored, score_items
 from .store import AnswersFile, AnswersFileError, answer_key
+from .video_readers import VIDEO_BENCHMARKS
 
 # what a benchmark run refuses with a message (never a wrong number): see .store and .score
 BenchRunError = (AnswersFileError, NothingScored)
 
 
-def chat_prompt(processor: Any, prompt: str, with_image: bool | int = True) -> str:
+def chat_prompt(processor: Any, prompt: str, with_image: bool | int = True, with_video: bool | int = False) -> str:
     """The model's own chat template around ``prompt`` (LLaVA-1.5 style "USER: <image>\\n... ASSISTANT:" if none);
-    ``with_image``: whether one image comes first, or how many."""
-    content = [{"type": "image"}] * int(with_image) + [{"type": "text", "text": prompt}]
+    ``with_image`` / ``with_video``: whether one image (video) comes first, or how many."""
+    content = [{"type": "image"}] * int(with_image) + [{"type": "video"}] * int(with_video) + \
+        [{"type": "text", "text": prompt}]
     template = getattr(processor, "chat_template", None) or getattr(getattr(processor, "tokenizer", None), "chat_template", None)
     if template:
         return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    return f"USER: {('<image>' + chr(10)) * int(with_image)}{prompt} ASSISTANT:"
+    visuals = ("<image>" + chr(10)) * int(with_image) + ("<video>" + chr(10)) * int(with_video)
+    return f"USER: {visuals}{prompt} ASSISTANT:"
 
 
 @torch.no_grad()
@@ -67,17 +70,20 @@ def generation_settings(max_new_tokens: int) -> dict[str, Any]:
 
 
 def _generate(model: Any, processor: Any, tok: Any, chunk: list[BenchItem], max_new_tokens: int) -> list[str]:
-    """Greedy answers of one batch (items with and without an image generated apart)."""
+    """Greedy answers of one batch (items with an image, a video or neither generated apart)."""
     images = [it.load_image() for it in chunk]
-    groups: dict[bool, list[int]] = {}
-    for i, img in enumerate(images):
-        groups.setdefault(img is not None, []).append(i)
+    videos = [it.load_video() if getattr(it, "video", None) is not None else None for it in chunk]
+    groups: dict[str, list[int]] = {}
+    for i, (img, vid) in enumerate(zip(images, videos)):
+        groups.setdefault("video" if vid is not None else "image" if img is not None else "text", []).append(i)
     texts: dict[int, str] = {}
-    for has_image, idx in groups.items():
-        prompts = [chat_prompt(processor, chunk[i].prompt, has_image) for i in idx]
+    for kind, idx in groups.items():
+        prompts = [chat_prompt(processor, chunk[i].prompt, kind == "image", kind == "video") for i in idx]
         kwargs = dict(text=prompts, return_tensors="pt", padding=True)
-        if has_image:
+        if kind == "image":
             kwargs["images"] = [images[i] for i in idx]
+        if kind == "video":
+            kwargs["videos"] = [videos[i] for i in idx]
         inputs = processor(**kwargs).to(model.device)
         out = model.generate(**inputs, **generation_settings(max_new_tokens))
         decoded = tok.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -90,7 +96,8 @@ def run_benchmark(
     batch_size: int = 8, max_new_tokens: int = 128, progress: Callable[[str, int], None] | None = None,
     method_kwargs: Callable[[str], dict] = lambda m: {},
 ) -> dict[str, Any]:
-    """``bench_spec`` is ``name:/path/to/data``. Full model first, then every (method, keep); % of full per row."""
+    """``bench_spec`` is ``name:/path/to/data``. Full model first, then every (method, keep); % of full per row
+    (video QA benchmarks: the answers files only, ``score`` None: their score needs the GPT judge)."""
     name, _, data_dir = bench_spec.partition(":")
     bench = canonical_bench(name)
     if not data_dir:
@@ -108,6 +115,8 @@ def run_benchmark(
         config = {**base, "method": method, "keep": keep, "options": describe(options or {})}
         records = answer_items(model, processor, items, path, batch_size, max_new_tokens,
                                (lambda n: progress(label, n)) if progress else None, config=config, recorded=recorded)
+        if bench in VIDEO_BENCHMARKS:  # scored by a GPT judge: `vlprune score --judge-url ...` on each file
+            return {"answers_file": str(path), "n_answers": len(records), "score": None}
         result = score_items(bench, items, records)
         result["answers_file"] = str(path)
         return result
@@ -122,7 +131,8 @@ def run_benchmark(
                 res = run(f"{method}-{keep}", method, keep, options)
             finally:
                 api.remove(model)
-            res.update(method=method, keep=keep, relative=res["score"] / full["score"] if full["score"] else float("nan"))
+            relative = None if res["score"] is None else res["score"] / full["score"] if full["score"] else float("nan")
+            res.update(method=method, keep=keep, relative=relative)
             report["results"].append(res)
     return report
 
