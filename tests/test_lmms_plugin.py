@@ -70,7 +70,7 @@ def test_kept_per_request_splits_images_in_prompt_order():
         kept_per_request(kept, [1, 1])
 
 
-def test_visuals_of_takes_pil_images_only():
+def test_visuals_of_takes_pil_images_and_video_paths():
     from vlprune.lmms_plugin_batch import visuals_of
 
     img = Image.new("L", (4, 4))
@@ -78,8 +78,10 @@ def test_visuals_of_takes_pil_images_only():
     one = visuals_of(lambda d: d["im"], {"im": img})
     assert len(one) == 1 and one[0].mode == "RGB"
     assert len(visuals_of(lambda d: [img, None, img], {})) == 2
-    with pytest.raises(TypeError, match="video and audio tasks are not supported"):
-        visuals_of(lambda d: ["clip.mp4"], {})
+    with pytest.raises(TypeError, match="audio tasks are not supported"):
+        visuals_of(lambda d: [{"array": [0.0], "sampling_rate": 16000}], {})
+    with pytest.raises(FileNotFoundError, match="video not found"):  # video paths are decoded (test_video_lmms.py)
+        visuals_of(lambda d: ["absent-clip.mp4"], {})
 
 
 def test_plugin_found_through_lmms_eval_plugin_table():

@@ -17,7 +17,15 @@ import torch
 from lmms_eval.api.model import lmms
 
 from .lmms_plugin_args import coerce, parse_dtype, parse_int, parse_options
-from .lmms_plugin_batch import batches, cut_at_stops, group_key, kept_per_request, stop_strings, visuals_of
+from .lmms_plugin_batch import (
+    batches,
+    cut_at_stops,
+    group_key,
+    is_video,
+    kept_per_request,
+    stop_strings,
+    visuals_of,
+)
 
 try:  # lmms-eval >= 0.6: per-request token counts in the sample logs
     from lmms_eval.api.instance import GenerationResult, TokenCounts
@@ -41,7 +49,7 @@ class VlpruneLMM(lmms):
     def __init__(self, pretrained: str = "llava-hf/llava-1.5-7b-hf", method: str = "desap", keep: int = 64,
                  clip: str | None = None, device: str | None = None, dtype: str = "bfloat16", batch_size: int = 1,
                  max_new_tokens: int = 128, kept_log: str | None = None, max_batch_size: int | None = None,
-                 **method_options: Any) -> None:
+                 num_frames: int = 8, **method_options: Any) -> None:
         super().__init__()
         from .evaluation import load_model, method_kwargs
 
@@ -56,6 +64,7 @@ class VlpruneLMM(lmms):
             raise ValueError("batch_size=auto is not supported by the vlprune plugin: pass --batch_size N")
         self.batch_size_per_gpu = parse_int(batch_size, "batch_size", minimum=1)
         self.max_new_tokens = parse_int(max_new_tokens, "max_new_tokens", minimum=1)
+        self.num_frames = parse_int(num_frames, "num_frames", minimum=1)  # frames sampled per video (Video-LLaVA: 8)
         self.method, self.keep = str(method).lower(), parse_int(keep, "keep", minimum=1)
         del max_batch_size  # lmms-eval passes it along; it only matters for batch_size=auto, refused above
         if self.method in NO_PRUNING and method_options:
@@ -118,19 +127,22 @@ class VlpruneLMM(lmms):
         return self.task_dict[task][split][doc_id]
 
     def _inputs(self, contexts: list[str], visuals: list[list[Any]], suffixes: list[str] | None = None) -> Any:
-        """Left-padded model inputs: each context in the model's chat template, its images first."""
+        """Left-padded model inputs: each context in the model's chat template, its images then its videos first."""
         from .bench.runner import chat_prompt
 
         proc = self.loaded.processor
         self.tokenizer.padding_side = "left"
-        texts = [chat_prompt(proc, str(c).replace("<image>", "").strip(), len(v)) for c, v in zip(contexts, visuals)]
+        texts = [chat_prompt(proc, _bare(c), sum(not is_video(x) for x in v), sum(is_video(x) for x in v))
+                 for c, v in zip(contexts, visuals)]
         if suffixes is not None:
             texts = [t + s for t, s in zip(texts, suffixes)]
-        images = [im for v in visuals for im in v]
-        kwargs = {"images": images} if images else {}
+        images = [x for v in visuals for x in v if not is_video(x)]
+        videos = [x for v in visuals for x in v if is_video(x)]
+        kwargs = {**({"images": images} if images else {}), **({"videos": videos} if videos else {})}
         inputs = proc(text=texts, return_tensors="pt", padding=True, **kwargs).to(self._device)
-        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.loaded.model.dtype)
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in inputs and inputs[key].is_floating_point():
+                inputs[key] = inputs[key].to(self.loaded.model.dtype)
         return inputs
 
     def _record(self, reqs: list[tuple], visuals: list[list[Any]]) -> None:
@@ -139,7 +151,7 @@ class VlpruneLMM(lmms):
             return
         import vlprune
 
-        counts = [len(v) for v in visuals]
+        counts = [len(v) for v in visuals]  # images and videos: one kept entry each
         per_req = kept_per_request(vlprune.last_selection(self.loaded.model), counts) if sum(counts) else \
             [[] for _ in visuals]  # a text-only batch: nothing was selected (the last selection is an older batch's)
         rows = [{"task": r[-2], "doc_id": r[-3], "method": self.method, "keep": self.keep,
@@ -168,7 +180,7 @@ class VlpruneLMM(lmms):
         start = len(self.kept_records)
         for batch in batches([(group_key(g), len(str(a[0]))) for a, g in zip(args, gens)], self.batch_size):
             reqs = [args[i] for i in batch]
-            visuals = [visuals_of(a[2], self._doc(a[4], a[5], a[3])) for a in reqs]
+            visuals = [visuals_of(a[2], self._doc(a[4], a[5], a[3]), self.num_frames) for a in reqs]
             gen = dict(gens[batch[0]])
             until = stop_strings(gen.pop("until", None))
             texts, counts = self._generate([a[0] for a in reqs], visuals, gen)
@@ -211,7 +223,8 @@ class VlpruneLMM(lmms):
         start = len(self.kept_records)
         for batch in batches([("", len(str(args[i][0])) + len(conts[i])) for i in range(len(args))], self.batch_size):
             reqs = [args[i] for i in batch]
-            visuals = [visuals_of(a[2], self._doc(a[4], a[5], a[3])) if a[2] is not None else [] for a in reqs]
+            visuals = [visuals_of(a[2], self._doc(a[4], a[5], a[3]), self.num_frames) if a[2] is not None else []
+                       for a in reqs]
             scored = self._score([a[0] for a in reqs], [conts[i] for i in batch], visuals)
             self._record(reqs, visuals)
             for i, s in zip(batch, scored):
@@ -228,7 +241,8 @@ class VlpruneLMM(lmms):
         tok = self.tokenizer
         lengths = []
         for c, cont, v in zip(contexts, conts, visuals):
-            prompt = chat_prompt(self.loaded.processor, str(c).replace("<image>", "").strip(), len(v))
+            prompt = chat_prompt(self.loaded.processor, _bare(c), sum(not is_video(x) for x in v),
+                                 sum(is_video(x) for x in v))
             n = len(tok(prompt + cont)["input_ids"]) - len(tok(prompt)["input_ids"])
             if n < 1:
                 raise ValueError(f"the continuation {cont!r} adds no token to its context")
@@ -243,6 +257,12 @@ class VlpruneLMM(lmms):
             nll = -pred.gather(-1, target[:, None]).squeeze(-1)
             out.append((float(nll.mean()), bool((pred.argmax(-1) == target).all())))
         return out
+
+
+def _bare(context: Any) -> str:
+    """A task's context without the image / video placeholders some tasks write into it (the chat template
+    places the visuals)."""
+    return str(context).replace("<image>", "").replace("<video>", "").strip()
 
 
 def _loglikelihood_args(args: tuple) -> tuple:

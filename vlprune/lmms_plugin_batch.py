@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 
 
 def batches(keys: Sequence[tuple[str, int]], size: int) -> Iterator[list[int]]:
@@ -46,7 +49,8 @@ def stop_strings(until: Any) -> list[str]:
 
 
 def kept_per_request(kept: Any, images_per_request: Sequence[int]) -> list[list[tuple[int, int]]]:
-    """Split a ``vlprune.KeptTokens`` (one entry per image, prompt order) into (kept, of) pairs per request."""
+    """Split a ``vlprune.KeptTokens`` (one entry per image or video, prompt order) into (kept, of) pairs per
+    request."""
     pairs = [(len(ix), int(h) * int(w)) for ix, (h, w) in zip(kept.indices, kept.grids)]
     if len(pairs) != sum(images_per_request):
         raise RuntimeError(f"vlprune recorded {len(pairs)} images for a batch of {sum(images_per_request)}")
@@ -57,8 +61,10 @@ def kept_per_request(kept: Any, images_per_request: Sequence[int]) -> list[list[
     return out
 
 
-def visuals_of(doc_to_visual: Callable[[Any], Any] | None, doc: Any) -> list[Any]:
-    """The images of one document (lmms-eval's ``doc_to_visual`` may return None, one image or a list)."""
+def visuals_of(doc_to_visual: Callable[[Any], Any] | None, doc: Any, num_frames: int = 8) -> list[Any]:
+    """The images and videos of one document: lmms-eval's ``doc_to_visual`` may return None, one item or a list;
+    PIL images become RGB, a video file's path (lmms-eval's video tasks) its ``num_frames`` frames sampled as
+    Video-LLaVA does (``(T, H, W, 3)`` uint8 array, :func:`vlprune.bench.video_frames.read_frames`)."""
     if doc_to_visual is None:
         return []
     found = doc_to_visual(doc)
@@ -66,12 +72,22 @@ def visuals_of(doc_to_visual: Callable[[Any], Any] | None, doc: Any) -> list[Any
         return []
     if not isinstance(found, (list, tuple)):
         found = [found]
-    images = []
+    visuals = []
     for v in found:
         if v is None:
             continue
+        if isinstance(v, (str, Path)) and Path(v).suffix.lower() in VIDEO_SUFFIXES:
+            from .bench.video_frames import read_frames
+
+            visuals.append(read_frames(v, num_frames))
+            continue
         if not hasattr(v, "convert"):
-            raise TypeError(f"the vlprune plugin takes PIL images from doc_to_visual, got {type(v).__name__} "
-                            "(video and audio tasks are not supported)")
-        images.append(v.convert("RGB"))
-    return images
+            raise TypeError(f"the vlprune plugin takes PIL images and video file paths from doc_to_visual, got "
+                            f"{type(v).__name__} {str(v)[:80]!r} (audio tasks are not supported)")
+        visuals.append(v.convert("RGB"))
+    return visuals
+
+
+def is_video(visual: Any) -> bool:
+    """Whether an entry of :func:`visuals_of` is a video (an array of frames) rather than a PIL image."""
+    return getattr(visual, "ndim", 0) == 4
