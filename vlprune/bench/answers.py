@@ -9,7 +9,7 @@ returned as a :class:`BadLine` (line number + reason) and counted."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -79,10 +79,13 @@ def normalise_record(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def load_answers(path: str | Path) -> tuple[list[dict[str, Any]], list[BadLine]]:
+def load_answers(
+    path: str | Path, adapt: Callable[[Any], Any] | None = None
+) -> tuple[list[dict[str, Any]], list[BadLine]]:
     """``(records, bad_lines)``.  Blank lines are ignored; a line that is not
     JSON, or fails :func:`check_record`, is a :class:`BadLine` (like
-    ``convert_vqav2_for_submission.py``'s ``error_line``, but with its reason)."""
+    ``convert_vqav2_for_submission.py``'s ``error_line``, but with its reason).
+    ``adapt`` maps each parsed line before the check (another tool's field names)."""
     records: list[dict[str, Any]] = []
     bad: list[BadLine] = []
     with open(path, "rb") as handle:
@@ -97,6 +100,8 @@ def load_answers(path: str | Path) -> tuple[list[dict[str, Any]], list[BadLine]]
             except json.JSONDecodeError as exc:
                 bad.append(BadLine(number, f"not JSON ({exc.msg} at column {exc.colno})"))
                 continue
+            if adapt is not None:
+                record = adapt(record)
             reason = check_record(record)
             if reason is not None:
                 bad.append(BadLine(number, reason))

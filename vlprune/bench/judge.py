@@ -3,8 +3,7 @@
 For every answered question the judge model is asked, with the exact messages of Video-LLaVA's
 ``videollava/eval/video/eval_video_qa.py`` (PKU-YuanGroup/Video-LLaVA @ 984e65b, lines 38-64, Apache-2.0; the
 same text as mbzuai-oryx/Video-ChatGPT @ 69ea1db ``quantitative_evaluation/evaluate_activitynet_qa.py``), for a
-Python dictionary
-``{'pred': 'yes'|'no', 'score': 0..5}``.  Upstream's summary (lines 174-201): accuracy = yes / (yes + no), where
+Python dictionary ``{'pred': 'yes'|'no', 'score': 0..5}``.  Upstream's summary (lines 174-201): accuracy = yes / (yes + no), where
 a reply counts as yes if ``"yes" in pred.lower()``, else as no if ``"no" in pred.lower()``; average score =
 mean of ``int(score)``.
 

@@ -7,17 +7,16 @@ asked about the benchmark's question and answer and the line's prediction (:mod:
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from .answers import BadLine, check_record, normalise_record
+from .answers import BadLine, load_answers
 from .judge import Judge, judgements_path, run_judge
 from .readers import canonical_bench, read
-from .score import MAX_BAD_LINES_LISTED, NothingScored
+from .score import MAX_BAD_LINES_LISTED, NothingScored, _by_question_id
 from .video_readers import VIDEO_BENCHMARKS
 
-__all__ = ["is_video_bench", "load_video_answers", "score_video"]
+__all__ = ["from_video_llava", "is_video_bench", "load_video_answers", "score_video"]
 
 
 def is_video_bench(name: str) -> bool:
@@ -25,32 +24,18 @@ def is_video_bench(name: str) -> bool:
     return canonical_bench(name) in VIDEO_BENCHMARKS
 
 
+def from_video_llava(record: Any) -> Any:
+    """A line of Video-LLaVA's ``run_inference_video_qa.py`` (``id``, ``pred``) as an answer line."""
+    if isinstance(record, dict) and "question_id" not in record and "text" not in record \
+            and "id" in record and "pred" in record:
+        return {**record, "question_id": record["id"], "text": record["pred"]}
+    return record
+
+
 def load_video_answers(path: str | Path) -> tuple[list[dict[str, Any]], list[BadLine]]:
     """Answer lines (``question_id`` + ``text``), reading Video-LLaVA's ``id`` / ``pred`` where those are absent;
     unusable lines are returned as :class:`BadLine`\\ s (never scored)."""
-    records: list[dict[str, Any]] = []
-    bad: list[BadLine] = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                bad.append(BadLine(number, "not UTF-8 text"))
-                continue
-            except json.JSONDecodeError as exc:
-                bad.append(BadLine(number, f"not JSON ({exc.msg} at column {exc.colno})"))
-                continue
-            if isinstance(record, dict) and "question_id" not in record and "text" not in record \
-                    and "id" in record and "pred" in record:  # Video-LLaVA's run_inference_video_qa.py line
-                record = {**record, "question_id": record["id"], "text": record["pred"]}
-            reason = check_record(record)
-            if reason is not None:
-                bad.append(BadLine(number, reason))
-                continue
-            records.append(normalise_record(record))
-    return records, bad
+    return load_answers(path, adapt=from_video_llava)
 
 
 def score_video(bench: str, data_dir: str | Path, answers: str | Path, judge: Judge, *,
@@ -65,16 +50,7 @@ def score_video(bench: str, data_dir: str | Path, answers: str | Path, judge: Ju
         raise ValueError(f"{bench} is not a video QA benchmark; use vlprune score without a judge")
     items = list(read(bench, data_dir, missing_videos="ignore", **reader_kwargs))
     records, bad = load_video_answers(answers)
-    index = {str(item.question_id): item for item in items}
-    latest: dict[str, dict[str, Any]] = {}
-    unmatched = 0
-    for record in records:
-        key = str(record["question_id"])
-        if key in index:
-            latest[key] = record
-        else:
-            unmatched += 1
-    pairs = [(item, latest[str(item.question_id)]) for item in items if str(item.question_id) in latest]
+    pairs, _, unmatched = _by_question_id(items, records)  # the last line of an id wins
     if not pairs:
         raise NothingScored(
             f"no line of {answers} answers a question of {bench} in {data_dir} ({len(records)} answer lines, "
