@@ -4,52 +4,18 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("av")
 pytest.importorskip("openai")
 
-from video_fixtures import JudgeServer, make_video_bench  # noqa: E402
+from video_fixtures import JudgeServer, TinyVideoLlavaProcessor, make_video_bench  # noqa: E402
 
 import vlprune  # noqa: E402
 from vlprune.bench.runner import run_benchmark  # noqa: E402
 from vlprune.evaluation import LoadedModel  # noqa: E402
 
 KEEP = 34  # of a tiny 8-frame video's 8 x 16 patch tokens (+ 8 [CLS] kept)
-
-
-class TinyVideoLlavaProcessor:
-    """What transformers' VideoLlavaProcessor does for a video prompt (its video processor needs torchvision,
-    which requirements/lock.txt lacks): each frame resized to the tower's size and scaled, and ``<video>``
-    replaced by frames x (1 + patches) video tokens.  Records the frames it was given."""
-
-    chat_template = None
-
-    def __init__(self, t):
-        self.t, self.tokenizer = t, t.tokenizer
-        self.frames: list[np.ndarray] = []
-        self.batches: list[tuple[int, ...]] = []  # pixel_values_videos shape per call (one call per batch)
-
-    def __call__(self, text, videos, return_tensors="pt", padding=True):
-        from transformers import BatchFeature
-
-        from vlprune.testing import _pad_rows
-
-        size = self.t.model.config.vision_config.image_size
-        video_id = self.t.model.config.video_token_id
-        self.frames.extend(videos)
-        pixels = [torch.nn.functional.interpolate(torch.from_numpy(v).permute(0, 3, 1, 2).float() / 127.5 - 1,
-                                                  size=(size, size), mode="bilinear") for v in videos]
-        rows = []
-        for prompt, video in zip(text, videos):
-            before, after = prompt.split("<video>")
-            n = video.shape[0] * (self.t.grid * self.t.grid + 1)
-            rows.append(self.tokenizer(before)["input_ids"] + [video_id] * n
-                        + self.tokenizer(after, add_special_tokens=False)["input_ids"])
-        self.batches.append(tuple(torch.stack(pixels).shape))
-        return BatchFeature({**_pad_rows(rows, left_pad=True), "pixel_values_videos": torch.stack(pixels)})
 
 
 def test_eval_then_judge_on_a_tiny_video_llava(tmp_path):

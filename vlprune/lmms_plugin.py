@@ -170,7 +170,7 @@ class VlpruneLMM(lmms):
             of = sum(sum(r["of"]) for r in rows)
             n = sum(len(r["kept"]) for r in rows)
             logger.info(f"vlprune [{kind}, rank {self._rank}]: {self.method} kept {kept} of {of} visual tokens "
-                        f"over {n} images ({kept / n:.1f} per image)")
+                        f"over {n} images or videos ({kept / n:.1f} each)")
 
     @torch.no_grad()
     def generate_until(self, requests: list) -> list:
