@@ -3,7 +3,6 @@ GPT_Zero_Shot_QA layouts, and resumable answers files through the benchmark runn
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
