@@ -57,7 +57,8 @@ def methods_command() -> None:
 
 @app.command("flops")
 def flops_command(
-    model: str = typer.Option("llava-1.5-7b", help="Preset: llava-1.5-7b, llava-1.5-13b, llava-next-7b, qwen2.5-vl-7b."),
+    model: str = typer.Option("llava-1.5-7b", help="Preset: llava-1.5-7b, llava-1.5-13b, llava-next-7b, qwen2.5-vl-7b, "
+                              "video-llava-7b, qwen2.5-vl-7b-video."),
     keep: str = typer.Option("64", help="Visual-token budget(s), comma separated."),
     method: str = typer.Option("desap", help="Method (in-LLM methods are counted layer by layer)."),
     tokens: Optional[int] = typer.Option(None, help="Unpruned visual tokens (default: the preset's)."),
@@ -76,7 +77,8 @@ def flops_command(
         counts = tokens_per_layer(method, k, shape, tokens)
         t = method_tflops(method, k, shape, tokens)
         rows.append({"method": method, "keep": k, "tflops": t, "reduction": 1 - t / full, "tokens_per_layer": counts})
-    table = Table(title=f"{shape.name}: {tokens or shape.visual_tokens} visual tokens -> {full:.3f} TFLOPs")
+    fixed = f" (+ {shape.fixed_tokens} never pruned)" if shape.fixed_tokens else ""
+    table = Table(title=f"{shape.name}: {tokens or shape.visual_tokens} visual tokens{fixed} -> {full:.3f} TFLOPs")
     for col in ("method", "keep", "TFLOPs", "reduction", "tokens per layer"):
         table.add_column(col, justify="right")
     for r in rows:

@@ -1,6 +1,7 @@
 """Analytic LLM-side FLOPs of the visual tokens (desap.txt appendix B.2, eqs. 6-7; FastV/PyramidDrop)."""
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from .presets import ModelShape
@@ -22,24 +23,28 @@ def tokens_per_layer(method: str | None, keep: int | None, shape: ModelShape, n_
     """Visual tokens each LLM layer processes under ``method`` at budget ``keep`` (None: the full model).
 
     Encoder-side methods give every layer ``keep``; in-LLM methods count layer by layer: the layers before a
-    stage see the previous count (FastV's first K layers see every token).
+    stage see the previous count (FastV's first K layers see every token). The tokens no method prunes
+    (``shape.fixed_tokens``: Video-LLaVA's frame [CLS] tokens) are added to every layer.
     """
     n = n_tokens or shape.visual_tokens
+    fixed = shape.fixed_tokens
     if method in (None, "none", "full") or keep is None:
-        return [n] * shape.layers
+        return [n + fixed] * shape.layers
     spec = get_method(method)
     cfg = spec.config_cls(**options)
     if spec.encoder is not None:
         enc = getattr(__import__(spec.encoder.__module__, fromlist=["_"]), "encoder_tokens", None)
-        current = enc(keep, cfg) if (enc is not None and spec.plan is not None) else keep
+        current = enc(keep, cfg, n) if (enc is not None and spec.plan is not None) else min(keep, n)
     else:
         current = n
     counts = [current] * shape.layers
     if spec.plan is not None:
-        for stage in sorted(spec.plan(keep, shape.layers, cfg), key=lambda s: s.layer):
+        # schedules capped by the unpruned count, as ``vlprune.apply`` builds them (VisionDrop's 1.5 x keep)
+        capped = {"tokens_per_image": n} if "tokens_per_image" in inspect.signature(spec.plan).parameters else {}
+        for stage in sorted(spec.plan(keep, shape.layers, cfg, **capped), key=lambda s: s.layer):
             for layer in range(stage.layer, shape.layers):
                 counts[layer] = min(stage.keep, counts[layer])
-    return counts
+    return [c + fixed for c in counts]
 
 
 def method_tflops(method: str | None, keep: int | None, shape: ModelShape, n_tokens: int | None = None,
