@@ -379,6 +379,8 @@ def test_video_budgets_are_validated(video_t):
         vlprune.apply(m, "random", 17, budget="frame")  # 16 patches per frame
     with pytest.raises(ValueError, match="frames"):
         vlprune.apply(m, "random", 4, adapter_options={"frames": 0})
+    with pytest.raises(ValueError, match="runs on llava_next"):
+        vlprune.apply(m, "hired", 4)
     vlprune.apply(m, "random", 16 * 8)  # default: keep per video of up to 8 frames
     vlprune.remove(m)
     with pytest.raises(ValueError, match="out of range"):
@@ -418,3 +420,48 @@ def test_qwen_video_positions_are_the_unpruned_ones(qwen_t):
         k = len(kept.indices[b])
         short = pos[:, b, pos.shape[-1] - tail - k: pos.shape[-1] - tail]
         torch.testing.assert_close(short, full[:, b][:, long_cols[kept.indices[b]]])
+
+
+# -- FLOPs and bench presets -----------------------------------------------------------------------------------
+def test_video_flops_presets():
+    """video-llava-7b: 2048 patch tokens + 8 [CLS] on every layer; keep 2048 is the full model, an encoder-side
+    method gives every layer keep + 8, FastV keeps all 2056 in its first K layers."""
+    from vlprune.flops import layer_flops, method_tflops, tokens_per_layer
+    from vlprune.presets import get_preset
+
+    shape = get_preset("video-llava-7b")
+    full = method_tflops(None, None, shape)
+    assert full == pytest.approx(32 * layer_flops(2056, 4096, 11008) / 1e12)
+    assert method_tflops("vispruner", 2048, shape) == full
+    for keep in (1024, 227, 114):
+        assert tokens_per_layer("vispruner", keep, shape) == [keep + 8] * 32
+        fastv = tokens_per_layer("fastv", keep, shape)
+        assert fastv[0] == 2056 and fastv[-1] == keep + 8
+    assert tokens_per_layer("visiondrop", 2048, shape) == [2056] * 32  # 1.5 x keep capped at the 2048 patches
+    qwen = get_preset("qwen2.5-vl-7b-video")
+    assert qwen.frames == 16 and tokens_per_layer(None, None, qwen) == [2048] * 28
+
+
+def test_bench_tiny_video_llava(tmp_path):
+    """``vlprune bench`` on a video model: 8 frames x (16 patches + [CLS]) placeholders, the [CLS] tokens reach
+    every layer, ``keep`` patches per video for encoder-side methods and at FastV's last layer."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vlprune.cli import app
+
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, [
+        "bench", "--model", "tiny-video", "--dtype", "fp32", "--device", "cpu", "--methods", "none,desap,fastv",
+        "--keep", "8", "--repeats", "1", "--warmup", "1", "--threads", "1", "--json", str(out),
+    ])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["family"] == "video_llava" and report["visual_tokens"] == 128 and not report["skipped"]
+    text = report["text_tokens"]
+    full, desap, fastv = report["results"]
+    assert full["llm_tokens"] == [128 + 8 + text] * 2
+    assert desap["llm_tokens"] == [8 + 8 + text] * 2
+    assert fastv["llm_tokens"] == [128 + 8 + text, 8 + 8 + text]
+    assert 1 < fastv["flops_bound_speedup"] < desap["flops_bound_speedup"]

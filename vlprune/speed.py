@@ -161,12 +161,12 @@ def kv_cache_mb(cache: Any) -> float:
 
 
 def timed_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, list[nn.Module], nn.Module]:
-    """(projector, patch embedding, vision blocks, LLM) of a LLaVA / LLaVA-NeXT / Qwen2.5-VL model."""
+    """(projector, patch embedding, vision blocks, LLM) of a LLaVA / LLaVA-NeXT / Video-LLaVA / Qwen2.5-VL model."""
     inner = model.model
     visual = getattr(inner, "visual", None)
     if visual is not None:  # Qwen2.5-VL: the ViT's merger projects into the LLM
         return visual.merger, visual.patch_embed, list(visual.blocks), inner.language_model
-    tower = inner.vision_tower
+    tower = getattr(inner, "video_tower", None) or inner.vision_tower  # Video-LLaVA: the bench runs videos
     return inner.multi_modal_projector, tower.embeddings, list(tower.encoder.layers), inner.language_model
 
 

@@ -49,7 +49,8 @@ def prefill_flops(shape: ModelShape, method: Optional[str], keep: Optional[int],
     """FLOPs of one prefill at the built depths, in the papers' convention (eq. 6 counts a multiply-add once).
 
     ``image`` is the layout of the one image per sample (default: LLaVA-1.5 from ``shape``).
-    vision tower: LLaVA-1.5 / NeXT: ``clip_tower_flops`` per tile (NeXT: base + grid tiles); Qwen2.5-VL:
+    vision tower: LLaVA-1.5 / NeXT: ``clip_tower_flops`` per tile (NeXT: base + grid tiles; Video-LLaVA: per
+        frame, its [CLS] tokens counted in every LLM layer: ``shape.fixed_tokens``); Qwen2.5-VL:
         ``qwen_vit_flops`` (windows, full-attention blocks, merger).
     projector (LLaVA: 2-layer MLP) on the k tokens handed to the LLM: k * (D_v d + d^2); the unpruned model
         projects every tile's patches (NeXT unpads after projecting). Qwen's merger is counted with its ViT.
@@ -78,9 +79,10 @@ def prefill_flops(shape: ModelShape, method: Optional[str], keep: Optional[int],
         vision = image.tiles * clip_tower_flops(shape, blocks)
         tile_patches = (shape.image_size // shape.patch_size) ** 2
         in_llm = stage == "llm"
-        counts = tokens_per_layer(method, keep, shape, image.image_tokens if in_llm else image.patches)
+        # (Video-LLaVA's frame [CLS] tokens are ``shape.fixed_tokens``, added to every layer by tokens_per_layer)
+        counts = tokens_per_layer(method, keep, shape, image.patches + image.newlines if in_llm else image.patches)
         extra = 0 if in_llm else (image.newlines if newlines is None or not encoder_side else newlines)
-        projected = counts[0] if encoder_side else image.tiles * tile_patches
+        projected = counts[0] if encoder_side else image.tiles * tile_patches + shape.fixed_tokens
         projector = projected * (shape.vision_hidden * shape.hidden + shape.hidden * shape.hidden)
     llm = sum(llm_layer_flops(c + extra + text_tokens, shape) for c in counts)
     return float(batch * (vision + projector + llm))

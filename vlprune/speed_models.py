@@ -35,11 +35,12 @@ class ImageLayout:
     merge: int = 1  # Qwen2.5-VL: the merger's side (2: one LLM token per 2x2 patches)
     windows: tuple[int, ...] = ()  # Qwen2.5-VL: patches in each attention window
     full_blocks: tuple[int, ...] = ()  # Qwen2.5-VL: ViT blocks with full (image-wide) attention
+    fixed: int = 0  # Video-LLaVA: the frames' [CLS] placeholders, which no method prunes
 
     @property
     def image_tokens(self) -> int:
-        """Image placeholders in the prompt (patches + newlines)."""
-        return self.patches + self.newlines
+        """Image placeholders in the prompt (patches + newlines; Video-LLaVA: + the frames' [CLS])."""
+        return self.patches + self.newlines + self.fixed
 
 
 def llava_layout(shape: ModelShape) -> ImageLayout:
@@ -353,7 +354,22 @@ def build(model: str, layers: Optional[int], vision_layers: Optional[int], dtype
     if key in TINY:
         size = {} if image_size is None else {"size": image_size}
         return TINY[key](dtype, device, seed, **size)
+    if key == "tiny-video" or key.startswith("video-llava"):
+        from .speed_video import build_tiny_video, build_video_llava
+
+        if image_size is not None:
+            raise typer.BadParameter("Video-LLaVA takes 224x224 frames: --image-size is for llava-next / qwen2.5-vl",
+                                     param_hint="--image-size")
+        if key == "tiny-video":
+            return build_tiny_video(dtype, device, seed)
+        shape = get_preset(key)
+        n_layers = layers or shape.layers
+        return build_video_llava(shape, n_layers, vision_layers_for(shape, n_layers, vision_layers), dtype, device,
+                                 seed)
     shape = get_preset(key)
+    if shape.frames > 1:
+        raise NotImplementedError(f"{model}: the benchmark builds Video-LLaVA videos (video-llava-7b, tiny-video) "
+                                  "only; `vlprune flops` counts this preset")
     n_layers = layers or shape.layers
     v_layers = vision_layers_for(shape, n_layers, vision_layers)
     if key.startswith("llava-1.5"):
@@ -402,6 +418,11 @@ def make_inputs(bm: BenchModel, batch: int, prompt_tokens: int, device: torch.de
         out["pixel_values"] = torch.randn(batch * gh * gw, dim, generator=gen).to(device=device, dtype=dtype)
         out["image_grid_thw"] = torch.tensor([[1, gh, gw]] * batch, device=device)
         out["mm_token_type_ids"] = (ids == bm.image_token_id).int()
+        return out
+    if bm.family == "video_llava":  # one video per sample: video placeholders, pixel_values_videos
+        from .speed_video import video_pixels
+
+        out["pixel_values_videos"] = video_pixels(bm, batch, gen).to(device=device, dtype=dtype)
         return out
     tile = bm.shape.image_size
     shape = (batch, lay.tiles, 3, tile, tile) if bm.family == "llava_next" else (batch, 3, tile, tile)
