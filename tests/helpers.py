@@ -71,3 +71,25 @@ def write_json(path, obj):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj), encoding="utf-8")
     return path
+
+
+def llm_positions(model, inputs, method: str, keep: int):
+    """(position_ids the language model receives, last_selection) of one pass of ``model`` patched with
+    ``method`` at ``keep`` (unpatched again afterwards)."""
+    import vlprune
+
+    seen = {}
+
+    def hook(module, args, kwargs):
+        seen.setdefault("pos", kwargs["position_ids"])
+
+    handle = model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        vlprune.apply(model, method, keep)
+        with torch.no_grad():
+            model(**inputs)
+        kept = vlprune.last_selection(model)
+    finally:
+        handle.remove()
+        vlprune.remove(model)
+    return seen["pos"], kept

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vlprune
-from helpers import append_tokens
+from helpers import append_tokens, llm_positions
 from vlprune.api import _state
 from vlprune.compat import output_cache
 from vlprune.registry import get_method, methods
@@ -382,19 +382,7 @@ def test_qwen_positions_are_the_unpruned_ones(qwen_t):
     inputs = _inputs(qwen_t, SIZES["qwen2_5_vl"][:2], [1, 1])
     full, _ = m.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"],
                                      attention_mask=inputs["attention_mask"])
-    seen = {}
-    def hook(module, args, kwargs):
-        seen.setdefault("pos", kwargs["position_ids"])
-
-    handle = m.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        vlprune.apply(m, "random", 3)
-        m(**inputs)
-        kept = vlprune.last_selection(m)
-    finally:
-        handle.remove()
-        vlprune.remove(m)
-    pos = seen["pos"]
+    pos, kept = llm_positions(m, inputs, "random", 3)
     assert pos.shape[0] == 3 and pos.shape[2] < full.shape[2]
     torch.testing.assert_close(pos[..., -1], full[..., -1])
     for b in range(2):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vlprune
-from helpers import append_tokens
+from helpers import append_tokens, llm_positions
 from vlprune.compat import output_cache
 from vlprune.registry import get_method, methods
 
@@ -399,20 +399,8 @@ def test_qwen_video_positions_are_the_unpruned_ones(qwen_t):
                                      attention_mask=inputs["attention_mask"])
     video = m.config.video_token_id
     assert len(torch.unique(full[0, 0][inputs["input_ids"][0] == video])) == 2  # two temporal slices, two times
-    seen = {}
-
-    def hook(module, args, kwargs):
-        seen.setdefault("pos", kwargs["position_ids"])
-
-    handle = m.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        vlprune.apply(m, "random", 3)
-        m(**inputs)
-        kept = vlprune.last_selection(m)
-    finally:
-        handle.remove()
-        vlprune.remove(m)
-    pos = seen["pos"][-3:]
+    pos, kept = llm_positions(m, inputs, "random", 3)
+    pos = pos[-3:]
     torch.testing.assert_close(pos[..., -1], full[..., -1])
     for b in range(2):
         long_cols = torch.nonzero(inputs["input_ids"][b] == video)[:, 0]

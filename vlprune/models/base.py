@@ -31,6 +31,7 @@ class Adapter:
     class_names: ClassVar[tuple[str, ...]] = ()
     family: ClassVar[str] = ""
     options: ClassVar[tuple[str, ...]] = ()  # keyword options the adapter takes (``vlprune.apply(adapter_options=)``)
+    takes_videos: ClassVar[bool] = False  # the family prunes videos too (``video_token_id`` placeholders)
 
     def __init__(self, model: nn.Module, **options: Any) -> None:
         if options:
@@ -61,9 +62,13 @@ class Adapter:
         return int(self.model.config.image_token_id)
 
     @property
+    def video_token_id(self) -> int:
+        return int(self.model.config.video_token_id)
+
+    @property
     def visual_token_ids(self) -> tuple[int, ...]:
         """Placeholder ids of every visual input the family takes (images; videos where it has them)."""
-        return (self.image_token_id,)
+        return (self.image_token_id, self.video_token_id) if self.takes_videos else (self.image_token_id,)
 
     @property
     def per_item_budget(self) -> bool:

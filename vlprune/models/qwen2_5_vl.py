@@ -280,6 +280,7 @@ class Qwen2_5_VLAdapter(Adapter):
     class_names = ("Qwen2_5_VLForConditionalGeneration",)
     family = "qwen2_5_vl"
     options = ("vision_layer", "max_tokens")
+    takes_videos = True
 
     def __init__(self, model, vision_layer: int = -1, max_tokens: int = 16384) -> None:
         super().__init__(model)
@@ -293,14 +294,6 @@ class Qwen2_5_VLAdapter(Adapter):
         self._grids: dict[int, list[tuple[int, int]]] | None = None
         self._order: list[tuple[int, int]] | None = None  # (kind, index) of every item of the last prompt walked
         self._pruned: PrunedImages | None = None
-
-    @property
-    def video_token_id(self) -> int:
-        return int(self.model.config.video_token_id)
-
-    @property
-    def visual_token_ids(self) -> tuple[int, ...]:
-        return (self.image_token_id, self.video_token_id)
 
     def has_visual_inputs(self, call: dict[str, Any]) -> bool:
         return call.get("pixel_values") is not None or call.get("pixel_values_videos") is not None

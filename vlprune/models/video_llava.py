@@ -32,6 +32,7 @@ class VideoLlavaAdapter(Adapter):
     class_names = ("VideoLlavaForConditionalGeneration",)
     family = "video_llava"
     options = ("budget", "frames")
+    takes_videos = True
 
     def __init__(self, model, budget: str = "video", frames: int = 8) -> None:
         super().__init__(model)
@@ -54,14 +55,6 @@ class VideoLlavaAdapter(Adapter):
     @property
     def per_item_budget(self) -> bool:
         return self.budget == "video"
-
-    @property
-    def video_token_id(self) -> int:
-        return int(self.model.config.video_token_id)
-
-    @property
-    def visual_token_ids(self) -> tuple[int, ...]:
-        return (self.image_token_id, self.video_token_id)
 
     def tokens_per_image(self) -> int:
         """The range of ``keep``: the patches of a video of ``frames`` frames (budget "video") or of one frame."""
