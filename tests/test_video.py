@@ -144,6 +144,24 @@ def test_identity_at_full_budget_and_exact_remove(case, method):
     torch.testing.assert_close(m(**inputs).logits[:, -1], ref, rtol=0, atol=0)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("method", METHODS)
+def test_beams_at_full_budget_equal_unpatched(case, method):
+    """generate(num_beams=2, num_return_sequences=2) repeats every prompt row: the pruned image / video features
+    (transformers >= 5.18: split by generate() per row) and the per-item layouts follow."""
+    name, t = case
+    m = t.model
+    inputs = _inputs(name, t, _items(name))
+    kw = dict(max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False)
+    ref = m.generate(**inputs, **kw)
+    vlprune.apply(m, method, _full(t), **_kw(method, t))
+    assert torch.equal(m.generate(**inputs, **kw), ref)
+    vlprune.apply(m, method, 4, **_kw(method, t))
+    out = m.generate(**inputs, **kw)
+    n = inputs["input_ids"].shape[1]
+    assert out.shape[0] == 4 and torch.equal(out[:, :n], inputs["input_ids"].repeat_interleave(2, 0))
+
+
 def _greedy_no_cache(m, inputs, steps):
     cur = dict(inputs)
     text = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -278,7 +296,7 @@ def test_llm_receives_keep(case, method):
 @pytest.mark.parametrize("family", ["vl", "qwen"])
 def test_mixed_image_and_video_prompts(family, method, video_t, qwen_t):
     """One batch: a sample with an image then a video (Qwen: a video then an image) and a sample with a video;
-    full budget equals the unpatched model, a pruned run keeps ``keep`` per image and per video."""
+    full budget equals the unpatched model (logits, beams), a pruned run keeps ``keep`` per image and per video."""
     t = video_t if family == "vl" else qwen_t
     name = "vl-video" if family == "vl" else "qwen-video"
     items = ["iv", "v"] if family == "vl" else ["vi", "v"]
@@ -286,8 +304,11 @@ def test_mixed_image_and_video_prompts(family, method, video_t, qwen_t):
     inputs = _inputs(name, t, items)
     try:
         ref = m(**inputs).logits[:, -1]
+        beams = dict(max_new_tokens=2, num_beams=2, num_return_sequences=2, do_sample=False)
+        ref_beams = m.generate(**inputs, **beams)
         vlprune.apply(m, method, _full(t), **_kw(method, t))
         torch.testing.assert_close(m(**inputs).logits[:, -1], ref, rtol=0, atol=1e-5)
+        assert torch.equal(m.generate(**inputs, **beams), ref_beams)
         vlprune.apply(m, method, 5, **_kw(method, t))
         _check_counts(name, t, method, items, 5)
         gen = m.generate(**inputs, max_new_tokens=2, do_sample=False, suppress_tokens=SPECIAL)

@@ -191,7 +191,9 @@ class VideoLlavaAdapter(Adapter):
             items[item] = (tokens, t * (self.n + 1), kept, assign, (t * self.side, self.side), fixed)
 
     def give_features(self, call: dict[str, Any], result: PrunedImages, per_sample: list[int]) -> dict[str, Any]:
-        """Images and videos back to the model's own two branches, each as one (1, tokens, D) tensor."""
+        """Images and videos back to the model's own two branches, each as one (tokens, 1, D) tensor: the model
+        flattens it, and ``generate()`` (beams, returned sequences) splits it along dim 0 by the placeholders of
+        every prompt row, which one row per token always allows (pruned items differ in length)."""
         kinds = self._kinds
         rows = [kinds[sum(per_sample[:b]): sum(per_sample[:b + 1])] for b in range(len(per_sample))]
         for kind, modality, args in ((self.image_token_id, "image", IMAGE_ARGS),
@@ -200,5 +202,5 @@ class VideoLlavaAdapter(Adapter):
             if feats:
                 counts = [row.count(kind) for row in rows]
                 call = compat.give_image_features(self.model, call, feats, counts, modality=modality,
-                                                  pixel_args=args, pack=lambda fs: torch.cat(fs, 0).unsqueeze(0))
+                                                  pixel_args=args, pack=lambda fs: torch.cat(fs, 0).unsqueeze(1))
         return call
