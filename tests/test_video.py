@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import vlprune
 from helpers import append_tokens, llm_positions
@@ -474,3 +476,58 @@ def test_bench_tiny_video_llava(tmp_path):
     assert desap["llm_tokens"] == [8 + 8 + text] * 2
     assert fastv["llm_tokens"] == [128 + 8 + text, 8 + 8 + text]
     assert 1 < fastv["flops_bound_speedup"] < desap["flops_bound_speedup"]
+
+
+# -- layout helpers (pure functions) ---------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([7, 9]), st.integers(1, 3)), min_size=0, max_size=4), st.integers(1, 3))
+def test_walk_items_recovers_prompt_order(items, rows):
+    """Items of two kinds (sizes 2 and 3 x their count), laid out row by row with text between: ``walk_items``
+    gives back every row's items in order; a shortened prompt is reported as not matching (None)."""
+    from vlprune.models.frames import walk_items
+
+    sizes = {7: [], 9: []}
+    ids, want = [], []
+    for _ in range(rows):
+        row, got = [1], []
+        for kind, n in items:
+            size = (2 if kind == 7 else 3) * n
+            got.append((kind, len(sizes[kind])))
+            sizes[kind].append(size)
+            row += [kind] * size + [1]
+        ids.append(row)
+        want.append(got)
+    assert walk_items(torch.tensor(ids), sizes) == want
+    if items:
+        short = [r[:1] + r[2:] for r in ids]  # one placeholder fewer in every row
+        assert walk_items(torch.tensor(short), sizes) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 4), st.integers(2, 6), st.data())
+def test_pack_frames_layout(frames, n, data):
+    """Per frame its fixed token, then its kept patches in raster order, then the unplaced tokens; ``assign``
+    points every kept patch at its own token, counted among the prunable tokens."""
+    from vlprune.models.frames import pack_frames
+
+    total = frames * n
+    kept = sorted(data.draw(st.sets(st.integers(0, total - 1), min_size=1, max_size=total)))
+    extra = data.draw(st.integers(0, 2))  # tokens before the indices (no patch), e.g. PruMerge's extra token
+    k = extra + len(kept)
+    feats = torch.arange(k, dtype=torch.float).unsqueeze(1) + 100
+    cls = -torch.arange(frames, dtype=torch.float).unsqueeze(1) - 1
+    piece = {"feats": feats, "index": torch.tensor(kept), "assign": None, "members": torch.arange(total)}
+    tokens, got, assign, fixed = pack_frames([piece], frames, n, cls)
+    assert tokens.shape[0] == frames + k and int(fixed.sum()) == frames
+    assert torch.equal(got, torch.tensor(kept))
+    rows = tokens[:, 0].tolist()
+    expect = []
+    for t in range(frames):
+        expect.append(-t - 1.0)
+        expect += [100.0 + extra + j for j, v in enumerate(kept) if v // n == t]
+    expect += [100.0 + j for j in range(extra)]
+    assert rows == expect
+    prunable = tokens[~fixed]
+    for j, v in enumerate(kept):
+        assert float(prunable[int(assign[v]), 0]) == 100.0 + extra + j
+    assert int((assign >= 0).sum()) == len(kept)
