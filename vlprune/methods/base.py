@@ -13,13 +13,14 @@ class Selection:
 
     ``features`` (B, K, D) are the vision features handed to the projector, in the order the LLM sees them.
     ``indices`` (B, K_p) are the patch positions (raster order on the grid) that kept tokens stand for.
+    (A list of B tensors where images keep different numbers of patches: HoloV's zero tokens stand for none.)
     ``assign`` (B, N), optional: for merging methods, the kept token (0..K-1) each patch was merged into,
     -1 for patches that were dropped without merging.
     ``projected``: ``features`` are already in the LLM's input space (the adapter skips its projector).
     """
 
     features: torch.Tensor
-    indices: torch.Tensor
+    indices: torch.Tensor | list[torch.Tensor]
     assign: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
     projected: bool = False

@@ -10,6 +10,7 @@ from torch import nn
 from ..attention import decoupled_attention, vit_attention_probs, vit_keys
 from ..cuda_graph import GraphedCall
 from ..text import ClipText, QuestionBatch
+from .encoder_pruning import PruneStep, run_blocks_pruned
 
 
 def check_llava_feature_config(config, family: str) -> None:
@@ -68,7 +69,6 @@ class ClipVisionSignals:
         self.pixel_values = pixel_values
         layers = vision_model.encoder.layers
         self.f = feature_layer % (len(layers) + 1)
-        self.hidden_states = self._forward_to_feature_layer(vision_model, pixel_values, self.f)
         if self.f == 0:
             raise ValueError("the feature layer is the patch embedding: there is no attention to read")
         self.block = layers[self.f - 1]  # produced hidden_states[f]
@@ -76,9 +76,24 @@ class ClipVisionSignals:
         self.questions = questions
         self.clip_text = clip_text
         self.projector = projector
-        n = self.hidden_states[self.f].shape[1] - 1
-        side = int(round(n**0.5))
-        self.grid = grid or (side, side)
+        if grid is None:
+            side = int(round((self.hidden_states[self.f].shape[1] - 1) ** 0.5))
+            grid = (side, side)
+        self.grid = grid
+
+    @cached_property
+    def hidden_states(self) -> list[torch.Tensor]:
+        """``hidden_states[0..f]`` of the unpruned tower, run on first use (a method that prunes inside the tower
+        with :meth:`prune_in_encoder` never pays for it)."""
+        return self._forward_to_feature_layer(self.vision_model, self.pixel_values, self.f)
+
+    def prune_in_encoder(self, step: PruneStep, images: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the tower up to the feature layer on ``pixel_values[images]``, letting ``step`` drop rows between blocks
+        (``encoder_pruning.run_blocks_pruned``; row 0 is [CLS]). Returns the feature layer's surviving rows (b, L', D)
+        and their positions in the unpruned sequence (b, L'), [CLS] = 0."""
+        tower = self.vision_model
+        hidden = tower.pre_layrnorm(tower.embeddings(self.pixel_values[images]))
+        return run_blocks_pruned(hidden, tower.encoder.layers[: self.f], step)
 
     @staticmethod
     def _forward_to_feature_layer(tower: nn.Module, pixel_values: torch.Tensor, f: int) -> list[torch.Tensor]:

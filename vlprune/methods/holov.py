@@ -1,0 +1,145 @@
+"""HoloV (Zou et al., NeurIPS 2025, "Don't Just Chase 'Highlighted Tokens' in MLLMs: Revisiting Visual Holistic
+Context Retention"; official code obananas/HoloV, ``llava/model/utils.py`` ``HoloV``, called from
+``llava/model/llava_arch.py`` with ``num_patches=16``).
+
+For one LLaVA-1.5 image of N projected patch tokens and the feature layer's head-mean [CLS] attention ``a``:
+1. Holistic partition: the N tokens, in raster order, are cut into C = 16 contiguous crops (the official code
+   splits the flattened sequence: ``N // C`` tokens each, the first ``N % C`` crops one more).
+2. Crop score: for a crop of n > 1 tokens with cosine similarities ``S`` (diagonal zeroed), every token's
+   similarity variance ``var_i = sum_j (S_ij - mean_i)^2 / (n - 1)`` (``mean_i = sum_j S_ij / (n - 1)``), rescaled to
+   the attention's magnitude, gives ``s_i = 1e3 a_i + alpha var_i * mean|1e3 a| / (mean|var| + eps)``; the crop
+   scores ``mean_i s_i`` (a crop of one token scores its raw attention).
+3. Budget allocation: crop c gets ``floor(w_c K)`` tokens, ``w_c = score_c / (sum score + eps)``; the tokens left
+   over go one each to the crops of largest weight.
+4. Inside each crop its top tokens by attention (descending); a crop whose share reaches its size keeps all its
+   tokens (raster order) and the surplus is NOT passed on: the official code pads the image with zero tokens up to
+   K (``overflow="pad"``, the default here, equal to the authors' code) -- or spends it elsewhere with
+   ``overflow="refill"`` (vlprune's extension: the best remaining tokens by attention).
+Token order handed to the LLM: crop by crop, inside a crop by descending attention (official), or ``order="raster"``.
+HoloV scores and keeps the tokens AFTER the projector (the official code prunes ``mm_projector`` outputs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ops import descending_order, gather_rows
+from ..registry import register_method
+from .base import Selection, SignalSource
+
+ATTENTION_SCALE = 1e3  # the official ``patch_attn * 1e3``
+
+
+@dataclass
+class HoloVConfig:
+    """crops: contiguous crops of the raster sequence (official ``num_patches=16``).
+    alpha: weight of the similarity variance in a token's score (official 0.09). eps: official 1e-6.
+    overflow: "pad" (official: a crop's unused share is lost and the image is padded with zero tokens up to keep) or
+    "refill" (the lost share goes to the best remaining tokens by attention; no zero tokens).
+    order: "official" (crop by crop, descending attention inside a crop) or "raster"."""
+
+    crops: int = 16
+    alpha: float = 0.09
+    eps: float = 1e-6
+    overflow: str = "pad"
+    order: str = "official"
+
+    def __post_init__(self) -> None:
+        if self.crops < 1:
+            raise ValueError(f"crops must be >= 1, got {self.crops}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if self.eps <= 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.overflow not in ("pad", "refill"):
+            raise ValueError(f"overflow must be 'pad' (official) or 'refill', got {self.overflow!r}")
+        if self.order not in ("official", "raster"):
+            raise ValueError(f"order must be 'official' or 'raster', got {self.order!r}")
+
+
+def crop_bounds(n: int, crops: int) -> list[tuple[int, int]]:
+    """(start, end) of each non-empty crop of a raster sequence of n tokens: ``n // crops`` tokens each, the first
+    ``n % crops`` one more (step 1)."""
+    size, extra = divmod(n, crops)
+    bounds, start = [], 0
+    for c in range(crops):
+        end = start + size + (1 if c < extra else 0)
+        if end > start:
+            bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def crop_score(tokens: torch.Tensor, attention: torch.Tensor, alpha: float, eps: float) -> torch.Tensor:
+    """Holistic score of one crop (step 2): tokens (n, D), attention (n,) -> scalar."""
+    n = tokens.shape[0]
+    if n <= 1:
+        return attention.mean()
+    unit = tokens / (tokens.norm(dim=1, keepdim=True) + eps)
+    sim = (unit @ unit.T) * (1 - torch.eye(n, device=tokens.device, dtype=unit.dtype))
+    mean = sim.sum(1) / (n - 1)
+    var = ((sim - mean[:, None]) ** 2).sum(1) / (n - 1)
+    scaled = attention * ATTENTION_SCALE
+    var = var * (scaled.abs().mean() / (var.abs().mean() + eps))
+    return (scaled + alpha * var).mean()
+
+
+def allocate(scores: torch.Tensor, keep: int, eps: float) -> list[int]:
+    """Tokens per crop (step 3): ``floor(w keep)`` with ``w = score / (sum + eps)``, the remainder one each to the crops
+    of largest weight (ties to the lower crop)."""
+    weights = scores / (scores.sum() + eps)
+    shares = (weights * keep).floor().long()
+    left = keep - int(shares.sum())
+    if left > 0:
+        shares[descending_order(weights[None])[0, :left]] += 1
+    return shares.tolist()
+
+
+def select_image(tokens: torch.Tensor, attention: torch.Tensor, keep: int, cfg: HoloVConfig) -> torch.Tensor:
+    """Kept patch indices of one image (N, D) / (N,), in the order handed to the LLM (at most ``keep``; fewer where
+    a crop's share exceeded its size and ``overflow="pad"``)."""
+    tokens, attention = tokens.float(), attention.float()
+    bounds = crop_bounds(tokens.shape[0], cfg.crops)
+    scores = torch.stack([crop_score(tokens[s:e], attention[s:e], cfg.alpha, cfg.eps) for s, e in bounds])
+    kept = []
+    for (s, e), share in zip(bounds, allocate(scores, keep, cfg.eps)):
+        if share >= e - s:
+            kept.append(torch.arange(s, e, device=tokens.device))
+        elif share > 0:
+            kept.append(s + descending_order(attention[None, s:e])[0, :share])
+    index = torch.cat(kept) if kept else attention.new_zeros(0, dtype=torch.long)
+    if cfg.overflow == "refill" and index.numel() < keep:
+        rest = torch.ones_like(attention, dtype=torch.bool)
+        rest[index] = False
+        extra = torch.nonzero(rest)[:, 0]
+        index = torch.cat([index, extra[descending_order(attention[None, extra])[0, : keep - index.numel()]]])
+    return index
+
+
+def select(source: SignalSource, keep: int, cfg: HoloVConfig) -> Selection:
+    feats = source.projected_features()
+    attention = source.cls_attention()
+    b, n, d = feats.shape
+    if keep >= n:  # full budget: every crop keeps all its tokens, in raster order
+        every = torch.arange(n, device=feats.device).expand(b, n)
+        return Selection(features=feats, indices=every, projected=True)
+    rows, indices = [], []
+    for i in range(b):
+        index = select_image(feats[i], attention[i], keep, cfg)
+        if cfg.order == "raster":
+            index = index.sort().values
+        pad = feats.new_zeros(keep - index.numel(), d)  # the official zero tokens (overflow="pad")
+        rows.append(torch.cat([gather_rows(feats[i : i + 1], index[None])[0], pad]))
+        indices.append(index)
+    same = all(ix.numel() == indices[0].numel() for ix in indices)
+    return Selection(features=torch.stack(rows), indices=torch.stack(indices) if same else indices, projected=True)
+
+
+register_method(
+    "holov", config=HoloVConfig, paper="HoloV (NeurIPS 2025)", encoder=select, families=("llava",),
+    families_why="HoloV's crops and zero-token padding are written for one LLaVA-1.5 image of raster patches "
+                 "(its LLaVA-NeXT / Qwen2.5-VL ports are not implemented in vlprune yet)",
+    kept="keep tokens: kept patches crop by crop (descending attention inside a crop, or raster); with "
+         "overflow='pad' a crop's surplus share becomes zero tokens at the end, which have no index",
+)
