@@ -5,6 +5,8 @@ sample, token counts reaching the LLM, multi-image prompts; plus the family-spec
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -501,12 +503,18 @@ def test_errors(next_t, qwen_t):
 
 
 def test_family_limited_methods_refuse(next_t, qwen_t, tiny):
-    """HiRED needs LLaVA-NeXT's global image and sub-images: a clear error on the other families and per tile."""
+    """HiRED needs LLaVA-NeXT's global image and sub-images, FlowCut and HoloV LLaVA-1.5: a clear error naming the
+    reason on the other families and per tile."""
     limited = [name for name, spec in methods().items() if spec.families is not None]
     assert "hired" in limited
     for method in limited:
-        for model, budget in ((tiny.model, None), (qwen_t.model, None), (next_t.model, "tile")):
-            with pytest.raises(ValueError, match=r"runs on llava_next with budget='global' only: HiRED splits"):
+        spec = get_method(method)
+        for fam_name, model, budget in (("llava", tiny.model, None), ("qwen2_5_vl", qwen_t.model, None),
+                                        ("llava_next", next_t.model, "tile")):
+            if fam_name in spec.families and budget is None:
+                continue
+            why = f"runs on {', '.join(spec.families)} with budget='global' only: {spec.families_why}"
+            with pytest.raises(ValueError, match=re.escape(why)):
                 vlprune.apply(model, method, 4, budget=budget)
             assert _state(model) is None  # refused before patching anything
 
