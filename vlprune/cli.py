@@ -93,7 +93,8 @@ def flops_command(
 def eval_command(
     model: str = typer.Option("testbed", help="`testbed` or a LLaVA checkpoint (hub id / path)."),
     bench: str = typer.Option("testbed", help="`testbed` (bundled scenes) or NAME:DIR, NAME in pope, gqa, mme, textvqa, vqav2, sqa, mmbench (LLaVA layout), msvd-qa, msrvtt-qa, tgif-qa, activitynet-qa (Video-LLaVA layout)."),
-    methods: str = typer.Option("desap,vispruner,visionzip,fastv,random", help="Comma-separated methods."),
+    methods: str = typer.Option("desap,vispruner,visionzip,fastv,random",
+                                help="Comma-separated methods; `all`: every registered method the model's family runs."),
     keep: str = typer.Option("16,32,48", help="Budgets, comma separated."),
     seed: Optional[int] = typer.Option(None, help="Draw a new test split with this seed (default: the canonical one)."),
     split: str = typer.Option("test", help="test | val (tune on val, never on test)."),
@@ -141,6 +142,8 @@ def eval_command(
 
         check_source(clip, "--clip")
     loaded = load_model(model, clip, torch_dtype, device)
+    if "all" in [m.strip().lower() for m in methods.split(",")]:
+        names = _all_for_model(names, loaded.model)
     options = effective_options(loaded, user_options)
     for name in names:
         if name in options:
@@ -188,6 +191,19 @@ def eval_command(
     record.write(report, complete=True)
     if json_path is not None:
         console.print(f"[dim]wrote {json_path}[/dim]")
+
+
+def _all_for_model(names: list[str], model) -> list[str]:
+    """``--methods all``: drop the methods the model's family cannot run, saying which and why in one line."""
+    from .models import get_adapter
+    from .validate import for_family
+
+    kept, skipped = for_family(names, get_adapter(model).family)
+    if skipped:
+        console.print(f"[dim]--methods all: skipped {'; '.join(skipped)}[/dim]")
+    if not kept:
+        fail("--methods all: no registered method runs on this model")
+    return kept
 
 
 def print_report(report: dict) -> None:

@@ -7,6 +7,7 @@ from typing import Any, Iterable
 from .lmms_plugin_args import parse_int, parse_option, parse_options
 
 FULL = ("none", "full")  # names of the unpruned model where a command accepts it
+ALL = "all"  # every registered method
 
 
 def parse_keeps(text: str, option: str = "--keep") -> list[int]:
@@ -18,11 +19,15 @@ def parse_keeps(text: str, option: str = "--keep") -> list[int]:
 
 
 def parse_methods(text: str, allow_full: bool = False, option: str = "--methods") -> list[str]:
-    """``"desap, random"`` -> ["desap", "random"]; every name registered (all unknown names in one error)."""
+    """``"desap, random"`` -> ["desap", "random"]; every name registered (all unknown names in one error);
+    ``all`` stands for every registered method (``for_family`` then drops those the model's family cannot run)."""
     from .registry import methods
 
     known = methods()
     names = [x.strip().lower() for x in text.split(",") if x.strip()]
+    if ALL in names:  # every registered method, once, where "all" stands (filtered per family by for_family)
+        at = names.index(ALL)
+        names = list(dict.fromkeys(names[:at] + sorted(known) + [n for n in names[at + 1 :] if n != ALL]))
     unknown = [n for n in names if n not in known and not (allow_full and n in FULL)]
     if unknown:
         choices = sorted(known) + (["none"] if allow_full else [])
@@ -31,6 +36,21 @@ def parse_methods(text: str, allow_full: bool = False, option: str = "--methods"
     if not names:
         raise ValueError(f"{option} is empty; name at least one method, e.g. {option} desap")
     return names
+
+
+def for_family(names: list[str], family: str) -> tuple[list[str], list[str]]:
+    """The methods of ``names`` that run on the model ``family`` (an adapter's ``family``), and one "name (why)" per
+    method dropped (its ``families`` exclude it)."""
+    from .registry import get_method
+
+    kept, skipped = [], []
+    for name in names:
+        spec = None if name in FULL else get_method(name)
+        if spec is not None and spec.families is not None and family not in spec.families:
+            skipped.append(f"{name} (runs on {', '.join(spec.families)} only: {spec.families_why})")
+        else:
+            kept.append(name)
+    return kept, skipped
 
 
 def parse_set(pairs: Iterable[str] | None) -> dict[str, dict[str, Any]]:
