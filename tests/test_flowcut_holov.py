@@ -147,3 +147,28 @@ def test_option_errors(t6, method, options, match):
     with pytest.raises(ValueError, match=match):
         vlprune.apply(t6.model, method, 4, **options)
     assert _state(t6.model) is None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_llm_flops_are_the_papers_encoder_side_values(method):
+    """Encoder-side: every LLM layer sees keep tokens (HoloV's zero tokens included): DeSAP table 6's 0.416 / 0.833 /
+    1.253 TFLOPs on LLaVA-1.5-7B at 64 / 128 / 192."""
+    from vlprune.flops import method_tflops, tokens_per_layer
+    from vlprune.presets import get_preset
+
+    shape = get_preset("llava-1.5-7b")
+    assert tokens_per_layer(method, 64, shape) == [64] * 32
+    assert [round(method_tflops(method, k, shape), 3) for k in (64, 128, 192)] == [0.416, 0.833, 1.253]
+
+
+def test_prefill_flops_count_flowcuts_tower_cut_and_holovs_projector():
+    from vlprune.presets import get_preset
+    from vlprune.speed_flops import clip_tower_flops, prefill_flops
+
+    shape, keep, n = get_preset("llava-1.5-7b"), 64, 576
+    base = prefill_flops(shape, "visionzip", keep, 60)
+    dv, d = shape.vision_hidden, shape.hidden
+    last_block = clip_tower_flops(shape, 1) - clip_tower_flops(shape, 0)
+    cut_block = clip_tower_flops(shape, 1, [keep + 1]) - clip_tower_flops(shape, 0)
+    assert prefill_flops(shape, "flowcut", keep, 60) == pytest.approx(base - last_block + cut_block)
+    assert prefill_flops(shape, "holov", keep, 60) == pytest.approx(base + (n - keep) * (dv * d + d * d))

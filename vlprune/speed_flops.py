@@ -16,11 +16,13 @@ def llm_layer_flops(n: int, shape: ModelShape) -> float:
     return layer_flops(n, shape.hidden, shape.ffn) - 2 * n * shape.hidden * (shape.hidden - d_kv)
 
 
-def clip_tower_flops(shape: ModelShape, blocks: int) -> float:
-    """One CLIP tile, n = patches + 1 ([CLS]): ``n 3 p^2 D_v + blocks (4 n D_v^2 + 2 n^2 D_v + 2 n D_v M_v)``."""
+def clip_tower_flops(shape: ModelShape, blocks: int, rows: Optional[list[int]] = None) -> float:
+    """One CLIP tile, n = patches + 1 ([CLS]): ``n 3 p^2 D_v + blocks (4 n D_v^2 + 2 n^2 D_v + 2 n D_v M_v)``;
+    ``rows``: the rows each block runs on where a method prunes inside the tower (FlowCut), else n everywhere."""
     n = (shape.image_size // shape.patch_size) ** 2 + 1
     dv, mv = shape.vision_hidden, shape.vision_ffn
-    return n * 3 * shape.patch_size**2 * dv + blocks * (4 * n * dv * dv + 2 * n * n * dv + 2 * n * dv * mv)
+    rows = rows if rows is not None else [n] * blocks
+    return n * 3 * shape.patch_size**2 * dv + sum(4 * r * dv * dv + 2 * r * r * dv + 2 * r * dv * mv for r in rows)
 
 
 def qwen_vit_flops(shape: ModelShape, image: ImageLayout) -> float:
@@ -60,7 +62,8 @@ def prefill_flops(shape: ModelShape, method: Optional[str], keep: Optional[int],
         unpruned model has one per grid row; encoder-side methods keep one per row that kept a patch: ``newlines``
         if given (the bench passes the count it measured), else one per row, the most there can be; in-LLM
         methods see and prune newlines like any placeholder (their k includes them).
-    The vision tower runs on every patch for every method (selection happens at its output). The unpatched
+    The vision tower runs on every patch for every method (selection happens at its output), except FlowCut's
+    blocks after its cuts (counted at most: ``methods.flowcut.tower_rows``); HoloV projects every patch. The unpatched
     model and in-LLM methods run all L_v blocks; on LLaVA(-NeXT) encoder-side methods stop at the feature layer
     (``hidden_states[-2]``: L_v - 1 blocks), since the last block only feeds outputs LLaVA discards; on Qwen2.5-VL
     they run the whole ViT. The cost of the selection itself is not counted (it is overhead the measured
@@ -76,16 +79,29 @@ def prefill_flops(shape: ModelShape, method: Optional[str], keep: Optional[int],
         extra = 0
     else:
         blocks = shape.vision_layers - (1 if encoder_side else 0)  # feature layer -2: the last block is skipped
-        vision = image.tiles * clip_tower_flops(shape, blocks)
         tile_patches = (shape.image_size // shape.patch_size) ** 2
+        hooks = _method_module(method) if encoder_side else None
+        rows = getattr(hooks, "tower_rows", None)  # FlowCut: fewer rows in the blocks after its cuts
+        vision = image.tiles * clip_tower_flops(shape, blocks, rows(keep, tile_patches, blocks) if rows else None)
         in_llm = stage == "llm"
         # (Video-LLaVA's frame [CLS] tokens are ``shape.fixed_tokens``, added to every layer by tokens_per_layer)
         counts = tokens_per_layer(method, keep, shape, image.patches + image.newlines if in_llm else image.patches)
         extra = 0 if in_llm else (image.newlines if newlines is None or not encoder_side else newlines)
         projected = counts[0] if encoder_side else image.tiles * tile_patches + shape.fixed_tokens
+        if getattr(hooks, "PROJECTS_EVERY_PATCH", False):  # HoloV selects among the projected tokens
+            projected = image.tiles * tile_patches
         projector = projected * (shape.vision_hidden * shape.hidden + shape.hidden * shape.hidden)
     llm = sum(llm_layer_flops(c + extra + text_tokens, shape) for c in counts)
     return float(batch * (vision + projector + llm))
+
+
+def _method_module(method: str):
+    """The module of a registered method's encoder side (optional FLOPs hooks: ``tower_rows``, ``PROJECTS_EVERY_PATCH``)."""
+    import sys
+
+    from .registry import get_method
+
+    return sys.modules[get_method(method).encoder.__module__]
 
 
 def get_stage(method: str) -> str:

@@ -100,6 +100,13 @@ class FlowCutSchedule:
         return torch.cat([torch.zeros_like(kept[:, :1]), kept + 1], dim=1)
 
 
+def tower_rows(keep: int, n_patches: int, blocks: int) -> list[int]:
+    """Rows each of the ``blocks`` tower blocks up to the feature layer runs on, AT MOST (for ``vlprune bench``'s
+    FLOPs): every patch + [CLS] up to the last cut, ``keep + 1`` in the feature layer's block. The adaptive cuts
+    before it depend on the image (its [CLS] attention's entropy), so the true count is at most this."""
+    return [n_patches + 1] * (blocks - 1) + [min(keep, n_patches) + 1]
+
+
 def select(source: SignalSource, keep: int, cfg: FlowCutConfig) -> Selection:
     prune = getattr(source, "prune_in_encoder", None)
     if prune is None:

@@ -29,6 +29,7 @@ from ..registry import register_method
 from .base import Selection, SignalSource
 
 ATTENTION_SCALE = 1e3  # the official ``patch_attn * 1e3``
+PROJECTS_EVERY_PATCH = True  # for vlprune bench's FLOPs: the projector runs on all N patches before the selection
 
 
 @dataclass
