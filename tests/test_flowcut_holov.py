@@ -172,3 +172,13 @@ def test_prefill_flops_count_flowcuts_tower_cut_and_holovs_projector():
     cut_block = clip_tower_flops(shape, 1, [keep + 1]) - clip_tower_flops(shape, 0)
     assert prefill_flops(shape, "flowcut", keep, 60) == pytest.approx(base - last_block + cut_block)
     assert prefill_flops(shape, "holov", keep, 60) == pytest.approx(base + (n - keep) * (dv * d + d * d))
+
+
+def test_vllm_plugin_refuses_holov_and_takes_flowcut():
+    """The vLLM plugin hands the tower's features to vLLM's projector: HoloV (projected tokens, zero tokens) is refused
+    with the reason; FlowCut only needs the tower (ClipVisionSignals.prune_in_encoder)."""
+    from vlprune.vllm_plugin.settings import parse_settings
+
+    with pytest.raises(NotImplementedError, match="HoloV scores the projected tokens"):
+        parse_settings({"method": "holov", "keep": 16})
+    assert parse_settings({"method": "flowcut", "keep": 16}).prunes

@@ -18,7 +18,9 @@ UNPRUNED = ("none", "full")
 # methods whose encoder side needs more than the vision tower (DeSAP: a CLIP text tower and the question)
 NOT_IN_VLLM = {"desap": "DeSAP needs the question and a CLIP text tower at encoding time, which this plugin "
                         "does not carry yet; use vispruner, visionzip or random in vLLM, or vlprune.apply in "
-                        "transformers"}
+                        "transformers",
+               "holov": "HoloV scores the projected tokens and may hand the LLM zero tokens, which this plugin's "
+                        "tower-side hook cannot return yet; use vlprune.apply in transformers"}
 
 
 @dataclass(frozen=True)
