@@ -40,20 +40,24 @@ class Recorder:
         return rows
 
 
-CASES = [(8, 12, keep) for keep in (4, 16, 48, 100)] + [(24, 24, keep) for keep in (64, 128, 192)]
+# LLaVA-1.5-7B's depth (24 blocks, 576 patches) at 64; 128 / 192 on 12 blocks (cuts after blocks 1, 3, 5, 7, 9)
+CASES = [(8, 12, keep) for keep in (4, 16, 48, 100)] + [(24, 24, 64), (12, 24, 128), (12, 24, 192)]
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("layers,side,keep", CASES)
 def test_kept_patches_and_features_equal_official(layers, side, keep):
     tower = clip_tower(layers, side, seed=layers + side)
-    pixels = torch.randn(2, 3, 4 * side, 4 * side, generator=torch.Generator().manual_seed(keep))
+    for seed in range(10):  # the official code orders with non-stable topk: redraw until it met no tie
+        pixels = torch.randn(2, 3, 4 * side, 4 * side, generator=torch.Generator().manual_seed(100 * seed + keep))
+        with TieWatch() as watch:
+            want = [flowcut_llava_features(tower, pixels[i : i + 1], keep) for i in range(2)]
+        if not watch.ties:
+            break
+    assert not watch.ties
     src = ClipVisionSignals(tower, pixels, -2, grid=(side, side))
     got = flowcut.select(src, keep, flowcut.FlowCutConfig())
-    for i in range(2):
-        with TieWatch() as watch:
-            want_feats, want_kept = flowcut_llava_features(tower, pixels[i : i + 1], keep)
-        assert not watch.ties
+    for i, (want_feats, want_kept) in enumerate(want):
         assert torch.equal(got.indices[i : i + 1], want_kept)
         torch.testing.assert_close(got.features[i : i + 1], want_feats, rtol=0, atol=1e-5)
     rec = Recorder(flowcut.FlowCutSchedule(keep + 1, src.f - 1, flowcut.FlowCutConfig()))
@@ -63,7 +67,7 @@ def test_kept_patches_and_features_equal_official(layers, side, keep):
     blocks = [i for i, _ in rec.kept]
     assert blocks[-1] == src.f - 2 and rec.kept[-1][1] == keep + 1
     assert all(b % 2 == (src.f - 2) % 2 for b in blocks)
-    if layers == 24:
+    if side == 24:
         assert len(blocks) > 2 and any(keep + 1 < rows < side * side + 1 for _, rows in rec.kept[:-1])
 
 
