@@ -123,8 +123,8 @@ def select(source: SignalSource, keep: int, cfg: FlowCutConfig) -> Selection:
 
 register_method(
     "flowcut", config=FlowCutConfig, paper="FlowCut (NeurIPS 2025)", encoder=select, families=("llava",),
-    families_why="FlowCut prunes between the blocks of LLaVA-1.5's CLIP tower with its [CLS] token; its official "
-                 "LLaVA-NeXT path also prunes inside the LLM (not implemented) and Qwen2.5-VL's ViT has no [CLS]",
+    families_why="FlowCut's LLaVA-1.5 path prunes between the blocks of the CLIP tower; its authors' LLaVA-NeXT and "
+                 "Qwen2-VL paths add a second stage inside the LLM, which vlprune has not ported",
     kept="keep patches that survive the tower's progressive pruning, in raster order (their features come from the "
          "feature layer run on the survivors only)",
 )
