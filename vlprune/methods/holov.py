@@ -139,8 +139,8 @@ def select(source: SignalSource, keep: int, cfg: HoloVConfig) -> Selection:
 
 register_method(
     "holov", config=HoloVConfig, paper="HoloV (NeurIPS 2025)", encoder=select, families=("llava",),
-    families_why="HoloV's crops and zero-token padding are written for one LLaVA-1.5 image of raster patches "
-                 "(its LLaVA-NeXT / Qwen2.5-VL ports are not implemented in vlprune yet)",
+    families_why="vlprune has HoloV's LLaVA-1.5 path (one image of raster patches); its authors' LLaVA-NeXT "
+                 "(base + unpadded tiles, no newlines) and Qwen2.5-VL paths are not ported yet",
     kept="keep tokens: kept patches crop by crop (descending attention inside a crop, or raster); with "
          "overflow='pad' a crop's surplus share becomes zero tokens at the end, which have no index",
 )
