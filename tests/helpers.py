@@ -48,8 +48,12 @@ def decide_on_prompt(model, extra):
             return inputs
         n = inputs.hidden.shape[1] - extra[0]
         mask = inputs.mask[..., :n, :n] if inputs.mask is not None else None
+        pr = inputs.prompt  # the LLM input (SparseVLM's raters): its prompt columns
+        if pr is not None:
+            m = pr.hidden.shape[1] - extra[0]
+            pr = type(pr)(pr.hidden[:, :m], pr.is_img[:, :m], pr.pad[:, :m])
         return dataclasses.replace(inputs, hidden=inputs.hidden[:, :n], cos=inputs.cos[..., :n, :],
-                                   sin=inputs.sin[..., :n, :], mask=mask)
+                                   sin=inputs.sin[..., :n, :], mask=mask, prompt=pr)
 
     for stage in _state(model).pruner.stages:
         stage.score = (lambda f: lambda inputs: f(cut(inputs)))(stage.score)

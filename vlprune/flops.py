@@ -42,8 +42,12 @@ def tokens_per_layer(method: str | None, keep: int | None, shape: ModelShape, n_
         # schedules capped by the unpruned count, as ``vlprune.apply`` builds them (VisionDrop's 1.5 x keep)
         capped = {"tokens_per_image": n} if "tokens_per_image" in inspect.signature(spec.plan).parameters else {}
         for stage in sorted(spec.plan(keep, shape.layers, cfg, **capped), key=lambda s: s.layer):
+            before = counts[stage.layer]
+            k = min(stage.keep, before)
+            if k < before and stage.extra is not None:  # tokens kept beyond the budget (SparseVLM's recycled ones)
+                k = min(before, k + stage.extra(before, k))
             for layer in range(stage.layer, shape.layers):
-                counts[layer] = min(stage.keep, counts[layer])
+                counts[layer] = min(k, counts[layer])
     return [c + fixed for c in counts]
 
 

@@ -28,6 +28,16 @@ from .positions import position_causal_mask, renumbered, shift_rope
 
 
 @dataclass
+class PromptView:
+    """The prompt at the input of decoder layer 0, for the rows of a stage's group (methods that read the
+    unpruned prompt, e.g. SparseVLM's text raters). Columns are the original prompt positions."""
+
+    hidden: torch.Tensor  # (B, L0, D)
+    is_img: torch.Tensor  # (B, L0) bool: visual tokens
+    pad: torch.Tensor  # (B, L0) bool: padding
+
+
+@dataclass
 class StageInputs:
     """What a stage's callbacks see, at the input of a decoder layer (current, already pruned, sequence).
 
@@ -51,6 +61,8 @@ class StageInputs:
     scores: torch.Tensor | None = None
     aux: Any = None
     positions: torch.Tensor | None = None  # (B, L_cur) renumbered positions after a ``renumber`` stage, else None
+    budget: int = 0  # the stage's budget for these rows (keep x images); ``keep`` adds the stage's ``extra`` tokens
+    prompt: PromptView | None = None  # the input of decoder layer 0 (the prompt as the LLM received it)
 
     def attention(self, query_pos: torch.Tensor) -> torch.Tensor:
         """Recomputed attention probabilities (B, H, q, L_cur) of this layer for the given queries."""
@@ -90,6 +102,10 @@ class LLMStage:
         after the drop every token takes positions 0..L'-1 (text in place, the visual run in that order) with a
         mask causal in that order (official VisionDrop; one image per sample, 1-D RoPE; vlprune/positions.py).
     Without ``renumber``, hidden states, positions, rotary tables and masks of the kept tokens are gathered.
+    extra: optional (count, budget) -> tokens kept beyond the budget by a group whose rows hold ``count`` visual
+        tokens and keep ``budget`` of them (SparseVLM's recycled tokens, which take the slots of pruned tokens);
+        ``inputs.keep`` is then budget + extra (at most ``count``) and ``inputs.budget`` the budget. Only when the
+        budget prunes (budget < count): a stage whose budget covers every token still does nothing.
     """
 
     layer: int
@@ -99,6 +115,7 @@ class LLMStage:
     merge: Callable[[StageInputs, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     select: Callable[[StageInputs], Any] | None = None
     renumber: Callable[[StageInputs, torch.Tensor], torch.Tensor] | None = None
+    extra: Callable[[int, int], int] | None = None
 
     @property
     def scored_at(self) -> int:
@@ -112,7 +129,8 @@ class _Group:
     rows: torch.Tensor | None  # (G,) row indices; None: every row of the batch
     count: int  # surviving visual tokens of each row
     n_images: int
-    keep: int  # visual tokens each row keeps (< count)
+    keep: int  # visual tokens each row keeps (< count), the stage's extra tokens included
+    budget: int = 0  # the stage's budget for these rows (keep x images, < count)
 
 
 @dataclass
@@ -136,6 +154,7 @@ class _Pass:
     pos: torch.Tensor | None = None  # (B, L_cur) renumbered positions (None: the original ones, ``cols``)
     rope_full: tuple[torch.Tensor, torch.Tensor] | None = None  # the prompt's rotary tables (renumbering only)
     layer_shift: dict[int, int] = field(default_factory=dict)  # per layer, prompt tokens dropped before it
+    prompt: PromptView | None = None  # the input of decoder layer 0 (kept during the prefill only)
 
     def refresh(self) -> None:
         """Recompute ``counts`` and ``image_pos`` from ``is_img`` (one host read)."""
@@ -333,12 +352,15 @@ class LLMPruner:
                 by.setdefault((count, n_img, k), []).append(row)
         rows = len(p.counts)
         return [
-            _Group(None if len(r) == rows else torch.tensor(r, device=p.cols.device), count, n_img, k)
+            _Group(None if len(r) == rows else torch.tensor(r, device=p.cols.device), count, n_img,
+                   k if stage.extra is None else min(count, k + stage.extra(count, k)), k)
             for (count, n_img, k), r in by.items()
         ]
 
     def _prefill(self, index: int, layer: nn.Module, hidden: torch.Tensor, kwargs: dict):
         p = self.current
+        if index == 0:
+            p.prompt = PromptView(hidden, p.is_img, p.pad)
         kw = self._gather_kwargs(kwargs)
         for stage in self.stages:  # at most one stage drops here; it runs before later stages score
             if stage.layer != index:
@@ -381,6 +403,7 @@ class LLMPruner:
             p.layer_shift[index] = p.prompt_len - p.cols.shape[1]
         if index == len(self.layers) - 1:
             self.last_kept = p.image_ids
+            p.prompt = None
         return hidden, kw
 
     def _drop(self, hidden: torch.Tensor, kwargs: dict, drop: torch.Tensor, new_order: torch.Tensor | None = None):
@@ -424,7 +447,14 @@ class LLMPruner:
             layer=layer, hidden=_take_rows(hidden, rows), cos=_take_rows(cos, rows, -3), sin=_take_rows(sin, rows, -3),
             mask=_take_rows(compat.layer_mask(kw), rows), image_pos=_take_rows(self.current.image_pos, rows)[:, : group.count],
             rope=self.rope, n_images=group.n_images, keep=group.keep, positions=_take_rows(self.current.pos, rows),
+            budget=group.budget, prompt=self._prompt_rows(rows),
         )
+
+    def _prompt_rows(self, rows: torch.Tensor | None) -> PromptView | None:
+        pr = self.current.prompt
+        if pr is None:
+            return None
+        return PromptView(_take_rows(pr.hidden, rows), _take_rows(pr.is_img, rows), _take_rows(pr.pad, rows))
 
     def _decode_kwargs(self, index: int, kwargs: dict, queries: int) -> dict:
         out = self._decode_mask(index, kwargs, queries)

@@ -1,0 +1,268 @@
+"""SparseVLM (Zhang et al., ICML 2025, "SparseVLM: Visual Token Sparsification for Efficient Vision-Language Model
+Inference"; official code https://github.com/Gumpest/SparseVLMs, ``llava/model/language_model/``).
+
+Text-guided, progressive pruning inside the LLM, as the official code's default mode (v1.5, ``USE_VERSION=1_0``):
+
+1. Text raters (§3.2): on the LLM input, ``m = softmax_text(V T^T)`` averaged over the visual tokens (V: visual
+   embeddings, T: the tokens after the image); the raters are the text tokens with ``m`` above its mean.
+2. At each pruning layer l (official: after layers 2, 6 and 15 of 32): the attention of layer l (softmax over every
+   visible key, head mean) from the raters to the visual tokens, averaged over the raters, rates every visual
+   token; the top ``counts[i]`` survive into layer l + 1 (the official per-budget schedule, see :func:`schedule`).
+3. Token recycling (§3.3): of the pruned tokens, the top 30 % by the same rating (``int(0.3 n) + 1``) are clustered
+   by DPC-KNN into ``int(m / 10) + 1`` clusters (:func:`cluster_merge`, TCFormer's density-peak clustering); each
+   cluster's average (of layer l's output) is one more visual token. vlprune puts a recycled token in the slot of
+   its cluster centre (a pruned token); ``positions="official"`` renumbers the sequence as the official code does.
+
+The rank-adaptive count of the v1 code (``keep = rank(A) * scale + bias`` per layer) and SparseVLM+ (v2.0) are not
+implemented; docs/methods/sparsevlm.md says which version DeSAP's table reports and why this one is the default.
+Budget: ``keep`` is the official budget (64 / 96 / 128 / 192 on LLaVA-1.5 = the layer-averaged visual tokens, each
+layer counted at its output as the official code counts them); see :func:`schedule` for other budgets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..llm_pruning import LLMStage, StageInputs
+from ..ops import descending_order, gather_rows
+from ..registry import register_method
+from .visiondrop import position_order
+
+# official schedule (Gumpest/SparseVLMs llava/model/language_model/score.py, USE_VERSION=1_0): visual tokens kept
+# after decoder layers 2, 6 and 15 of LLaVA-1.5's 32 (recycled tokens come on top), per average budget
+OFFICIAL_COUNTS: dict[int, tuple[int, ...]] = {
+    64: (66, 30, 17), 96: (238, 48, 26), 128: (303, 110, 36), 192: (300, 200, 110),
+}
+OFFICIAL_TOKENS = 576  # LLaVA-1.5's visual tokens per image, the size the official schedule was set for
+
+
+@dataclass
+class SparseVLMConfig:
+    """Options of SparseVLM (defaults: the official code for LLaVA-1.5).
+
+    layer_fractions: tokens are dropped right before decoder layer ``round(f * num_layers)``, ranked with the
+        attention of the layer before it (official: after layers 2, 6, 15 of 32, i.e. before 3, 7, 16).
+    stage_ratios: visual tokens kept by each stage (before recycling) as a multiple of ``keep``; None = the official
+        schedule of the nearest official budget (:func:`schedule`). Needed when ``layer_fractions`` has not 3 entries.
+    recycle: token recycling (§3.3) on/off.
+    recycle_ratio: share of the pruned tokens (the best-rated) that are clustered (official 0.3: ``int(0.3 n) + 1``).
+    cluster_divisor: clusters = ``int(recycled / cluster_divisor) + 1`` (official 10).
+    positions: "original" = every kept token keeps its position, a recycled token takes its cluster centre's
+        (vlprune; any family, any number of images); "official" = after each stage the sequence is renumbered
+        0..L'-1 with the kept visual tokens first, then the recycled ones (one image per sample, 1-D RoPE).
+    """
+
+    layer_fractions: tuple[float, ...] = (3 / 32, 7 / 32, 16 / 32)
+    stage_ratios: tuple[float, ...] | None = None
+    recycle: bool = True
+    recycle_ratio: float = 0.3
+    cluster_divisor: int = 10
+    positions: Literal["original", "official"] = "original"
+
+    def __post_init__(self) -> None:
+        self.layer_fractions = tuple(float(f) for f in self.layer_fractions)
+        fr = self.layer_fractions
+        if not fr or any(not 0.0 < f < 1.0 for f in fr) or any(b <= a for a, b in zip(fr, fr[1:])):
+            raise ValueError(f"layer_fractions must be strictly increasing fractions in (0, 1), got {fr}")
+        if self.stage_ratios is not None:
+            self.stage_ratios = tuple(float(r) for r in self.stage_ratios)
+            if len(self.stage_ratios) != len(fr) or any(r <= 0 for r in self.stage_ratios):
+                raise ValueError(f"stage_ratios needs {len(fr)} positive entries (one per layer_fractions entry), "
+                                 f"got {self.stage_ratios}")
+        elif len(fr) != 3:
+            raise ValueError("the official schedule has 3 stages: pass stage_ratios (one per layer_fractions entry)")
+        if not 0.0 < self.recycle_ratio <= 1.0:
+            raise ValueError(f"recycle_ratio must lie in (0, 1], got {self.recycle_ratio}")
+        if self.cluster_divisor < 1:
+            raise ValueError(f"cluster_divisor must be >= 1, got {self.cluster_divisor}")
+        if self.positions not in ("original", "official"):
+            raise ValueError(f"positions must be 'original' or 'official', got {self.positions!r}")
+
+
+# -- the budget -> schedule mapping ---------------------------------------------------------------------------------
+def stage_layers(num_layers: int, cfg: SparseVLMConfig) -> list[int]:
+    """Decoder layers before which the stages drop tokens: ``round(f * num_layers)`` (3, 7, 16 of 32)."""
+    layers = [int(f * num_layers + 0.5) for f in cfg.layer_fractions]
+    if layers[0] < 1 or layers[-1] > num_layers - 1 or any(b <= a for a, b in zip(layers, layers[1:])):
+        raise ValueError(f"SparseVLM's {len(layers)} stages do not fit an LLM of {num_layers} layers (layers "
+                         f"{layers}): pass fewer layer_fractions (and as many stage_ratios)")
+    return layers
+
+
+def schedule(keep: int, num_layers: int, cfg: SparseVLMConfig, tokens_per_image: int | None = None
+             ) -> tuple[list[int], list[int]]:
+    """``(layers, counts)``: stage i keeps ``counts[i]`` visual tokens per image (before recycling) from decoder
+    layer ``layers[i]`` on. Official budgets on 576 tokens give the official lists (64 -> 66/30/17, 128 ->
+    303/110/36, 192 -> 300/200/110). Otherwise the list of the official budget nearest to ``keep * 576 / tokens``
+    scaled by ``keep / that budget`` (the same fractions of the image); ``keep >= tokens_per_image`` prunes nothing."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    layers = stage_layers(num_layers, cfg)
+    n = tokens_per_image or OFFICIAL_TOKENS
+    if keep >= n:
+        return layers, [n] * len(layers)
+    if cfg.stage_ratios is not None:
+        ratios = cfg.stage_ratios
+    else:
+        base = min(OFFICIAL_COUNTS, key=lambda b: (abs(b - keep * OFFICIAL_TOKENS / n), b))
+        ratios = tuple(c / base for c in OFFICIAL_COUNTS[base])
+    return layers, [max(1, int(r * keep + 0.5)) for r in ratios]
+
+
+def recycled_count(pruned: int, cfg: SparseVLMConfig) -> tuple[int, int]:
+    """(tokens clustered, clusters) from ``pruned`` pruned tokens: ``int(0.3 n) + 1`` and ``int(m / 10) + 1``."""
+    if not cfg.recycle or pruned < 1:
+        return 0, 0
+    m = min(int(pruned * cfg.recycle_ratio) + 1, pruned)
+    return m, min(m, int(m / cfg.cluster_divisor) + 1)
+
+
+# -- pure functions ------------------------------------------------------------------------------------------------
+def text_raters(embeds: torch.Tensor, is_img: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """§3.2, eq. 1-2: the text raters among the window of the last T columns. ``embeds`` (B, L, D) the LLM input,
+    ``is_img`` (B, L) its visual tokens, ``text`` (B, T) which of the last T columns are text (after the image, not
+    padding). ``m_j = mean_i softmax_j(v_i . t_j)`` over the visual tokens i; raters: ``m_j > mean(m)``. (B, T) bool."""
+    t = embeds[:, -text.shape[1]:].float()
+    logits = (embeds.float() @ t.transpose(1, 2)).masked_fill(~text.unsqueeze(1), float("-inf"))  # (B, L, T)
+    probs = torch.nan_to_num(torch.softmax(logits, dim=-1))
+    w = is_img.float()
+    m = (probs * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1)  # (B, T)
+    mean = (m * text).sum(-1, keepdim=True) / text.sum(-1, keepdim=True).clamp(min=1)
+    return (m > mean) & text
+
+
+def rater_scores(probs: torch.Tensor, image_pos: torch.Tensor, raters: torch.Tensor) -> torch.Tensor:
+    """§3.2, eq. 3: attention (B, T, L) of the T window rows (head mean) to the visual tokens ``image_pos`` (B, n),
+    averaged over the raters (B, T bool): (B, n)."""
+    cols = torch.gather(probs, 2, image_pos.unsqueeze(1).expand(-1, probs.shape[1], -1))  # (B, T, n)
+    w = raters.float().unsqueeze(-1)
+    return torch.where(raters.unsqueeze(-1), cols, 0.0).sum(1) / w.sum(1).clamp(min=1)
+
+
+def cluster_merge(x: torch.Tensor, clusters: int, noise: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """§3.3: DPC-KNN clustering (TCFormer, as the official ``cluster_and_merge``) of x (B, M, C) into ``clusters``
+    groups, each averaged. Density from the ``clusters`` nearest neighbours, centres = top ``clusters`` by distance
+    to a denser token x density, every token to its nearest centre. The official code adds U(0, 1e-6) noise to the
+    density to break ties; ``noise`` (B, M) may supply it (None: none; ties go to the lower index). Returns
+    (centres (B, c) indices into M, in cluster order; merged (B, c, C) = sum / (size + 1e-6) as the official)."""
+    b, m, c = x.shape
+    xf = x.float()
+    dist = torch.cdist(xf, xf, compute_mode="donot_use_mm_for_euclid_dist") / c**0.5
+    nearest = torch.sort(dist, dim=-1).values[..., :clusters]
+    density = (-(nearest**2).mean(dim=-1)).exp()
+    if noise is not None:
+        density = density + noise.to(density.dtype)
+    denser = density[:, None, :] > density[:, :, None]  # [b, i, j]: j is denser than i
+    dist_max = dist.flatten(1).max(dim=-1).values[:, None, None]
+    parent = torch.where(denser, dist, dist_max).min(dim=-1).values
+    centres = descending_order(parent * density)[:, :clusters]
+    to_centre = torch.gather(dist, 1, centres.unsqueeze(-1).expand(-1, -1, m))  # (B, c, M)
+    assign = to_centre.argmin(dim=1)
+    assign.scatter_(1, centres, torch.arange(clusters, device=x.device).expand(b, clusters))
+    size = torch.zeros(b, clusters, device=x.device).scatter_add_(1, assign, torch.ones(b, m, device=x.device))
+    weight = 1.0 / (size + 1e-6)
+    merged = torch.zeros(b, clusters, c, device=x.device).scatter_add_(
+        1, assign.unsqueeze(-1).expand(-1, -1, c), xf * torch.gather(weight, 1, assign).unsqueeze(-1))
+    return centres, merged.to(x.dtype)
+
+
+def recycle(scores: torch.Tensor, features: torch.Tensor, budget: int, cfg: SparseVLMConfig,
+            noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One stage on n visual tokens: the top ``budget`` by ``scores`` (B, n) are kept; the best-rated pruned tokens
+    are clustered (:func:`cluster_merge` on ``features`` (B, n, D)). Returns (kept (B, budget) slots, ascending;
+    centres (B, c) slots of the cluster centres, in cluster order; recycled tokens (B, c, D))."""
+    b, n = scores.shape
+    order = descending_order(scores)
+    kept = torch.sort(order[:, :budget], dim=-1).values
+    m, clusters = recycled_count(n - budget, cfg)
+    if clusters == 0:
+        return kept, kept[:, :0], features[:, :0]
+    pruned = torch.sort(order[:, budget:], dim=-1).values  # slot order, as the official policy == 0 list
+    cand = torch.gather(pruned, 1, descending_order(torch.gather(scores, 1, pruned))[:, :m])  # best-rated first
+    centres, merged = cluster_merge(gather_rows(features, cand), clusters, noise)
+    return kept, torch.gather(cand, 1, centres), merged
+
+
+# -- stages ----------------------------------------------------------------------------------------------------------
+def _window(inputs: StageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text window: (B, T) positions of the last T columns of the current sequence and the raters among them
+    (computed on the prompt: the text tokens sit at the end of the sequence at every layer)."""
+    pr = inputs.prompt
+    if pr is None:
+        raise RuntimeError("SparseVLM needs the LLM input (StageInputs.prompt); run it through vlprune.apply")
+    length = pr.is_img.shape[1]
+    col = torch.arange(length, device=pr.is_img.device)
+    last_img = torch.where(pr.is_img, col, -1).max(dim=1, keepdim=True).values
+    text = (col > last_img) & ~pr.pad
+    t = max(1, int(text.sum(-1).max()))
+    raters = text_raters(pr.hidden, pr.is_img, text[:, -t:])
+    cur = inputs.hidden.shape[1]
+    pos = torch.arange(cur - t, cur, device=col.device).expand(inputs.hidden.shape[0], t)
+    return pos, raters
+
+
+def visual_scores(inputs: StageInputs) -> torch.Tensor:
+    """The raters' head-mean attention to every surviving visual token in the score layer: (B, n)."""
+    pos, raters = _window(inputs)
+    probs = torch.nan_to_num(inputs.attention(pos).mean(dim=1))  # padding rows (fully masked) -> 0, never read
+    return rater_scores(probs, inputs.image_pos, raters)
+
+
+def _stage(layer: int, count: int, cfg: SparseVLMConfig) -> LLMStage:
+    def select(inputs: StageInputs):
+        feats = gather_rows(inputs.hidden, inputs.image_pos)
+        kept, centres, tokens = recycle(inputs.scores, feats, inputs.budget, cfg)
+        ranking = torch.zeros_like(inputs.scores, dtype=torch.float32)  # kept 2, centres 1, the rest 0
+        ranking.scatter_(1, kept, 2.0)
+        ranking.scatter_(1, centres, 1.0)
+        return ranking, {"centres": centres, "tokens": tokens}
+
+    def merge(inputs: StageInputs, kept: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+        feats = gather_rows(gather_rows(inputs.hidden, inputs.image_pos), kept)
+        match = kept.unsqueeze(-1) == inputs.aux["centres"].unsqueeze(1)  # (B, k, c)
+        rec = gather_rows(inputs.aux["tokens"], match.float().argmax(-1)).to(feats.dtype)
+        return torch.where(match.any(-1, keepdim=True), rec, feats)
+
+    def renumber(inputs: StageInputs, kept: torch.Tensor) -> torch.Tensor:
+        """Official order: the kept visual tokens in position order, then the recycled ones in cluster order."""
+        n = inputs.image_pos.shape[1]
+        key = torch.gather(torch.argsort(position_order(inputs), dim=-1), 1, kept)
+        match = kept.unsqueeze(-1) == inputs.aux["centres"].unsqueeze(1)
+        key = torch.where(match.any(-1), n + match.float().argmax(-1), key)
+        return torch.argsort(torch.argsort(key, dim=-1), dim=-1)
+
+    def extra(n: int, budget: int) -> int:
+        return recycled_count(n - budget, cfg)[1]
+
+    return LLMStage(layer=layer, keep=count, score=visual_scores, score_layer=layer - 1, select=select,
+                    merge=merge if cfg.recycle else None, extra=extra if cfg.recycle else None,
+                    renumber=renumber if cfg.positions == "official" else None)
+
+
+def plan(keep: int, num_layers: int, cfg: SparseVLMConfig, tokens_per_image: int | None = None) -> list[LLMStage]:
+    """The stages of :func:`schedule` (``layer``, ``keep`` and ``extra`` are all the FLOPs count needs)."""
+    layers, counts = schedule(keep, num_layers, cfg, tokens_per_image)
+    return [_stage(layer, count, cfg) for layer, count in zip(layers, counts)]
+
+
+def average_tokens(keep: int, num_layers: int, cfg: SparseVLMConfig, tokens: int = OFFICIAL_TOKENS,
+                   official: bool = False) -> float:
+    """Layer-averaged visual tokens of one image of ``tokens`` under :func:`schedule`, recycled tokens included.
+    ``official``: each layer counted at its OUTPUT, as the official code's "equal token num" (the scoring layer at
+    the pruned count): 64 -> 64.8, 128 -> 128.6, 192 -> 192.0 on LLaVA-1.5; else at its input (what the FLOPs see)."""
+    per_layer = [tokens] * num_layers
+    cur = tokens
+    for stage in plan(keep, num_layers, cfg, tokens):
+        if stage.keep < cur:
+            cur = stage.keep + (stage.extra(cur, stage.keep) if stage.extra else 0)
+        for i in range(stage.layer - 1 if official else stage.layer, num_layers):
+            per_layer[i] = cur
+    return sum(per_layer) / num_layers
+
+
+register_method("sparsevlm", config=SparseVLMConfig, paper="SparseVLM (ICML 2025)", plan=plan,
+                kept="keep is the official layer-averaged budget; indices = the patches whose tokens survive the "
+                     "last stage (recycled tokens stand at their cluster centre's patch)")
