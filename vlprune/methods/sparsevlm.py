@@ -141,20 +141,28 @@ def rater_scores(probs: torch.Tensor, image_pos: torch.Tensor, raters: torch.Ten
     return torch.where(raters.unsqueeze(-1), cols, 0.0).sum(1) / w.sum(1).clamp(min=1)
 
 
+def tie_break_noise(batch: int, m: int, device: torch.device | None = None) -> torch.Tensor:
+    """vlprune's fixed stand-in for the official ``torch.rand(density.shape) * 1e-6``: (B, M), decreasing in i."""
+    return (torch.arange(m - 1, -1, -1, device=device, dtype=torch.float32) / m * 1e-6).expand(batch, m)
+
+
 def cluster_merge(x: torch.Tensor, clusters: int, noise: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """§3.3: DPC-KNN clustering (TCFormer, as the official ``cluster_and_merge``) of x (B, M, C) into ``clusters``
     groups, each averaged. Density from the ``clusters`` nearest neighbours, centres = top ``clusters`` by distance
-    to a denser token x density, every token to its nearest centre. The official code adds U(0, 1e-6) noise to the
-    density to break ties; ``noise`` (B, M) may supply it (None: none; ties go to the lower index). Returns
-    (centres (B, c) indices into M, in cluster order; merged (B, c, C) = sum / (size + 1e-6) as the official)."""
+    to a denser token x density, every token to its nearest centre. Mutual nearest neighbours have exactly equal
+    densities, so the official code adds ``torch.rand * 1e-6`` to the density; ``noise`` (B, M) supplies that draw.
+    None: a deterministic draw, ``1e-6 * (M - 1 - i) / M`` (the best-rated candidate first wins a tie; batch- and
+    seed-independent). Returns (centres (B, c) indices into M, in cluster order; merged (B, c, C) = sum / (size +
+    1e-6), as the official)."""
     b, m, c = x.shape
     xf = x.float()
     dist = torch.cdist(xf, xf, compute_mode="donot_use_mm_for_euclid_dist") / c**0.5
     nearest = torch.sort(dist, dim=-1).values[..., :clusters]
     density = (-(nearest**2).mean(dim=-1)).exp()
-    if noise is not None:
-        density = density + noise.to(density.dtype)
+    if noise is None:
+        noise = tie_break_noise(b, m, x.device)
+    density = density + noise.to(density.dtype)
     denser = density[:, None, :] > density[:, :, None]  # [b, i, j]: j is denser than i
     dist_max = dist.flatten(1).max(dim=-1).values[:, None, None]
     parent = torch.where(denser, dist, dist_max).min(dim=-1).values
