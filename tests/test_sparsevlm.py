@@ -58,6 +58,9 @@ def test_flops_count_every_layer_with_recycled_tokens():
     per_layer = tokens_per_layer("sparsevlm", 64, shape)
     assert per_layer == [576] * 3 + [82] * 4 + [32] * 9 + [18] * 16
     assert sum(per_layer) / 32 == average_tokens(64, 32, SparseVLMConfig())
+    # LLaVA-NeXT (2880 tokens): 320 = 64/576 of the image, the 64 list x 5 (recycled tokens on top)
+    per_layer = tokens_per_layer("sparsevlm", 320, get_preset("llava-next-7b"))
+    assert per_layer[3] == 330 + recycled_count(2880 - 330, SparseVLMConfig())[1]
 
 
 @pytest.mark.parametrize("bad", [dict(layer_fractions=(0.5, 0.25, 0.75)), dict(layer_fractions=(0.5,)),
