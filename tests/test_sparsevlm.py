@@ -19,7 +19,6 @@ from vlprune.methods.sparsevlm import (
 from vlprune.presets import get_preset
 
 N, LAYERS = 16, 8
-SHALLOW = dict(layer_fractions=(0.25, 0.5, 0.75))  # the tiny LLaVA-NeXT / Qwen2.5-VL LLMs have 4 layers: 1, 2, 3
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +72,8 @@ def test_bad_options_are_refused(bad):
 
 def test_stages_that_do_not_fit_are_refused(tiny8):
     with pytest.raises(ValueError, match="layer_fractions"):
-        vlprune.apply(tiny8.model, "sparsevlm", 4, layer_fractions=(0.01, 0.5, 0.9), stage_ratios=(1, 1, 1))
+        vlprune.apply(tiny8.model, "sparsevlm", 4, layer_fractions=(0.5, 0.8, 0.9), stage_ratios=(1, 1, 1))
+    assert schedule(4, 4, SparseVLMConfig())[0] == [1, 2, 3]  # shallow: one layer apart
     vlprune.remove(tiny8.model)
 
 
@@ -204,7 +204,7 @@ def test_next_ragged_batch_equals_per_sample_and_no_cache_loop(next_t, case):
 
     m = next_t.model
     batch, singles = _rows(next_t, case)
-    vlprune.apply(m, "sparsevlm", 5, **SHALLOW)
+    vlprune.apply(m, "sparsevlm", 5)
     try:
         gen = _generate(m, batch).sequences
         out = m(**batch).logits[:, -1]
@@ -230,7 +230,7 @@ def test_next_ragged_batch_equals_per_sample_and_no_cache_loop(next_t, case):
 def _expected_counts_depth(entering: int, keep: int, n_images: int, layers: int, model) -> list[int]:
     from vlprune.models import get_adapter
 
-    cfg = SparseVLMConfig(**SHALLOW)
+    cfg = SparseVLMConfig()  # the tiny 4-layer LLMs: stages before layers 1, 2, 3
     at, counts = schedule(keep, layers, cfg, get_adapter(model).tokens_per_image())
     out, cur = [], entering
     for i in range(layers):
@@ -247,7 +247,7 @@ def test_qwen_ragged_batch_equals_per_sample_and_no_cache_loop(qwen_t):
     sizes, questions = [(32, 32), (24, 40)], ["what color is the circle ?", "what color is the red circle ?"]
     im = t.images(sizes)
     batch = {**t.prompt_ids(questions, im, [1, 1]), **im}
-    vlprune.apply(m, "sparsevlm", 5, **SHALLOW)
+    vlprune.apply(m, "sparsevlm", 5)
     try:
         gen = _generate(m, batch).sequences
         kept = vlprune.last_selection(m).indices

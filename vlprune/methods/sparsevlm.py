@@ -83,9 +83,12 @@ class SparseVLMConfig:
 
 # -- the budget -> schedule mapping ---------------------------------------------------------------------------------
 def stage_layers(num_layers: int, cfg: SparseVLMConfig) -> list[int]:
-    """Decoder layers before which the stages drop tokens: ``round(f * num_layers)`` (3, 7, 16 of 32)."""
-    layers = [int(f * num_layers + 0.5) for f in cfg.layer_fractions]
-    if layers[0] < 1 or layers[-1] > num_layers - 1 or any(b <= a for a, b in zip(layers, layers[1:])):
+    """Decoder layers before which the stages drop tokens: ``round(f * num_layers)`` (3, 7, 16 of 32); on a shallow
+    LLM each stage at least one layer after the previous one (4 layers: 1, 2, 3)."""
+    layers: list[int] = []
+    for f in cfg.layer_fractions:
+        layers.append(max(int(f * num_layers + 0.5), layers[-1] + 1 if layers else 1))
+    if layers[-1] > num_layers - 1:
         raise ValueError(f"SparseVLM's {len(layers)} stages do not fit an LLM of {num_layers} layers (layers "
                          f"{layers}): pass fewer layer_fractions (and as many stage_ratios)")
     return layers
