@@ -9,10 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vlprune
-from helpers import QUESTIONS, assert_batch_equals_per_sample, decide_on_prompt, logits
+from helpers import QUESTIONS, assert_batch_equals_per_sample, logits
 from test_ragged_batches import _generate, _rows, _visible_visual, assert_generate_equals_no_cache_loop
 from vlprune.api import _state
 from vlprune.flops import tokens_per_layer
+from vlprune.models import get_adapter
 from vlprune.methods.sparsevlm import (
     SparseVLMConfig, average_tokens, cluster_merge, recycle, recycled_count, schedule, text_raters,
 )
@@ -28,13 +29,14 @@ def tiny8():
     return tiny_llava(seed=0, grid=4, layers=LAYERS)
 
 
-def _expected_counts(entering: int, keep: int, n_images: int = 1, tokens: int = N) -> list[int]:
+def _expected_counts(entering: int, keep: int, n_images: int = 1, tokens: int = N, layers: int = LAYERS
+                     ) -> list[int]:
     """Visual tokens of one sample per decoder layer: the schedule, recycled tokens on top."""
-    cfg = SparseVLMConfig()
-    layers, counts = schedule(keep, LAYERS, cfg, tokens)
+    cfg = SparseVLMConfig()  # (the tiny 4-layer LLMs: stages before layers 1, 2, 3)
+    at, counts = schedule(keep, layers, cfg, tokens)
     out, cur = [], entering
-    for i in range(LAYERS):
-        for layer, c in zip(layers, counts):
+    for i in range(layers):
+        for layer, c in zip(at, counts):
             if layer == i and c * n_images < cur:
                 cur = c * n_images + recycled_count(cur - c * n_images, cfg)[1]
         out.append(cur)
@@ -126,29 +128,16 @@ def test_full_budget_reproduces_unpatched_model_and_remove_is_exact(tiny8, pixel
 
 @pytest.mark.parametrize("positions", ["original", "official"])
 def test_cached_generate_equals_no_cache_reference(tiny8, pixels, positions):
-    model = tiny8.model
-    inputs = tiny8.prompt_ids(QUESTIONS, left_pad=True)
+    """Greedy tokens and every step's logits (1e-4) as a no-cache loop whose stages decide on the prompt part."""
+    inputs = {**tiny8.prompt_ids(QUESTIONS, left_pad=True), "pixel_values": pixels}
     if positions == "official":  # renumbering needs the same visual tokens in every row: one sample
-        inputs, pixels = tiny8.prompt_ids(QUESTIONS[1:]), pixels[1:]
-    vlprune.apply(model, "sparsevlm", 5, positions=positions)
-    steps = 5
+        inputs = {**tiny8.prompt_ids(QUESTIONS[1:]), "pixel_values": pixels[1:]}
+    vlprune.apply(tiny8.model, "sparsevlm", 5, positions=positions)
     try:
         with torch.no_grad():
-            cached = model.generate(**inputs, pixel_values=pixels, max_new_tokens=steps, min_new_tokens=steps,
-                                    do_sample=False)
-            history = [h.clone() for h in _state(model).pruner.history]
-            extra = [0]
-            decide_on_prompt(model, extra)
-            ids, mask = inputs["input_ids"], inputs["attention_mask"]
-            for _ in range(steps):
-                extra[0] = ids.shape[1] - inputs["input_ids"].shape[1]
-                out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, use_cache=False)
-                nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-                ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
-                assert all(torch.equal(a, b) for a, b in zip(history, _state(model).pruner.history))
-        assert torch.equal(cached, ids)
+            assert_generate_equals_no_cache_loop(tiny8.model, inputs)
     finally:
-        vlprune.remove(model)
+        vlprune.remove(tiny8.model)
 
 
 def test_batch_equals_per_sample(tiny8, pixels):
@@ -212,7 +201,7 @@ def test_next_ragged_batch_equals_per_sample_and_no_cache_loop(next_t, case):
         entering = list(_state(m).pruner.current.orig_counts)
         seen = _visible_visual(m, batch)
         for b, (n, k) in enumerate(zip(entering, CASES[case][1])):
-            assert [row[b] for row in seen] == _expected_counts_depth(n, 5, k, len(seen), m)
+            assert [row[b] for row in seen] == _expected_counts(n, 5, k, get_adapter(m).tokens_per_image(), len(seen))
         assert seen[-1] != seen[0]
         i = 0
         for b, one in enumerate(singles):
@@ -225,20 +214,6 @@ def test_next_ragged_batch_equals_per_sample_and_no_cache_loop(next_t, case):
         assert_generate_equals_no_cache_loop(m, batch)
     finally:
         vlprune.remove(m)
-
-
-def _expected_counts_depth(entering: int, keep: int, n_images: int, layers: int, model) -> list[int]:
-    from vlprune.models import get_adapter
-
-    cfg = SparseVLMConfig()  # the tiny 4-layer LLMs: stages before layers 1, 2, 3
-    at, counts = schedule(keep, layers, cfg, get_adapter(model).tokens_per_image())
-    out, cur = [], entering
-    for i in range(layers):
-        for layer, c in zip(at, counts):
-            if layer == i and c * n_images < cur:
-                cur = c * n_images + recycled_count(cur - c * n_images, cfg)[1]
-        out.append(cur)
-    return out
 
 
 @torch.no_grad()

@@ -61,12 +61,36 @@ class TieWatch(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def run_tie_free(draw_inputs, official, tries: int = 50):
-    """Draw inputs with seeds 0, 1, ... until ``official(*inputs)`` runs without a tie; returns (inputs, result)."""
+def run_tie_free(draw_inputs, official, tries: int = 50, watch_cls: type = TieWatch):
+    """Draw inputs with seeds 0, 1, ... until ``official(*inputs)`` runs without a tie; returns (inputs, result).
+    ``watch_cls``: the TieWatch (sub)class that decides which orderings count."""
     for seed in range(tries):
         inputs = draw_inputs(seed)
-        with TieWatch() as watch:
+        with watch_cls() as watch:
             out = official(*inputs)
         if not watch.ties:
             return inputs, out
     raise AssertionError(f"no tie-free draw in {tries} seeds")
+
+
+def patched_prefill_and_generate(model, method: str, keep: int, inputs: dict, pixels, steps: int = 4, **options):
+    """Apply ``method`` to ``model``, run one prefill and a greedy ``generate`` of ``steps`` tokens, remove it.
+    Returns (the LLM input of the prompt (B, L, D), the prefill's last-token logits, the generated ids)."""
+    import vlprune
+
+    captured = {}
+
+    def capture(module, args, kwargs):  # the first call: the prompt, as the LLM receives it
+        captured.setdefault("embeds", (args[0] if args else kwargs["hidden_states"]).clone())
+
+    hook = model.model.language_model.layers[0].register_forward_pre_hook(capture, with_kwargs=True)
+    vlprune.apply(model, method, keep, **options)
+    try:
+        with torch.no_grad():
+            got = model(**inputs, pixel_values=pixels).logits[:, -1]
+            out = model.generate(**inputs, pixel_values=pixels, max_new_tokens=steps, min_new_tokens=steps,
+                                 do_sample=False)
+    finally:
+        vlprune.remove(model)
+        hook.remove()
+    return captured["embeds"], got, out

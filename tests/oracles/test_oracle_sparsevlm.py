@@ -8,7 +8,7 @@ from vlprune.llm_pruning import PromptView, StageInputs
 from vlprune.methods import sparsevlm
 
 from . import sparsevlm_official as official
-from .sources import TieWatch
+from .sources import TieWatch, patched_prefill_and_generate, run_tie_free
 from .test_oracle_visiondrop import _rope, llama  # noqa: F401  (the module-scoped Llama layer fixture)
 
 PRE, POST = 5, 9  # text tokens before / after the image span
@@ -22,16 +22,6 @@ class _Watch(TieWatch):
     tied, harmless): ``max`` is left out; every ordering whose indices are used is still watched."""
 
     _ORDERING = TieWatch._ORDERING - {torch.max, torch.Tensor.max}
-
-
-def _tie_free(draw, official, tries: int = 50):
-    for seed in range(tries):
-        inputs = draw(seed)
-        with _Watch() as watch:
-            out = official(*inputs)
-        if not watch.ties:
-            return inputs, out
-    raise AssertionError(f"no tie-free draw in {tries} seeds")
 
 
 def _fixed_rand(real=torch.rand):
@@ -73,7 +63,7 @@ def test_stage_equals_official(llama, n, retain, layer_idx, monkeypatch):  # noq
         return official.pruning_layer(probs, (out, None), hidden, PRE, n, PRE + n, raters, layer_idx, [PRE], n, 1)
 
     with torch.no_grad():
-        (embeds, hidden, out, cos, sin, _), (want_seq, want_mask, want_rec, clusters) = _tie_free(draw, run_official)
+        (embeds, hidden, out, cos, sin, _), (want_seq, want_mask, want_rec, clusters) = run_tie_free(draw, run_official, watch_cls=_Watch)
         cfg = sparsevlm.SparseVLMConfig()
         stage = sparsevlm._stage(layer=1, count=budget, cfg=cfg)
         is_img = torch.zeros(1, length, dtype=torch.bool)
@@ -154,8 +144,6 @@ def _official_forward(model, embeds, image_index, n, score_layers):
 def test_official_positions_equal_the_official_forward(tiny8, keep, monkeypatch):
     """positions='official': prefill logits equal the official LLM forward (every stage from the official code, the
     sequence renumbered after each); cached greedy decoding equals a no-cache loop of that forward."""
-    import vlprune
-
     model = tiny8.model
     inputs = tiny8.prompt_ids(["what color is the circle ?"])
     pixels = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(keep))
@@ -165,23 +153,9 @@ def test_official_positions_equal_the_official_forward(tiny8, keep, monkeypatch)
     monkeypatch.setattr(official, "sparse_token_dict", {keep: counts})
     monkeypatch.setattr(official, "RETAIN_TOKN", keep)
     monkeypatch.setattr(torch, "rand", _fixed_rand())
-    captured = {}
-
-    def capture(module, args, kwargs):  # the LLM input of the prompt (the first call)
-        captured.setdefault("embeds", (args[0] if args else kwargs["hidden_states"]).clone())
-
-    hook = model.model.language_model.layers[0].register_forward_pre_hook(capture, with_kwargs=True)
-    vlprune.apply(model, "sparsevlm", keep, positions="official")
-    try:
-        with torch.no_grad():
-            got = model(**inputs, pixel_values=pixels).logits[:, -1]
-            out = model.generate(**inputs, pixel_values=pixels, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-    finally:
-        vlprune.remove(model)
-        hook.remove()
+    embeds, got, out = patched_prefill_and_generate(model, "sparsevlm", keep, inputs, pixels, positions="official")
     image_index = int((inputs["input_ids"][0] == 4).nonzero()[0])
     with torch.no_grad():
-        embeds = captured["embeds"][:1]
         torch.testing.assert_close(got, _official_forward(model, embeds, image_index, 16, score_layers),
                                    rtol=0, atol=1e-4)
         emb = model.get_input_embeddings()
