@@ -105,7 +105,7 @@ def test_text_raters_pick_tokens_above_the_mean():
     emb[0, 0:2] = torch.tensor([1.0, 0.0])  # two visual tokens pointing at axis 0
     emb[0, 2:6] = torch.tensor([[3.0, 0], [0, 3.0], [1.0, 0], [0, 0]])
     is_img = torch.tensor([[True, True, False, False, False, False]])
-    raters = text_raters(emb, is_img, torch.tensor([[True, True, True, True]]))
+    raters = text_raters(emb, is_img, emb[:, 2:], torch.tensor([[True, True, True, True]]))
     assert raters[0].tolist() == [True, False, False, False]
 
 
@@ -146,6 +146,26 @@ def test_batch_equals_per_sample(tiny8, pixels):
         assert_batch_equals_per_sample(tiny8.model, tiny8, pixels)
     finally:
         vlprune.remove(tiny8.model)
+
+
+@torch.no_grad()
+def test_right_padded_batch_equals_per_sample(tiny8, pixels):
+    """Right padding: the raters are each sample's own text tokens (the padding after them is no text), and the
+    logits of every sample's last token are those of the sample alone."""
+    model = tiny8.model
+    batch = tiny8.prompt_ids(QUESTIONS, left_pad=False)
+    assert (batch["attention_mask"][:, -1] == 0).any()
+    vlprune.apply(model, "sparsevlm", 5)
+    try:
+        out = model(**batch, pixel_values=pixels).logits
+        kept = vlprune.last_selection(model).indices
+        ends = batch["attention_mask"].sum(-1) - 1 - (N - _expected_counts(N, 5)[-1])  # the shorter sequence
+        for i, q in enumerate(QUESTIONS):
+            single = model(**tiny8.prompt_ids([q]), pixel_values=pixels[i: i + 1]).logits[0, -1]
+            torch.testing.assert_close(out[i, int(ends[i])], single, rtol=1e-4, atol=1e-4)
+            assert torch.equal(vlprune.last_selection(model).indices[0], kept[i])
+    finally:
+        vlprune.remove(model)
 
 
 @pytest.mark.parametrize("keep", [2, 5, 11])

@@ -63,6 +63,7 @@ class StageInputs:
     positions: torch.Tensor | None = None  # (B, L_cur) renumbered positions after a ``renumber`` stage, else None
     budget: int = 0  # the stage's budget for these rows (keep x images); ``keep`` adds the stage's ``extra`` tokens
     prompt: PromptView | None = None  # the input of decoder layer 0 (the prompt as the LLM received it)
+    columns: torch.Tensor | None = None  # (B, L_cur) the prompt position of each current column (ascending)
 
     def attention(self, query_pos: torch.Tensor) -> torch.Tensor:
         """Recomputed attention probabilities (B, H, q, L_cur) of this layer for the given queries."""
@@ -447,7 +448,7 @@ class LLMPruner:
             layer=layer, hidden=_take_rows(hidden, rows), cos=_take_rows(cos, rows, -3), sin=_take_rows(sin, rows, -3),
             mask=_take_rows(compat.layer_mask(kw), rows), image_pos=_take_rows(self.current.image_pos, rows)[:, : group.count],
             rope=self.rope, n_images=group.n_images, keep=group.keep, positions=_take_rows(self.current.pos, rows),
-            budget=group.budget, prompt=self._prompt_rows(rows),
+            budget=group.budget, prompt=self._prompt_rows(rows), columns=_take_rows(self.current.cols, rows),
         )
 
     def _prompt_rows(self, rows: torch.Tensor | None) -> PromptView | None:

@@ -71,7 +71,8 @@ def test_stage_equals_official(llama, n, retain, layer_idx, monkeypatch):  # noq
         keep = budget + stage.extra(n, budget)
         common = dict(layer=layer, cos=cos, sin=sin, mask=None, image_pos=torch.arange(PRE, PRE + n).unsqueeze(0),
                       rope=_rope(apply), budget=budget, keep=keep,
-                      prompt=PromptView(embeds, is_img, torch.zeros_like(is_img)))
+                      prompt=PromptView(embeds, is_img, torch.zeros_like(is_img)),
+                      columns=torch.arange(length).unsqueeze(0))
         scores = stage.score(StageInputs(hidden=hidden, **common))
         inputs = StageInputs(hidden=out, scores=scores, **common)
         ranking, inputs.aux = stage.select(inputs)

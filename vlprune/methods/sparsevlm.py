@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 from ..llm_pruning import LLMStage, StageInputs
-from ..ops import descending_order, gather_rows
+from ..ops import descending_order, gather_rows, true_first
 from ..registry import register_method
 from .visiondrop import position_order
 
@@ -123,17 +123,17 @@ def recycled_count(pruned: int, cfg: SparseVLMConfig) -> tuple[int, int]:
 
 
 # -- pure functions ------------------------------------------------------------------------------------------------
-def text_raters(embeds: torch.Tensor, is_img: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """§3.2, eq. 1-2: the text raters among the window of the last T columns. ``embeds`` (B, L, D) the LLM input,
-    ``is_img`` (B, L) its visual tokens, ``text`` (B, T) which of the last T columns are text (after the image, not
-    padding). ``m_j = mean_i softmax_j(v_i . t_j)`` over the visual tokens i; raters: ``m_j > mean(m)``. (B, T) bool."""
-    t = embeds[:, -text.shape[1]:].float()
-    logits = (embeds.float() @ t.transpose(1, 2)).masked_fill(~text.unsqueeze(1), float("-inf"))  # (B, L, T)
-    probs = torch.nan_to_num(torch.softmax(logits, dim=-1))
+def text_raters(embeds: torch.Tensor, is_img: torch.Tensor, text: torch.Tensor, valid: torch.Tensor
+                ) -> torch.Tensor:
+    """§3.2, eq. 1-2: which text tokens rate. ``embeds`` (B, L, D) the LLM input, ``is_img`` (B, L) its visual
+    tokens, ``text`` (B, T, D) the candidate text tokens' inputs (the tokens after the image), ``valid`` (B, T) the
+    real ones. ``m_j = mean_i softmax_j(v_i . t_j)`` over the visual tokens i; raters: ``m_j > mean(m)``. (B, T)."""
+    logits = (embeds.float() @ text.float().transpose(1, 2)).masked_fill(~valid.unsqueeze(1), float("-inf"))
+    probs = torch.nan_to_num(torch.softmax(logits, dim=-1))  # (B, L, T)
     w = is_img.float()
     m = (probs * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp(min=1)  # (B, T)
-    mean = (m * text).sum(-1, keepdim=True) / text.sum(-1, keepdim=True).clamp(min=1)
-    return (m > mean) & text
+    mean = (m * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp(min=1)
+    return (m > mean) & valid
 
 
 def rater_scores(probs: torch.Tensor, image_pos: torch.Tensor, raters: torch.Tensor) -> torch.Tensor:
@@ -199,20 +199,20 @@ def recycle(scores: torch.Tensor, features: torch.Tensor, budget: int, cfg: Spar
 
 # -- stages ----------------------------------------------------------------------------------------------------------
 def _window(inputs: StageInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """The text window: (B, T) positions of the last T columns of the current sequence and the raters among them
-    (computed on the prompt: the text tokens sit at the end of the sequence at every layer)."""
+    """The text tokens (after the sample's last visual token, padding excluded) as query rows of the current
+    sequence (B, T), and which of them are raters (B, T) (computed on the prompt; text tokens are never dropped)."""
     pr = inputs.prompt
-    if pr is None:
+    if pr is None or inputs.columns is None:
         raise RuntimeError("SparseVLM needs the LLM input (StageInputs.prompt); run it through vlprune.apply")
-    length = pr.is_img.shape[1]
-    col = torch.arange(length, device=pr.is_img.device)
+    col = torch.arange(pr.is_img.shape[1], device=pr.is_img.device)
     last_img = torch.where(pr.is_img, col, -1).max(dim=1, keepdim=True).values
     text = (col > last_img) & ~pr.pad
     t = max(1, int(text.sum(-1).max()))
-    raters = text_raters(pr.hidden, pr.is_img, text[:, -t:])
-    cur = inputs.hidden.shape[1]
-    pos = torch.arange(cur - t, cur, device=col.device).expand(inputs.hidden.shape[0], t)
-    return pos, raters
+    pos = true_first(text)[:, :t]  # (B, T) prompt positions of the text tokens, then filler
+    valid = torch.gather(text, 1, pos)
+    raters = text_raters(pr.hidden, pr.is_img, gather_rows(pr.hidden, pos), valid)
+    cur = torch.searchsorted(inputs.columns.contiguous(), pos.contiguous()).clamp(max=inputs.columns.shape[1] - 1)
+    return cur, raters
 
 
 def visual_scores(inputs: StageInputs) -> torch.Tensor:
