@@ -566,7 +566,7 @@ def method_options(spec: TestbedSpec) -> dict[str, dict]:
     checkpoint (``vlprune eval`` / ``show`` apply them; ``--set`` overrides). The papers prune after layer 2 of
     32 and VisionDrop after 8/16/24; a pruning layer must lie inside the LLM, so a 2-layer LLM prunes after its
     first layer, and below 4 layers VisionDrop keeps one LLM stage at half depth with the first and last of its
-    official segment ratios."""
+    official segment ratios, and SparseVLM one stage at half depth keeping ``keep`` tokens (plus recycled ones)."""
     from ..methods.visiondrop import VisionDropConfig
 
     options: dict[str, dict] = {}
@@ -577,6 +577,7 @@ def method_options(spec: TestbedSpec) -> dict[str, dict]:
         options["visiondrop"] = {"layer_fractions": [0.5],
                                  "stage_ratios": [vd.stage_ratios[0], vd.stage_ratios[-1]],
                                  "contextual_ratios": [vd.contextual_ratios[0], vd.contextual_ratios[-1]]}
+        options["sparsevlm"] = {"layer_fractions": [0.5], "stage_ratios": [1.0]}  # one stage: keep (+ recycled)
     return options
 
 
