@@ -77,5 +77,5 @@ def check_reachable(name: str, keep: int, least: float, n: int, num_layers: int)
             f"{name}: keep={keep} is below the least layer-averaged count its stages reach on this LLM "
             f"({least:.1f} with {n} visual tokens per image and {num_layers} layers: the layers before the first stage "
             f"see every token); choose keep >= {int(least) + 1}, earlier stages (layer_fractions), or "
-            "budget='last' (keep = the tokens left after the last stage)"
+            "keep_means='last' (keep = the tokens left after the last stage)"
         )

@@ -37,7 +37,7 @@ class PDropConfig:
     layer_fractions: where the stages end, as fractions of the LLM depth (a stage drops right before decoder layer
         ``round(f * num_layers)``, clamped to [1, num_layers - 1]; stages landing on one layer merge). None: the
         paper's 8/16/24 of 32, or 2/8/16 of 32 when the budget is below what 8/16/24 can reach.
-    budget: "average" = ``keep`` is the layer-averaged count (papers; lambda solved); "last" = ``keep`` tokens
+    keep_means: "average" = ``keep`` is the layer-averaged count (papers; lambda solved); "last" = ``keep`` tokens
         per image survive the last stage, lambda = (keep / n) ** (1 / stages) (for very shallow LLMs, where
         layer-averaged budgets below n / 2 cannot be reached).
     positions: "original" = kept tokens keep their positions (works on every family); "official" = as the
@@ -47,7 +47,7 @@ class PDropConfig:
     """
 
     layer_fractions: tuple[float, ...] | None = None
-    budget: Literal["average", "last"] = "average"
+    keep_means: Literal["average", "last"] = "average"
     positions: Literal["original", "official"] = "original"
     n_tokens: int | None = None
 
@@ -56,8 +56,8 @@ class PDropConfig:
             fr = self.layer_fractions = tuple(float(f) for f in self.layer_fractions)
             if not fr or any(not 0.0 < f < 1.0 for f in fr) or any(b <= a for a, b in zip(fr, fr[1:])):
                 raise ValueError(f"layer_fractions must be strictly increasing fractions in (0, 1), got {fr}")
-        if self.budget not in ("average", "last"):
-            raise ValueError(f"budget must be 'average' or 'last', got {self.budget!r}")
+        if self.keep_means not in ("average", "last"):
+            raise ValueError(f"keep_means must be 'average' or 'last', got {self.keep_means!r}")
         if self.positions not in ("original", "official"):
             raise ValueError(f"positions must be 'original' or 'official', got {self.positions!r}")
         if self.n_tokens is not None and (not isinstance(self.n_tokens, int) or self.n_tokens < 1):
@@ -80,7 +80,7 @@ def stage_layers(keep: int, n: int, num_layers: int, cfg: PDropConfig) -> list[i
     if cfg.layer_fractions is not None:
         return ls.distinct(ls.scaled_layers(cfg.layer_fractions, num_layers))
     layers = ls.distinct(ls.scaled_layers(PAPER_FRACTIONS, num_layers))
-    if cfg.budget == "average" and keep < n and keep < _least(layers, n, num_layers):
+    if cfg.keep_means == "average" and keep < n and keep < _least(layers, n, num_layers):
         layers = ls.distinct(ls.scaled_layers(LOW_BUDGET_FRACTIONS, num_layers))
     return layers
 
@@ -99,7 +99,7 @@ def schedule(keep: int, n: int, num_layers: int, cfg: PDropConfig) -> tuple[list
     layers = stage_layers(keep, n, num_layers, cfg)
     if keep >= n:
         return layers, [n] * len(layers), 1.0
-    if cfg.budget == "last":
+    if cfg.keep_means == "last":
         lam = (keep / n) ** (1 / len(layers))
         counts = [max(keep, int(n * lam ** (i + 1))) for i in range(len(layers) - 1)] + [keep]
         return layers, counts, lam
