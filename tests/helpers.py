@@ -27,6 +27,34 @@ def assert_batch_equals_per_sample(model, tiny, pixels):
             torch.testing.assert_close(last_s[0], last_b[i], rtol=1e-4, atol=1e-4)
 
 
+def assert_cached_generate_equals_no_cache(model, inputs, pixels, steps: int = 6) -> list:
+    """A patched model's cached greedy ``generate`` equals a no-cache loop whose in-LLM stages decide on the prompt
+    part only (``decide_on_prompt``): the same tokens, the same stage decisions and kept patches. Returns the
+    pruner's history (prompt positions kept at each stage)."""
+    import vlprune
+    from vlprune.api import _state
+
+    with torch.no_grad():
+        cached = model.generate(**inputs, pixel_values=pixels, max_new_tokens=steps, do_sample=False,
+                                min_new_tokens=steps)
+        kept_cached = [t.clone() for t in vlprune.last_selection(model).indices]
+        history = [h.clone() for h in _state(model).pruner.history]
+        extra = [0]
+        decide_on_prompt(model, extra)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        for _ in range(steps):
+            extra[0] = ids.shape[1] - inputs["input_ids"].shape[1]
+            out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, use_cache=False)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], 1)
+            mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+            assert all(torch.equal(a, b) for a, b in zip(history, _state(model).pruner.history))
+    assert torch.equal(cached, ids)
+    for a, b in zip(kept_cached, vlprune.last_selection(model).indices):
+        assert torch.equal(a, b)
+    return history
+
+
 def append_tokens(inputs: dict, nxt: torch.Tensor) -> None:
     """Append the next tokens ``nxt`` (B, 1) to a no-cache loop's inputs (ids, mask, Qwen's mm_token_type_ids)."""
     inputs["input_ids"] = torch.cat([inputs["input_ids"], nxt], 1)

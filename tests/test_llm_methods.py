@@ -12,8 +12,7 @@ import pytest
 import torch
 
 import vlprune
-from helpers import QUESTIONS, assert_batch_equals_per_sample, decide_on_prompt, logits
-from vlprune.api import _state
+from helpers import QUESTIONS, assert_batch_equals_per_sample, assert_cached_generate_equals_no_cache, logits
 from vlprune.llm_pruning import LLMPruner, LLMStage
 from vlprune.methods.asap import ASAPConfig, FastVBiMaskConfig, consolidate, minmax
 from vlprune.methods.visiondrop import (
@@ -52,25 +51,7 @@ def test_cached_generate_equals_no_cache_reference(tiny8, pixels, method):
     inputs = tiny8.prompt_ids(QUESTIONS, left_pad=True)
     assert (inputs["attention_mask"][:, 0] == 0).any(), "the batch must be left-padded"
     vlprune.apply(model, method, 5)
-    steps = 6
-    with torch.no_grad():
-        cached = model.generate(**inputs, pixel_values=pixels, max_new_tokens=steps, do_sample=False,
-                                min_new_tokens=steps)
-        kept_cached = [t.clone() for t in vlprune.last_selection(model).indices]
-        history = [h.clone() for h in _state(model).pruner.history]
-        extra = [0]
-        decide_on_prompt(model, extra)
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        for _ in range(steps):
-            extra[0] = ids.shape[1] - inputs["input_ids"].shape[1]
-            out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, use_cache=False)
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, nxt], 1)
-            mask = torch.cat([mask, torch.ones_like(nxt)], 1)
-            assert all(torch.equal(a, b) for a, b in zip(history, _state(model).pruner.history))
-    assert torch.equal(cached, ids)
-    for a, b in zip(kept_cached, vlprune.last_selection(model).indices):
-        assert torch.equal(a, b)
+    assert_cached_generate_equals_no_cache(model, inputs, pixels)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vlprune
-from helpers import QUESTIONS, assert_batch_equals_per_sample, decide_on_prompt, logits
+from helpers import QUESTIONS, assert_batch_equals_per_sample, assert_cached_generate_equals_no_cache, logits
+from test_llm_methods import LAYERS, N, _clean, _tokens_per_layer, tiny8  # noqa: F401 (fixtures)
 from test_ragged_batches import _generate, _rows, _scheduled, _visible_visual, assert_generate_equals_no_cache_loop
 from vlprune.api import _state
 from vlprune.flops import tokens_per_layer
@@ -18,7 +19,6 @@ from vlprune.methods.pdrop import PDropConfig, schedule as pdrop_schedule
 from vlprune.methods.v2drop import V2DropConfig, official_counts, schedule as v2drop_schedule, variation
 from vlprune.presets import get_preset
 
-N, LAYERS = 16, 8  # the tiny LLaVA-1.5: visual tokens per image, decoder layers
 CASES = {"pdrop": ("pdrop", {}), "pdrop-official": ("pdrop", {"positions": "official"}), "v2drop": ("v2drop", {}),
          "v2drop-cosine": ("v2drop", {"metric": "cosine"})}
 
@@ -123,20 +123,7 @@ def test_flops_count_layer_by_layer():
             assert abs(sum(tokens_per_layer(method, keep, shape)) / 32 - keep) < 4  # V2Drop paper: 66.7/131/193.8
 
 
-# -- the correctness matrix on the tiny LLaVA-1.5 ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny8():
-    from vlprune.testing import tiny_llava
-
-    return tiny_llava(seed=0, grid=4, layers=LAYERS)
-
-
-@pytest.fixture(autouse=True)
-def _clean(tiny8):
-    yield
-    vlprune.remove(tiny8.model)
-
-
+# -- the correctness matrix on the tiny LLaVA-1.5 (its fixtures: tests/test_llm_methods.py) -------------------------
 @pytest.mark.parametrize("case", CASES)
 def test_full_budget_reproduces_unpatched_model_and_remove_is_exact(tiny8, pixels, case):
     method, opts = CASES[case]
@@ -157,25 +144,10 @@ def test_full_budget_reproduces_unpatched_model_and_remove_is_exact(tiny8, pixel
 @pytest.mark.parametrize("case", CASES)
 def test_cached_generate_equals_no_cache_reference(tiny8, pixels, case):
     method, opts = CASES[case]
-    model = tiny8.model
     inputs = tiny8.prompt_ids(QUESTIONS, left_pad=True)
     assert (inputs["attention_mask"][:, 0] == 0).any(), "the batch must be left-padded"
-    vlprune.apply(model, method, 5, **opts)
-    steps = 6
-    with torch.no_grad():
-        cached = model.generate(**inputs, pixel_values=pixels, max_new_tokens=steps, do_sample=False,
-                                min_new_tokens=steps)
-        history = [h.clone() for h in _state(model).pruner.history]
-        extra = [0]
-        decide_on_prompt(model, extra)
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        for _ in range(steps):
-            extra[0] = ids.shape[1] - inputs["input_ids"].shape[1]
-            out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, use_cache=False)
-            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
-            ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
-            assert all(torch.equal(a, b) for a, b in zip(history, _state(model).pruner.history))
-    assert len(history) == 3 and torch.equal(cached, ids)
+    vlprune.apply(tiny8.model, method, 5, **opts)
+    assert len(assert_cached_generate_equals_no_cache(tiny8.model, inputs, pixels)) == 3
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -183,20 +155,6 @@ def test_batch_equals_per_sample(tiny8, pixels, case):
     method, opts = CASES[case]
     vlprune.apply(tiny8.model, method, 5, **opts)
     assert_batch_equals_per_sample(tiny8.model, tiny8, pixels)
-
-
-def _tokens_per_layer(model, inputs, pixels):
-    seen = {}
-    handles = [layer.register_forward_pre_hook(
-        lambda m, a, kw, i=i: seen.__setitem__(i, (a[0] if a else kw["hidden_states"]).shape[1]), with_kwargs=True)
-        for i, layer in enumerate(model.model.language_model.layers)]
-    try:
-        with torch.no_grad():
-            model(**inputs, pixel_values=pixels)
-    finally:
-        for h in handles:
-            h.remove()
-    return [seen[i] for i in range(LAYERS)]
 
 
 @pytest.mark.parametrize("method", ["pdrop", "v2drop"])

@@ -98,6 +98,24 @@ def _official_forward(model, embeds, apply, n, layer_list, ratio_list):
     return model.norm(hidden), kept
 
 
+def run_pruned(model, stages, embeds, start, n):
+    """vlprune's stages on a bare LlamaModel (visual tokens at ``start .. start + n``): the last hidden states and
+    the prompt positions kept at every stage."""
+    pruner = LLMPruner(model.layers, stages, compat.rope_function(model.layers[0].self_attn))
+    try:
+        image = torch.zeros(1, embeds.shape[1], dtype=torch.bool)
+        image[:, start: start + n] = True
+        pruner.begin_prefill(image, [1])
+        got = model(inputs_embeds=embeds, use_cache=False).last_hidden_state
+    finally:
+        pruner.remove()
+    return got, [h[0].tolist() for h in pruner.history]
+
+
+def draw_embeds(length: int):
+    return lambda seed: (torch.randn(1, length, 32, generator=torch.Generator().manual_seed(seed)),)
+
+
 def test_official_schedule_forward_equals_official_loop():
     """keep=270 on 576 tokens and 32 layers is the official default (8/16/24, lambda 0.5): with positions='official'
     the kept patches of every stage and the last hidden states equal the official loop's."""
@@ -108,19 +126,9 @@ def test_official_schedule_forward_equals_official_loop():
     layers, counts, lam = pdrop.schedule(270, n, 32, cfg)
     assert (layers, counts) == ([8, 16, 24], [288, 144, 72]) and abs(lam - 0.5) < 1e-12
 
-    def draw(seed):
-        return (torch.randn(1, length, 32, generator=torch.Generator().manual_seed(seed)),)
-
     with torch.no_grad():
         (embeds,), (want, want_kept) = run_tie_free(
-            draw, lambda e: _official_forward(model, e, apply, n, [8, 16, 24], [1.0, 0.5, 0.25, 0.125]))
-        pruner = LLMPruner(model.layers, pdrop.plan(270, 32, cfg, n), compat.rope_function(model.layers[0].self_attn))
-        try:
-            image = torch.zeros(1, length, dtype=torch.bool)
-            image[:, PRE: PRE + n] = True
-            pruner.begin_prefill(image, [1])
-            got = model(inputs_embeds=embeds, use_cache=False).last_hidden_state
-        finally:
-            pruner.remove()
-    assert [h[0].tolist() for h in pruner.history] == [k.tolist() for k in want_kept]
+            draw_embeds(length), lambda e: _official_forward(model, e, apply, n, [8, 16, 24], [1.0, 0.5, 0.25, 0.125]))
+        got, kept = run_pruned(model, pdrop.plan(270, 32, cfg, n), embeds, PRE, n)
+    assert kept == [k.tolist() for k in want_kept]
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)

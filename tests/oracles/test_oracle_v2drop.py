@@ -6,12 +6,10 @@ from types import SimpleNamespace
 
 import torch
 
-from vlprune import compat
-from vlprune.llm_pruning import LLMPruner
 from vlprune.methods import v2drop
 
 from .sources import run_tie_free
-from .test_oracle_pdrop import _llama
+from .test_oracle_pdrop import _llama, draw_embeds, run_pruned
 from .v2drop_official import v2drop_step
 
 PRE, N, POST = 35, 576, 9
@@ -37,19 +35,9 @@ def test_official_loop_equals_vlprune():
     stages = v2drop.plan(100, 32, cfg, N)  # keep_ratios fix the counts; the budget is not used
     assert [(s.layer, s.keep, s.scored_at) for s in stages] == [(3, 288, 2), (17, 144, 16), (22, 1, 21)]
 
-    def draw(seed):
-        return (torch.randn(1, length, 32, generator=torch.Generator().manual_seed(seed)),)
-
     with torch.no_grad():
-        (embeds,), (want, want_kept) = run_tie_free(draw, lambda e: _official_forward(model, e))
-        pruner = LLMPruner(model.layers, stages, compat.rope_function(model.layers[0].self_attn))
-        try:
-            image = torch.zeros(1, length, dtype=torch.bool)
-            image[:, PRE: PRE + N] = True
-            pruner.begin_prefill(image, [1])
-            got = model(inputs_embeds=embeds, use_cache=False).last_hidden_state
-        finally:
-            pruner.remove()
+        (embeds,), (want, want_kept) = run_tie_free(draw_embeds(length), lambda e: _official_forward(model, e))
+        got, kept = run_pruned(model, stages, embeds, PRE, N)
     assert [len(k) for k in want_kept] == [288, 144, 1]
-    assert [h[0].tolist() for h in pruner.history] == [k.tolist() for k in want_kept]
+    assert kept == [k.tolist() for k in want_kept]
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
