@@ -48,8 +48,9 @@ def test_v2drop_paper_budgets_and_generic_mapping():
     assert v2drop_schedule(128, 576, 32, cfg) == ([3, 17, 22], [161, 40, 1])
     assert v2drop_schedule(64, 576, 32, cfg) == ([3, 17, 22], [28, 1, 1])
     assert official_counts(576, (0.5, 0.5, 0.0)) == [288, 144, 1]  # the released code's constants
-    with pytest.raises(ValueError, match="raise final_keep"):
-        v2drop_schedule(400, 576, 32, cfg)  # the last stage's single token caps the average at 396.3
+    with pytest.raises(ValueError, match="raise final_keep"):  # one token at the last stage: average <= 396.3
+        v2drop_schedule(400, 576, 32, V2DropConfig(keep_means="average"))
+    assert v2drop_schedule(400, 576, 32, cfg)[1][-1] == 400  # "auto": keep counted after the last stage
     assert v2drop_schedule(400, 576, 32, V2DropConfig(final_keep=16))[1][-1] == 16
     for keep in (100, 150, 250, 390):
         layers, counts = v2drop_schedule(keep, 576, 32, cfg)
@@ -65,11 +66,14 @@ def test_depth_scaling_and_shallow_llms():
     assert ls.scaled_layers((3 / 32, 17 / 32, 22 / 32), 2) == [1, 1, 1]  # one possible stage: they merge
     # the 2-layer testbed (144 tokens): layer-averaged budgets below 72.5 are out of reach
     with pytest.raises(ValueError, match="keep >= 73.*keep_means='last'"):
-        pdrop_schedule(16, 144, 2, PDropConfig())
+        pdrop_schedule(16, 144, 2, PDropConfig(keep_means="average"))
     with pytest.raises(ValueError, match="keep >= 73"):
-        v2drop_schedule(48, 144, 2, V2DropConfig())
-    assert pdrop_schedule(16, 144, 2, PDropConfig(keep_means="last"))[:2] == ([1], [16])
-    assert v2drop_schedule(16, 144, 2, V2DropConfig(keep_means="last")) == ([1], [16])
+        v2drop_schedule(48, 144, 2, V2DropConfig(keep_means="average"))
+    for keep in (16, 32, 48):  # the testbed's budgets: "auto" counts them after the single stage
+        assert pdrop_schedule(keep, 144, 2, PDropConfig())[:2] == ([1], [keep])
+        assert pdrop_schedule(keep, 144, 2, PDropConfig(keep_means="last"))[:2] == ([1], [keep])
+        assert v2drop_schedule(keep, 144, 2, V2DropConfig()) == ([1], [keep])
+        assert v2drop_schedule(keep, 144, 2, V2DropConfig(keep_means="last")) == ([1], [keep])
     assert v2drop_schedule(100, 144, 2, V2DropConfig()) == ([1], [56])  # (144 + 56) / 2
     layers, counts, _ = pdrop_schedule(9, 144, 8, PDropConfig(keep_means="last"))
     assert layers == [2, 4, 6] and counts[-1] == 9 and counts == sorted(counts, reverse=True)
@@ -186,7 +190,7 @@ def test_static_cache_is_refused(tiny8, pixels):
 
 def test_official_positions_refuse_ragged_batches(next_t):
     batch, _ = _rows(next_t, "multi")
-    vlprune.apply(next_t.model, "pdrop", 5, positions="official", keep_means="last")
+    vlprune.apply(next_t.model, "pdrop", 5, positions="official")
     try:
         with pytest.raises(NotImplementedError, match="positions='original'"):
             with torch.no_grad():
@@ -196,7 +200,7 @@ def test_official_positions_refuse_ragged_batches(next_t):
 
 
 # -- LLaVA-NeXT and Qwen2.5-VL: ragged batches ----------------------------------------------------------------------
-RAGGED = {"pdrop": ("pdrop", {"keep_means": "last"}, 5), "v2drop": ("v2drop", {"keep_means": "last"}, 5),
+RAGGED = {"pdrop": ("pdrop", {}, 5), "v2drop": ("v2drop", {"keep_means": "last"}, 5),
           "pdrop-avg": ("pdrop", {"n_tokens": 20}, 8)}
 
 

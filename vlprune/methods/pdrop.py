@@ -37,9 +37,10 @@ class PDropConfig:
     layer_fractions: where the stages end, as fractions of the LLM depth (a stage drops right before decoder layer
         ``round(f * num_layers)``, clamped to [1, num_layers - 1]; stages landing on one layer merge). None: the
         paper's 8/16/24 of 32, or 2/8/16 of 32 when the budget is below what 8/16/24 can reach.
-    keep_means: "average" = ``keep`` is the layer-averaged count (papers; lambda solved); "last" = ``keep`` tokens
-        per image survive the last stage, lambda = (keep / n) ** (1 / stages) (for very shallow LLMs, where
-        layer-averaged budgets below n / 2 cannot be reached).
+    keep_means: "average" = ``keep`` is the layer-averaged count (papers; lambda solved; an unreachable budget is
+        an error); "last" = ``keep`` tokens per image survive the last stage, lambda = (keep / n) ** (1 / stages);
+        "auto" = "average" where the stages can reach it, else "last" (shallow LLMs: a 2-layer LLM cannot average
+        below (n + 1) / 2; large ``n`` with a small ``keep``).
     positions: "original" = kept tokens keep their positions (works on every family); "official" = as the
         official code, the sequence is renumbered 0..L'-1 after each stage (one image per sample, 1-D RoPE).
     n_tokens: visual tokens per image the schedule is built for; None: the model's (LLaVA-1.5: 576). Set it on
@@ -47,7 +48,7 @@ class PDropConfig:
     """
 
     layer_fractions: tuple[float, ...] | None = None
-    keep_means: Literal["average", "last"] = "average"
+    keep_means: Literal["auto", "average", "last"] = "auto"
     positions: Literal["original", "official"] = "original"
     n_tokens: int | None = None
 
@@ -56,8 +57,8 @@ class PDropConfig:
             fr = self.layer_fractions = tuple(float(f) for f in self.layer_fractions)
             if not fr or any(not 0.0 < f < 1.0 for f in fr) or any(b <= a for a, b in zip(fr, fr[1:])):
                 raise ValueError(f"layer_fractions must be strictly increasing fractions in (0, 1), got {fr}")
-        if self.keep_means not in ("average", "last"):
-            raise ValueError(f"keep_means must be 'average' or 'last', got {self.keep_means!r}")
+        if self.keep_means not in ("auto", "average", "last"):
+            raise ValueError(f"keep_means must be 'auto', 'average' or 'last', got {self.keep_means!r}")
         if self.positions not in ("original", "official"):
             raise ValueError(f"positions must be 'original' or 'official', got {self.positions!r}")
         if self.n_tokens is not None and (not isinstance(self.n_tokens, int) or self.n_tokens < 1):
@@ -75,31 +76,41 @@ def _least(layers: list[int], n: int, num_layers: int) -> float:
     return ls.layer_average(layers, [1] * len(layers), n, num_layers)
 
 
-def stage_layers(keep: int, n: int, num_layers: int, cfg: PDropConfig) -> list[int]:
-    """The distinct stage layers: ``cfg.layer_fractions``, or 8/16/24 of 32 (2/8/16 for budgets below their reach)."""
+def stage_layers(keep: int, n: int, num_layers: int, cfg: PDropConfig) -> tuple[list[int], str]:
+    """The distinct stage layers and what ``keep`` means there ("average" or "last").
+
+    Layers: ``cfg.layer_fractions``, or 8/16/24 of 32, or 2/8/16 of 32 for layer-averaged budgets below the reach
+    of 8/16/24. ``keep_means="auto"``: "average" when some schedule on these layers reaches ``keep``, else "last".
+    """
+    mode = cfg.keep_means
     if cfg.layer_fractions is not None:
-        return ls.distinct(ls.scaled_layers(cfg.layer_fractions, num_layers))
-    layers = ls.distinct(ls.scaled_layers(PAPER_FRACTIONS, num_layers))
-    if cfg.keep_means == "average" and keep < n and keep < _least(layers, n, num_layers):
-        layers = ls.distinct(ls.scaled_layers(LOW_BUDGET_FRACTIONS, num_layers))
-    return layers
+        layers = ls.distinct(ls.scaled_layers(cfg.layer_fractions, num_layers))
+    else:
+        layers = ls.distinct(ls.scaled_layers(PAPER_FRACTIONS, num_layers))
+        if mode != "last" and keep < n and keep < _least(layers, n, num_layers):
+            low = ls.distinct(ls.scaled_layers(LOW_BUDGET_FRACTIONS, num_layers))
+            if mode == "average" or keep >= _least(low, n, num_layers):
+                layers = low
+    if mode == "auto":
+        mode = "average" if keep >= _least(layers, n, num_layers) else "last"
+    return layers, mode
 
 
 def schedule(keep: int, n: int, num_layers: int, cfg: PDropConfig) -> tuple[list[int], list[int], float]:
     """Map the budget to ``(layers, counts, lam)``: ``counts[i]`` tokens per image from decoder layer ``layers[i]``.
 
-    "average": ``lam`` solves ``pyramid_average(lam) == keep``; the counts ``n * lam**(i+1)`` are rounded down and
-    topped up (largest remainder, non-increasing) so that ``layer_average == keep`` whenever the segment lengths
-    allow (always with 8/16/24 of 32: 8-layer segments). Examples on 576 tokens, 32 layers: 270 -> lam 0.5,
-    288/144/72 (official default); 192 -> layers 8/16/24, 147/38/9; 128 -> layers 2/8/16, 243/103/43;
-    64 -> layers 2/8/16, 109/21/4 (lam ~0.19, issue #29). "last": ``counts[-1] == keep``.
+    "average": ``lam`` solves ``pyramid_average(lam) == keep``; the counts ``n * lam**(i+1)`` are made integers
+    (:func:`layer_schedule.fit_counts`) so that ``layer_average == keep`` whenever the segment lengths allow
+    (always with 8/16/24 of 32: 8-layer segments). Examples on 576 tokens, 32 layers: 270 -> lam 0.5, 288/144/72
+    (official default); 192 -> layers 8/16/24, 146/37/9; 128 -> layers 2/8/16, 240/102/43; 64 -> layers 2/8/16,
+    112/20/4 (lam 0.19, issue #29). "last": ``lam = (keep / n) ** (1 / stages)``, ``counts[-1] == keep``.
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    layers = stage_layers(keep, n, num_layers, cfg)
+    layers, mode = stage_layers(keep, n, num_layers, cfg)
     if keep >= n:
         return layers, [n] * len(layers), 1.0
-    if cfg.keep_means == "last":
+    if mode == "last":
         lam = (keep / n) ** (1 / len(layers))
         counts = [max(keep, int(n * lam ** (i + 1))) for i in range(len(layers) - 1)] + [keep]
         return layers, counts, lam

@@ -43,8 +43,9 @@ class V2DropConfig:
         count = max(1, int(count * ratio))); None: derived from ``keep`` (:func:`schedule`).
     final_keep: tokens per image the last stage keeps when ``keep_ratios`` is None (official: 100 % dropped,
         i.e. max(1, 0) = 1).
-    keep_means: "average" = ``keep`` is the layer-averaged count (paper); "last" = ``keep`` tokens per image survive
-        the last stage, earlier stages keep ``n * r**i`` with r = (keep / n) ** (1 / stages) (shallow LLMs).
+    keep_means: "average" = ``keep`` is the layer-averaged count (paper; unreachable budgets are errors); "last" =
+        ``keep`` tokens per image survive the last stage, earlier stages keep ``n * r**i`` with
+        r = (keep / n) ** (1 / stages); "auto" = "average" where the stages can reach it, else "last".
     metric: "l2" = ||h_l - h_(l-1)|| (official); "cosine" = 1 - cos(h_l, h_(l-1)).
     n_tokens: visual tokens per image the schedule is built for; None: the model's (LLaVA-1.5: 576).
     """
@@ -52,7 +53,7 @@ class V2DropConfig:
     layer_fractions: tuple[float, ...] = PAPER_FRACTIONS
     keep_ratios: tuple[float, ...] | None = None
     final_keep: int = 1
-    keep_means: Literal["average", "last"] = "average"
+    keep_means: Literal["auto", "average", "last"] = "auto"
     metric: Literal["l2", "cosine"] = "l2"
     n_tokens: int | None = None
 
@@ -66,8 +67,8 @@ class V2DropConfig:
                 raise ValueError(f"keep_ratios needs {len(fr)} ratios in [0, 1] (one per stage), got {self.keep_ratios}")
         if not isinstance(self.final_keep, int) or self.final_keep < 1:
             raise ValueError(f"final_keep must be a positive int (tokens per image), got {self.final_keep!r}")
-        if self.keep_means not in ("average", "last"):
-            raise ValueError(f"keep_means must be 'average' or 'last', got {self.keep_means!r}")
+        if self.keep_means not in ("auto", "average", "last"):
+            raise ValueError(f"keep_means must be 'auto', 'average' or 'last', got {self.keep_means!r}")
         if self.metric not in ("l2", "cosine"):
             raise ValueError(f"metric must be 'l2' or 'cosine', got {self.metric!r}")
         if self.n_tokens is not None and (not isinstance(self.n_tokens, int) or self.n_tokens < 1):
@@ -105,26 +106,30 @@ def schedule(keep: int, n: int, num_layers: int, cfg: V2DropConfig) -> tuple[lis
     the paper's ratios (averages 66.7/131.0/193.8: 28/1/1, 161/40/1, 288/86/1). Otherwise ("average") every stage
     but the last keeps ``n * r**i`` with one ratio ``r`` and the last keeps ``final_keep``, ``r`` solved and the
     counts fitted (:func:`layer_schedule.fit_counts`) so that the layer average is ``keep`` where the segment
-    lengths allow; with a single stage (2-layer LLMs) its count is the budget's. "last": ``counts[-1] == keep``.
+    lengths allow; with a single stage (2-layer LLMs) its count is the budget's. "last": ``counts[-1] == keep``;
+    "auto": "average" between the least and the most average the stages reach, else "last".
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     raw = ls.scaled_layers(cfg.layer_fractions, num_layers)
     if cfg.keep_ratios is not None:
         return merge_stages(raw, official_counts(n, cfg.keep_ratios))
-    paper = (n, num_layers, cfg.layer_fractions, cfg.keep_means) == (PAPER_TOKENS, PAPER_LAYERS, PAPER_FRACTIONS, "average")
-    if paper and keep in PAPER_KEEP_RATIOS and cfg.final_keep == 1:
+    paper = (n, num_layers, cfg.layer_fractions) == (PAPER_TOKENS, PAPER_LAYERS, PAPER_FRACTIONS)
+    if paper and cfg.keep_means != "last" and keep in PAPER_KEEP_RATIOS and cfg.final_keep == 1:
         return merge_stages(raw, official_counts(n, PAPER_KEEP_RATIOS[keep]))
     layers = ls.distinct(raw)
     if keep >= n:
         return layers, [n] * len(layers)
-    if cfg.keep_means == "last":
-        r = (keep / n) ** (1 / len(layers))
-        return layers, [max(keep, int(n * r ** (i + 1))) for i in range(len(layers) - 1)] + [keep]
     final = min(cfg.final_keep, keep)
     least = ls.layer_average(layers, [1] * (len(layers) - 1) + [final], n, num_layers)
-    ls.check_reachable("V2Drop", keep, least, n, num_layers)
     most = ls.layer_average(layers, [n] * (len(layers) - 1) + [final], n, num_layers) if len(layers) > 1 else n
+    mode = cfg.keep_means
+    if mode == "auto":
+        mode = "average" if least <= keep <= most else "last"
+    if mode == "last":
+        r = (keep / n) ** (1 / len(layers))
+        return layers, [max(keep, int(n * r ** (i + 1))) for i in range(len(layers) - 1)] + [keep]
+    ls.check_reachable("V2Drop", keep, least, n, num_layers)
     if keep > most:
         raise ValueError(
             f"V2Drop: keep={keep} is above the most its stages reach while the last keeps final_keep={final} token(s) "
