@@ -2,8 +2,8 @@
 Visual Redundancy Reduction").
 
 The LLM is cut into stages; at the end of each stage the visual tokens are ranked by the attention the LAST
-INSTRUCTION TOKEN pays them and only ``lambda`` of them go on, so stage s keeps ``n * lambda**s`` tokens (paper
-eq. 2-3; official: after layers 8, 16, 24 of 32 with ratios 0.5/0.25/0.125 of the image's tokens). As the
+INSTRUCTION TOKEN pays them and only ``lambda`` of them go on, so stage s keeps ``n * lambda**s`` tokens
+(official: after layers 8, 16, 24 of 32 with ratios 0.5/0.25/0.125 of the image's tokens). As the
 official ``pdrop_rank_drop``: the score of a stage is recomputed with the NEXT layer's ``input_layernorm``,
 ``q_proj``/``k_proj`` and RoPE on that layer's input (``score_layer == layer``), softmax over every visible key,
 head mean, the image's key columns; top-k, kept in order.
@@ -67,7 +67,7 @@ class PDropConfig:
 
 # -- the budget -> schedule mapping ---------------------------------------------------------------------------
 def pyramid_average(lam: float, layers: list[int], n: int, num_layers: int) -> float:
-    """Eq. 3: layer-averaged tokens of the pyramid ``n, n*lam, n*lam**2, ...`` (continuous counts)."""
+    """Layer-averaged tokens of the pyramid ``n, n*lam, n*lam**2, ...`` (continuous counts)."""
     lengths = ls.segments(layers, num_layers)
     return (layers[0] * n + sum(s * n * lam ** (i + 1) for i, s in enumerate(lengths))) / num_layers
 
@@ -123,7 +123,7 @@ def schedule(keep: int, n: int, num_layers: int, cfg: PDropConfig) -> tuple[list
 
 # -- stages -------------------------------------------------------------------------------------------------------
 def instruction_scores(inputs: StageInputs) -> torch.Tensor:
-    """Eq. 4-5 (official ``pdrop_rank_drop``, inference): attention of the last instruction token (the last prompt
+    """The official ``pdrop_rank_drop`` score (inference): attention of the last instruction token (the last prompt
     token) to each surviving visual token, this layer's q/k with RoPE, softmax over every visible key, head mean:
     (B, n_img)."""
     return last_token_scores(inputs)
