@@ -50,7 +50,8 @@ def test_v2drop_paper_budgets_and_generic_mapping():
     assert official_counts(576, (0.5, 0.5, 0.0)) == [288, 144, 1]  # the released code's constants
     with pytest.raises(ValueError, match="raise final_keep"):  # one token at the last stage: average <= 396.3
         v2drop_schedule(400, 576, 32, V2DropConfig(keep_means="average"))
-    assert v2drop_schedule(400, 576, 32, cfg)[1][-1] == 400  # "auto": keep counted after the last stage
+    with pytest.warns(UserWarning, match="V2Drop: keep=400 is not a reachable average.*after the last stage"):
+        assert v2drop_schedule(400, 576, 32, cfg)[1][-1] == 400  # "auto": keep counted after the last stage
     assert v2drop_schedule(400, 576, 32, V2DropConfig(final_keep=16))[1][-1] == 16
     for keep in (100, 150, 250, 390):
         layers, counts = v2drop_schedule(keep, 576, 32, cfg)
@@ -70,9 +71,11 @@ def test_depth_scaling_and_shallow_llms():
     with pytest.raises(ValueError, match="keep >= 73"):
         v2drop_schedule(48, 144, 2, V2DropConfig(keep_means="average"))
     for keep in (16, 32, 48):  # the testbed's budgets: "auto" counts them after the single stage
-        assert pdrop_schedule(keep, 144, 2, PDropConfig())[:2] == ([1], [keep])
+        with pytest.warns(UserWarning, match="PyramidDrop: keep=.* counts it after the last stage"):
+            assert pdrop_schedule(keep, 144, 2, PDropConfig())[:2] == ([1], [keep])
         assert pdrop_schedule(keep, 144, 2, PDropConfig(keep_means="last"))[:2] == ([1], [keep])
-        assert v2drop_schedule(keep, 144, 2, V2DropConfig()) == ([1], [keep])
+        with pytest.warns(UserWarning, match="V2Drop"):
+            assert v2drop_schedule(keep, 144, 2, V2DropConfig()) == ([1], [keep])
         assert v2drop_schedule(keep, 144, 2, V2DropConfig(keep_means="last")) == ([1], [keep])
     assert v2drop_schedule(100, 144, 2, V2DropConfig()) == ([1], [56])  # (144 + 56) / 2
     layers, counts, _ = pdrop_schedule(9, 144, 8, PDropConfig(keep_means="last"))

@@ -9,6 +9,7 @@ the next stage (or the end): the "average number of visual tokens" the papers re
 """
 from __future__ import annotations
 
+import warnings
 from itertools import product
 from typing import Callable
 
@@ -79,3 +80,14 @@ def check_reachable(name: str, keep: int, least: float, n: int, num_layers: int)
             f"see every token); choose keep >= {int(least) + 1}, earlier stages (layer_fractions), or "
             "keep_means='last' (keep = the tokens left after the last stage)"
         )
+
+
+def warn_counts_after_last(name: str, keep: int, n: int, num_layers: int) -> None:
+    """``keep_means="auto"`` fell back to "last": say so once, since ``keep`` then is not a layer average."""
+    warnings.warn(
+        f"{name}: keep={keep} is not a reachable average over {num_layers} LLM layers with {n} visual tokens; "
+        f"keep_means='auto' counts it after the last stage instead (set keep_means='last' to silence this, or "
+        f"'average' to get an error)",
+        UserWarning,
+        stacklevel=3,
+    )

@@ -93,6 +93,8 @@ def stage_layers(keep: int, n: int, num_layers: int, cfg: PDropConfig) -> tuple[
                 layers = low
     if mode == "auto":
         mode = "average" if keep >= _least(layers, n, num_layers) else "last"
+        if mode == "last" and keep < n:
+            ls.warn_counts_after_last("PyramidDrop", keep, n, num_layers)
     return layers, mode
 
 

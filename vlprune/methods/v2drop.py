@@ -126,6 +126,8 @@ def schedule(keep: int, n: int, num_layers: int, cfg: V2DropConfig) -> tuple[lis
     mode = cfg.keep_means
     if mode == "auto":
         mode = "average" if least <= keep <= most else "last"
+        if mode == "last":
+            ls.warn_counts_after_last("V2Drop", keep, n, num_layers)
     if mode == "last":
         r = (keep / n) ** (1 / len(layers))
         return layers, [max(keep, int(n * r ** (i + 1))) for i in range(len(layers) - 1)] + [keep]
