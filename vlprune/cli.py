@@ -109,6 +109,9 @@ def eval_command(
     option: Optional[list[str]] = typer.Option(None, "--set", help="Method option, e.g. --set desap.task_ratio=0.75 (repeatable)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Results JSON, rewritten after every row; a rerun "
                                              "with the same configuration resumes from it (testbed)."),
+    match_flops: bool = typer.Option(False, "--match-flops", help="Testbed: run each in-LLM method (FastV, ASAP, "
+                                     "VisionDrop, ...) at the budget whose LLM FLOPs equal an encoder-side "
+                                     "method's at --keep (shown as keep->effective)."),
 ) -> None:
     """Accuracy (testbed: per question family, object recall) or the benchmark's official score, % of full, FLOPs.
 
@@ -173,7 +176,8 @@ def eval_command(
     samples = load_split(split, limit, seed)
     record = ReportFile(json_path, {"model": model, "weights": fingerprint(resolve_model(model)), "bench": bench,
                                     "split": split, "seed": seed, "n": len(samples), "dtype": str(torch_dtype),
-                                    "batch_size": batch_size, "clip": clip}, fresh=fresh)
+                                    "batch_size": batch_size, "clip": clip,
+                                    **({"match_flops": True} if match_flops else {})}, fresh=fresh)
     if record.previous:
         console.print(f"[dim]resuming from {json_path}: finished rows of the same configuration are reused "
                       "(--fresh starts over)[/dim]")
@@ -185,7 +189,8 @@ def eval_command(
         def progress(label: str, n: int) -> None:
             bar.update(task, advance=n, description=label)
 
-        report = evaluate(loaded, samples, names, keeps, batch_size, progress, options=options, record=record)
+        report = evaluate(loaded, samples, names, keeps, batch_size, progress, options=options, record=record,
+                          match_flops=match_flops)
     report.update({"bench": bench, "split": split, "seed": seed, "options": options})
     print_report(report)
     record.write(report, complete=True)
@@ -218,9 +223,13 @@ def print_report(report: dict) -> None:
                   f"{100 * full['accuracy']:.1f}", "100.0", "1.00", f"{full['tflops']:.3g}")
     for r in report["results"]:
         rec = "-" if r["object_recall"] is None else f"{r['object_recall']:.2f}"
-        table.add_row(r["method"], str(r["keep"]), *(f"{100 * r['per_family'].get(f, 0):.1f}" for f in fams),
+        keep = f"{r['keep']}->{r['effective_keep']}" if "effective_keep" in r else str(r["keep"])
+        table.add_row(r["method"], keep, *(f"{100 * r['per_family'].get(f, 0):.1f}" for f in fams),
                       f"{100 * r['accuracy']:.1f}", f"{100 * r['relative']:.1f}", rec, f"{r['tflops']:.3g}")
     console.print(table)
+    for u in report.get("unmatched", []):
+        console.print(f"{u['method']}@{u['keep']}: not run, no budget matches {u['target_tflops']:.3g} TFLOPs "
+                      f"(its floor, keep 1: {u['min_tflops']:.3g}; its unpruned layers alone cost more)")
 
 
 def print_bench_report(report: dict) -> None:

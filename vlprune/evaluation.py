@@ -11,6 +11,7 @@ import torch
 
 from . import api
 from .flops import method_tflops
+from .flops_match import matched_keep, prunes_in_llm
 from .presets import ModelShape
 from .report_file import ReportFile
 
@@ -154,11 +155,13 @@ def object_recall(samples: list, kept: Any, grid: int, image_size: int) -> tuple
 
 def evaluate(loaded: LoadedModel, samples: list, methods: list[str], keeps: list[int], batch_size: int = 32,
              progress: Callable[[str, int], None] | None = None, options: dict[str, dict] | None = None,
-             record: ReportFile | None = None) -> dict:
+             record: ReportFile | None = None, match_flops: bool = False) -> dict:
     """Full-budget accuracy, then every (method, keep): accuracy, % of full, per family, recall, TFLOPs.
 
     ``record`` (the ``--json`` file) is rewritten after every row, and rows it already holds from a run with the
-    same configuration are reused instead of recomputed."""
+    same configuration are reused instead of recomputed. ``match_flops``: an in-LLM method runs at the budget whose
+    LLM FLOPs equal an encoder-side method's at ``keep`` (:func:`vlprune.flops_match.matched_keep`; the row keeps
+    ``keep`` and adds ``effective_keep``); where none is that cheap the pair is listed under ``unmatched``."""
     from .testbed import is_correct
 
     model = loaded.model
@@ -193,6 +196,14 @@ def evaluate(loaded: LoadedModel, samples: list, methods: list[str], keeps: list
     record.write(report, complete=False)
     for method in methods:
         for keep in keeps:
+            run_keep, matched = keep, {}
+            if match_flops and prunes_in_llm(method):
+                eff, eff_tflops, target = matched_keep(method, keep, shape, **options.get(method, {}))
+                if eff is None:
+                    report.setdefault("unmatched", []).append(
+                        {"method": method, "keep": keep, "target_tflops": target, "min_tflops": eff_tflops})
+                    continue
+                run_keep, matched = eff, {"effective_keep": eff, "target_tflops": target}
             saved = record.done_row(method, keep, options.get(method, {}))
             if saved is not None:
                 report["results"].append(saved)
@@ -209,7 +220,7 @@ def evaluate(loaded: LoadedModel, samples: list, methods: list[str], keeps: list
                     merged.extend(b)
                 tick(label)(chunk, texts, kept)
 
-            api.apply(model, method, keep, **method_kwargs(method, loaded), **options.get(method, {}))
+            api.apply(model, method, run_keep, **method_kwargs(method, loaded), **options.get(method, {}))
             try:
                 acc, fam = score(answer(loaded, samples, batch_size, on_batch=on_batch))
             finally:
@@ -219,8 +230,8 @@ def evaluate(loaded: LoadedModel, samples: list, methods: list[str], keeps: list
                 "relative": acc / full_acc if full_acc else float("nan"),
                 "object_recall": sum(strict) / len(strict) if strict else None,
                 "object_recall_merged": sum(merged) / len(merged) if merged else None,
-                "tflops": method_tflops(method, keep, shape, **options.get(method, {})),
-                "per_family": fam, "options": options.get(method, {}),
+                "tflops": method_tflops(method, run_keep, shape, **options.get(method, {})),
+                "per_family": fam, "options": options.get(method, {}), **matched,
             })
             record.write(report, complete=False)
     return report

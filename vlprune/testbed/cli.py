@@ -23,20 +23,75 @@ def build(
     threads: int = typer.Option(2, "--threads", help="torch.set_num_threads (0: leave as is)."),
     log_file: Path = typer.Option(None, "--log-file", help="Append a plain-text training log here."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    llm_layers: int = typer.Option(None, "--llm-layers", help="Decoder layers of the LLM (default 2; "
+                                   "`testbed-deep` has 6)."),
+    clip_from: Path = typer.Option(None, "--clip-from", help="Reuse this trained CLIP (a checkpoint's clip/ "
+                                   "folder) instead of stage 1; the scenes are the same."),
+    llm_init: Path = typer.Option(None, "--llm-init", help="Start stage 2 from this built testbed, its LLM "
+                                  "deepened to --llm-layers (a multiple of its depth)."),
+    llava_steps: int = typer.Option(None, "--llava-steps", help="Stage-2 steps (default 6000 x --steps-scale)."),
+    llava_lr: float = typer.Option(None, "--llava-lr", help="Stage-2 peak learning rate (default 2e-3)."),
 ) -> None:
     """Train the testbed CLIP + LLaVA from scratch and save them with save_pretrained (about an hour on a CPU)."""
+    from dataclasses import replace
+
     from .train import TestbedSpec, check_out_dir
     from .train import build as _build
 
     check_out_dir(out, replace_bundled)  # before an hour of training
     if steps_scale <= 0 or grid < 1:
         raise ValueError("--steps-scale must be > 0 and --grid >= 1")
+    if llm_layers is not None and llm_layers < 1 or llava_steps is not None and llava_steps < 1:
+        raise ValueError("--llm-layers and --llava-steps must be >= 1")
+    for flag, path in (("--clip-from", clip_from), ("--llm-init", llm_init)):
+        if path is not None and not (path / "config.json").exists():
+            raise ValueError(f"{flag} {path}: no config.json there; pass a built checkpoint folder "
+                             "(for the bundled one: vlprune/testbed/checkpoint, its CLIP: .../checkpoint/clip)")
     spec = TestbedSpec()
+    spec = replace(spec, llm_layers=llm_layers or spec.llm_layers, llava_lr=llava_lr or spec.llava_lr)
     result = _build(out, grid=grid, seed=seed, clip_steps=max(1, round(spec.clip_steps * steps_scale)),
-                    llava_steps=max(1, round(spec.llava_steps * steps_scale)), progress=progress,
-                    val_n=val_n, threads=threads or None, log_file=log_file, replace_bundled=replace_bundled)
+                    llava_steps=llava_steps or max(1, round(spec.llava_steps * steps_scale)), progress=progress,
+                    spec=spec, val_n=val_n, threads=threads or None, log_file=log_file,
+                    replace_bundled=replace_bundled, clip_dir=clip_from, llm_init=llm_init)
     summary = {k: v for k, v in result.items() if k != "spec"}
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def signals(
+    model: str = typer.Option("testbed", "--model", help="`testbed`, `testbed-deep` or a built checkpoint folder."),
+    split: str = typer.Option("val", "--split", help="Scenes to measure on (val: where choices are made)."),
+    n: int = typer.Option(500, "-n", help="Questions of the split (those with an asked-about object count)."),
+    batch_size: int = typer.Option(25, "--batch-size"),
+    json_path: Path = typer.Option(None, "--json", help="Write the table as JSON here."),
+) -> None:
+    """Patch AUC and top-K recall of the asked-about object for every signal the methods read (CLIP [CLS]
+    attention per block, DeSAP's task cue per decoupled pair with and without FCMA, each LLM layer's last-token
+    attention)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..evaluation import load_model
+    from .scenes import load_split
+    from .signals import KS, compute_signals, signal_report
+
+    if split not in ("val", "test", "train"):
+        raise ValueError(f"--split must be val, test or train, got {split!r}")
+    loaded = load_model(model)
+    scores, target = compute_signals(loaded, load_split(split, n), batch_size)
+    blocks = loaded.model.config.vision_config.num_hidden_layers
+    feature_block = loaded.model.config.vision_feature_layer % (blocks + 1) - 1
+    layers = sorted({o["layer"] for m, o in loaded.options.items() if "layer" in o} or {2})
+    report = {"model": model, "split": split, **signal_report(scores, target, KS, feature_block, layers)}
+    table = Table(title=f"{model}: signals as detectors of the asked-about object ({split}, {report['n']} "
+                  f"questions, {report['object_patches_mean']:.1f} of {report['patches']} patches on it)")
+    for col in ("signal", "AUC", *(f"R@{k}" for k in KS), "read by"):
+        table.add_column(col, justify="left" if col in ("signal", "read by") else "right")
+    for r in [*report["rows"], report["chance"]]:
+        table.add_row(r["signal"], f"{r['auc']:.3f}", *(f"{r[f'recall@{k}']:.3f}" for k in KS), r["used_by"])
+    Console().print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 @app.command()

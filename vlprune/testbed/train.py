@@ -566,10 +566,16 @@ def method_options(spec: TestbedSpec) -> dict[str, dict]:
     checkpoint (``vlprune eval`` / ``show`` apply them; ``--set`` overrides). The papers prune after layer 2 of
     32 and VisionDrop after 8/16/24; a pruning layer must lie inside the LLM, so a 2-layer LLM prunes after its
     first layer, and below 4 layers VisionDrop keeps one LLM stage at half depth with the first and last of its
-    official segment ratios, and SparseVLM one stage at half depth keeping ``keep`` tokens (plus recycled ones)."""
+    official segment ratios, and SparseVLM one stage at half depth keeping ``keep`` tokens (plus recycled ones).
+    From 4 layers on the papers' own settings are written out (FastV/ASAP after layer 2, VisionDrop at 1/4, 1/2
+    and 3/4 of the depth)."""
     from ..methods.visiondrop import VisionDropConfig
 
     options: dict[str, dict] = {}
+    if spec.llm_layers >= 4:  # deep enough for the papers' own layers: written out so a row can be traced
+        vd = VisionDropConfig()
+        options.update({name: {"layer": 2} for name in ("asap", "fastv", "fastv+bimask")})
+        options["visiondrop"] = {"layer_fractions": list(vd.layer_fractions)}
     if spec.llm_layers <= 2:
         options.update({name: {"layer": 1} for name in ("asap", "fastv", "fastv+bimask")})
     if spec.llm_layers < 4:
@@ -599,7 +605,8 @@ def check_out_dir(out_dir: str | Path | None, replace_bundled: bool) -> Path:
 def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip_steps: int | None = None,
           llava_steps: int | None = None, progress: bool = True, spec: TestbedSpec | None = None,
           val_n: int | None = None, threads: int | None = 2, log_file: str | Path | None = None,
-          clip_dir: str | Path | None = None, device: str = "cpu", replace_bundled: bool = False) -> dict:
+          clip_dir: str | Path | None = None, device: str = "cpu", replace_bundled: bool = False,
+          llm_init: str | Path | None = None) -> dict:
     """Train both stages and save them under ``out_dir``; the packaged checkpoint is written (``out_dir`` None
     or that folder) only with ``replace_bundled=True``.
 
@@ -608,7 +615,10 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
     projections), its tokenizer and image processor.
     Returns timings (seconds), training summaries and the val accuracy (overall
     and per family, greedy decoding, first word). Deterministic for a given seed
-    and thread count. ``clip_dir`` skips stage 1 and reuses a saved CLIP.
+    and thread count. ``clip_dir`` skips stage 1 and reuses a saved CLIP. ``llm_init`` (a built testbed
+    whose LLM depth divides ``spec.llm_layers``) starts stage 2 from its LLaVA, deepened by
+    :func:`~vlprune.testbed.deepen.deepen_from` (no projector init, no alignment warm-up, no background
+    curriculum: the source has had them).
     """
     from ..evaluation import METHOD_OPTIONS_FILE
     from .evaluate import evaluate
@@ -661,10 +671,21 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
     model = make_llava(spec, len(tokenizer), clip.config.vision_config)
     vis = {k[len("vision_model."):]: v for k, v in clip.state_dict().items() if k.startswith("vision_model.")}
     model.model.vision_tower.load_state_dict(vis)
+    if llm_init is not None:
+        from transformers import LlavaForConditionalGeneration
+
+        from .deepen import deepen_from
+
+        source = LlavaForConditionalGeneration.from_pretrained(str(llm_init)).eval()
+        result["llm_init"] = {"from": str(llm_init), **deepen_from(model, source)}
+        spec = replace(spec, align_steps=0, background_start=1.0)
+        result["spec"] = asdict(spec)
+        del source
     model = model.to(device)
     t = time.perf_counter()
     pool = ConversationPool(model, spec, processor.image_processor, spec.pool)
-    init_projector(model, pool.feats[:256])
+    if llm_init is None:
+        init_projector(model, pool.feats[:256])
     result["time_features_s"] = time.perf_counter() - t
     log(f"features of {len(pool)} scenes in {result['time_features_s']:.1f}s")
     if spec.align_steps > 0:

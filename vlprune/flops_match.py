@@ -1,0 +1,34 @@
+"""Equal-compute budgets (``vlprune eval --match-flops``): an in-LLM method's keep chosen so that the LLM FLOPs of
+its visual tokens (:func:`vlprune.flops.method_tflops`, eqs. 6-7) equal those of an encoder-side method at the
+requested keep (every layer sees ``keep`` tokens)."""
+from __future__ import annotations
+
+from typing import Any
+
+from .flops import method_tflops
+from .presets import ModelShape
+from .registry import get_method
+
+
+def prunes_in_llm(method: str) -> bool:
+    """Whether ``method`` drops tokens inside the LLM (FastV, ASAP, VisionDrop's stages, ...)."""
+    return get_method(method).plan is not None
+
+
+def matched_keep(method: str, keep: int, shape: ModelShape, n_tokens: int | None = None,
+                 **options: Any) -> tuple[int | None, float, float]:
+    """``(keep', its TFLOPs, target TFLOPs)``: the largest keep' whose TFLOPs under ``method`` do not exceed the
+    target, an encoder-side method's at ``keep``. keep' is None when even keep' = 1 costs more (e.g. FastV's
+    first K layers see every token: on a 2-layer LLM pruning after layer 1 can never be as cheap as 16 tokens
+    throughout); the TFLOPs are then those of keep' = 1, the method's floor."""
+    n = n_tokens or shape.visual_tokens
+    target = method_tflops("random", keep, shape, n)
+    best: tuple[int | None, float] = (None, method_tflops(method, 1, shape, n, **options))
+    for k in range(1, n + 1):  # FLOPs grow with keep; a scan is cheap arithmetic and needs no monotone proof
+        try:
+            t = method_tflops(method, k, shape, n, **options)
+        except ValueError:  # a budget the method's schedule cannot take (e.g. more tokens than the image has)
+            continue
+        if t <= target * (1 + 1e-9):
+            best = (k, t)
+    return best[0], best[1], target
