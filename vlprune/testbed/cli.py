@@ -29,6 +29,9 @@ def build(
                                    "folder) instead of stage 1; the scenes are the same."),
     llm_init: Path = typer.Option(None, "--llm-init", help="Start stage 2 from this built testbed, its LLM "
                                   "deepened to --llm-layers (a multiple of its depth)."),
+    llm_init_mode: str = typer.Option("identity", "--llm-init-mode", help="identity: source layers with "
+                                      "pass-through layers between them (exact at step 0); split: every layer a "
+                                      "copy doing 1/ratio of its source's update."),
     llava_steps: int = typer.Option(None, "--llava-steps", help="Stage-2 steps (default 6000 x --steps-scale)."),
     llava_lr: float = typer.Option(None, "--llava-lr", help="Stage-2 peak learning rate (default 2e-3)."),
 ) -> None:
@@ -47,12 +50,21 @@ def build(
         if path is not None and not (path / "config.json").exists():
             raise ValueError(f"{flag} {path}: no config.json there; pass a built checkpoint folder "
                              "(for the bundled one: vlprune/testbed/checkpoint, its CLIP: .../checkpoint/clip)")
+    if llm_init_mode not in ("identity", "split"):
+        raise ValueError(f"--llm-init-mode must be identity or split, got {llm_init_mode!r}")
+    if llm_init is not None:  # before any training: the depths must stack
+        src_layers = json.loads((llm_init / "config.json").read_text())["text_config"]["num_hidden_layers"]
+        want = llm_layers or TestbedSpec().llm_layers
+        if want % src_layers:
+            raise ValueError(f"--llm-init {llm_init} has {src_layers} LLM layers; --llm-layers must be a multiple "
+                             f"of it, got {want}")
     spec = TestbedSpec()
     spec = replace(spec, llm_layers=llm_layers or spec.llm_layers, llava_lr=llava_lr or spec.llava_lr)
     result = _build(out, grid=grid, seed=seed, clip_steps=max(1, round(spec.clip_steps * steps_scale)),
                     llava_steps=llava_steps or max(1, round(spec.llava_steps * steps_scale)), progress=progress,
                     spec=spec, val_n=val_n, threads=threads or None, log_file=log_file,
-                    replace_bundled=replace_bundled, clip_dir=clip_from, llm_init=llm_init)
+                    replace_bundled=replace_bundled, clip_dir=clip_from, llm_init=llm_init,
+                    llm_init_mode=llm_init_mode)
     summary = {k: v for k, v in result.items() if k != "spec"}
     typer.echo(json.dumps(summary, indent=2))
 

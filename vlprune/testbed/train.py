@@ -606,7 +606,7 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
           llava_steps: int | None = None, progress: bool = True, spec: TestbedSpec | None = None,
           val_n: int | None = None, threads: int | None = 2, log_file: str | Path | None = None,
           clip_dir: str | Path | None = None, device: str = "cpu", replace_bundled: bool = False,
-          llm_init: str | Path | None = None) -> dict:
+          llm_init: str | Path | None = None, llm_init_mode: str = "identity") -> dict:
     """Train both stages and save them under ``out_dir``; the packaged checkpoint is written (``out_dir`` None
     or that folder) only with ``replace_bundled=True``.
 
@@ -617,7 +617,7 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
     and per family, greedy decoding, first word). Deterministic for a given seed
     and thread count. ``clip_dir`` skips stage 1 and reuses a saved CLIP. ``llm_init`` (a built testbed
     whose LLM depth divides ``spec.llm_layers``) starts stage 2 from its LLaVA, deepened by
-    :func:`~vlprune.testbed.deepen.deepen_from` (no projector init, no alignment warm-up, no background
+    :func:`~vlprune.testbed.deepen.deepen_from` (``llm_init_mode``; no projector init, no alignment warm-up, no background
     curriculum: the source has had them).
     """
     from ..evaluation import METHOD_OPTIONS_FILE
@@ -677,7 +677,7 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
         from .deepen import deepen_from
 
         source = LlavaForConditionalGeneration.from_pretrained(str(llm_init)).eval()
-        result["llm_init"] = {"from": str(llm_init), **deepen_from(model, source)}
+        result["llm_init"] = {"from": str(llm_init), **deepen_from(model, source, llm_init_mode)}
         spec = replace(spec, align_steps=0, background_start=1.0)
         result["spec"] = asdict(spec)
         del source
