@@ -23,8 +23,8 @@ def build(
     threads: int = typer.Option(2, "--threads", help="torch.set_num_threads (0: leave as is)."),
     log_file: Path = typer.Option(None, "--log-file", help="Append a plain-text training log here."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
-    llm_layers: int = typer.Option(None, "--llm-layers", help="Decoder layers of the LLM (default 2; "
-                                   "`testbed-deep` has 6)."),
+    llm_layers: int = typer.Option(None, "--llm-layers", help="Decoder layers of the LLM (default 2; the "
+                                   "deep recipe in docs/testbed.md: 6)."),
     clip_from: Path = typer.Option(None, "--clip-from", help="Reuse this trained CLIP (a checkpoint's clip/ "
                                    "folder) instead of stage 1; the scenes are the same."),
     llm_init: Path = typer.Option(None, "--llm-init", help="Start stage 2 from this built testbed, its LLM "
@@ -71,7 +71,7 @@ def build(
 
 @app.command()
 def signals(
-    model: str = typer.Option("testbed", "--model", help="`testbed`, `testbed-deep` or a built checkpoint folder."),
+    model: str = typer.Option("testbed", "--model", help="`testbed` or a built checkpoint folder (`vlprune testbed build --out DIR`)."),
     split: str = typer.Option("val", "--split", help="Scenes to measure on (val: where choices are made)."),
     n: int = typer.Option(500, "-n", help="Questions of the split (those with an asked-about object count)."),
     batch_size: int = typer.Option(25, "--batch-size"),
