@@ -93,7 +93,7 @@ def signals(
     scores, target = compute_signals(loaded, load_split(split, n), batch_size)
     blocks = loaded.model.config.vision_config.num_hidden_layers
     feature_block = loaded.model.config.vision_feature_layer % (blocks + 1) - 1
-    layers = sorted({o["layer"] for m, o in loaded.options.items() if "layer" in o} or {2})
+    layers = [loaded.options.get("fastv", {}).get("layer", 2)]  # FastV's own default: layer 2
     report = {"model": model, "split": split, **signal_report(scores, target, KS, feature_block, layers)}
     table = Table(title=f"{model}: signals as detectors of the asked-about object ({split}, {report['n']} "
                   f"questions, {report['object_patches_mean']:.1f} of {report['patches']} patches on it)")

@@ -12,7 +12,8 @@ recall (share of the object's patches among the K highest scores). Signals:
 - ``clip.patch_cosine``: mean cosine of the ordinary last-block patch embeddings (CLIP's post-LN + visual
   projection; no decoupling) to the question's CLIP text tokens;
 - ``llm.last.l{j}``: head-mean attention of the last prompt token to the image tokens in LLM layer ``j`` (the full,
-  unpruned model): FastV and ASAP at ``layer=K`` score with layer ``K - 1``.
+  unpruned model): FastV at ``layer=K`` scores with layer ``K - 1`` (ASAP scores that layer by SG-BiMask over all
+  queries, which is not one of these rows).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ USED_BY = {
     "clip.cls.feature": "VisionZip, VisPruner (important), DeSAP salient_layer=feature",
     "clip.cls.last": "DeSAP A_s (default)",
     "desap.qq.fcma": "DeSAP A_t (default)",
-    "llm.fastv": "FastV / ASAP / FastV+BiMask at their layer (scored with the layer before)",
 }
 
 
@@ -144,8 +144,8 @@ def signal_report(signals: dict[str, torch.Tensor], target: torch.Tensor, ks: Se
     users = {f"clip.cls.b{n_blocks - 1}": [USED_BY["clip.cls.last"]], "desap.qq.fcma": [USED_BY["desap.qq.fcma"]]}
     if feature_block is not None:
         users.setdefault(f"clip.cls.b{feature_block}", []).insert(0, USED_BY["clip.cls.feature"])
-    for layer in fastv_layers:
-        users.setdefault(f"llm.last.l{layer - 1}", []).append(f"FastV/ASAP layer={layer}")
+    for layer in fastv_layers:  # (ASAP and FastV+BiMask score the same layer differently: SG-BiMask, all queries)
+        users.setdefault(f"llm.last.l{layer - 1}", []).append(f"FastV layer={layer}")
     rows = []
     for name, scores in signals.items():
         row = {"signal": name, "auc": _nanmean(patch_auc(scores, target))}
