@@ -71,7 +71,7 @@ def topk_recall(scores: torch.Tensor, target: torch.Tensor, k: int) -> torch.Ten
 
 @torch.no_grad()
 def _batch_signals(loaded: Any, chunk: Sequence[Any], clip_text: Any) -> dict[str, torch.Tensor]:
-    from ..methods.desap import select_from_signals
+    from ..methods.desap import plain_alignment, select_from_signals
     from ..models.clip_signals import ClipVisionSignals, cls_attention_row
     from ..text import questions_from_ids
 
@@ -99,8 +99,6 @@ def _batch_signals(loaded: Any, chunk: Sequence[Any], clip_text: Any) -> dict[st
             task = select_from_signals(feats, salient, joint, text, mask, eos, k1=n, k2=0, fcma=fcma,
                                        merge=False)[2]
             out[f"desap.{mode}.{'fcma' if fcma else 'cosine'}"] = task
-    from ..methods.desap import plain_alignment
-
     out["clip.patch_cosine"] = plain_alignment(clip_text.visual_projection(last), text, mask)
     llm = model(**{k: v.to(model.device) for k, v in enc.items()}, output_attentions=True)
     image = enc["input_ids"] == model.config.image_token_id  # (B, L); every row has the same number
