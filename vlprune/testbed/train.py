@@ -1,6 +1,6 @@
 """Build the trained tiny testbed: a CLIP model and a LLaVA model on top of it.
 
-Stage 1 trains a tiny :class:`~transformers.CLIPModel` contrastively on
+Stage 1 (:mod:`.clip_stage`) trains a tiny :class:`~transformers.CLIPModel` contrastively on
 scene/caption pairs (with one hard-negative caption per image: a colour, shape,
 size or place changed). Stage 2 freezes that vision tower and trains a LLaVA-1.5
 style :class:`~transformers.LlavaForConditionalGeneration` (projector + a tiny
@@ -17,214 +17,20 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import scenes
+from .clip_stage import clip_losses, content_word_ids, position_loss, train_clip  # noqa: F401  (re-exported)
+from .components import (  # noqa: F401  (re-exported: the tools and tests build parts of the recipe from here)
+    CHAT_TEMPLATE, EOS_ID, IMAGE_ID, SPECIALS, TestbedSpec, bf16_autocast, cosine_lr, progress_bar, make_clip,
+    make_clip_tokenizer, make_image_processor, make_llava, make_processor, make_tokenizer, pixels)
+
 
 __all__ = ["TestbedSpec", "build", "make_clip", "make_llava", "make_processor", "make_tokenizer", "method_options"]
-
-SPECIALS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
-PAD_ID, UNK_ID, BOS_ID, EOS_ID, IMAGE_ID = range(5)
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: "
-    "{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %} {% else %}ASSISTANT: "
-    "{% for item in message['content'] %}{% if item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}"
-    "</s>{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
-
-@dataclass(frozen=True)
-class TestbedSpec:
-    """Sizes and training settings of the testbed (defaults = the shipped model)."""
-
-    grid: int = 12                # patches per side; image side = grid * patch_size
-    patch_size: int = 8
-    vision_width: int = 128
-    vision_layers: int = 4
-    vision_heads: int = 4
-    text_width: int = 128         # CLIP text tower
-    text_layers: int = 3
-    text_heads: int = 4
-    projection_dim: int = 64      # CLIP joint space
-    llm_width: int = 128
-    llm_layers: int = 2
-    llm_heads: int = 4
-    llm_ffn: int = 384
-    clip_steps: int = 500
-    clip_batch: int = 64
-    clip_lr: float = 1e-3
-    llava_steps: int = 6000
-    llava_batch: int = 32
-    llava_lr: float = 2e-3
-    turns: int = 12               # questions per training conversation (LLaVA-style multi-turn)
-    pool: int = 12000             # stage-2 training scenes (frozen features computed once)
-    curriculum: float = 0.3       # CLIP: scene complexity ramps 0 -> 1 over this fraction of the steps
-    token_loss: float = 1.0       # weight of CLIP's token-wise (FILIP) loss beside the global one
-    position_loss: float = 1.0    # CLIP: weight of the patch-position term (layer -2 patches name their row/column)
-    describe_prob: float = 0.0    # share of conversations with a dense "Describe the image ." turn
-    bf16: bool = True             # bf16 autocast for both stages
-    align_loss: float = 1.0       # stage 2: projected patches predict their object's colour/shape words
-    align_steps: int = 400        # projector-only alignment warm-up before stage 2
-    background_start: float = 0.1  # stage 2 curriculum: share of background patches shown at step 0 ...
-    background_ramp: float = 0.5   # ... rising to all of them over this fraction of the steps
-    warmup: int = 100
-    val_n: int = 500              # val samples scored at the end
-    val_probe: int = 100          # val samples scored every val_every steps (log only)
-    val_every: int = 500
-
-    @property
-    def image_size(self) -> int:
-        return self.grid * self.patch_size
-
-
-# ------------------------------------------------------------------ construction
-def make_tokenizer(padding_side: str = "left"):
-    """Word-level tokenizer over the testbed vocabulary (shared by CLIP and LLaVA).
-
-    ``<s>`` is prepended; with ``add_eos=True`` (CLIP) ``</s>`` is appended too,
-    which is where CLIP's text tower pools.
-    """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    words = [w for w in scenes.vocabulary() if w not in SPECIALS]
-    vocab = {tok: i for i, tok in enumerate(list(SPECIALS) + words)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.normalizer = normalizers.Lowercase()
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.add_special_tokens(list(SPECIALS))
-    core.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", BOS_ID)])
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="<pad>", padding_side=padding_side, model_max_length=1024,
-        extra_special_tokens={"image_token": "<image>"})
-    return tok
-
-
-def make_clip_tokenizer():
-    """Same vocabulary, but ``<s> text </s>`` so CLIP pools at the EOS, right-padded."""
-    from tokenizers import processors
-
-    tok = make_tokenizer(padding_side="right")
-    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A $B </s>", special_tokens=[("<s>", BOS_ID), ("</s>", EOS_ID)])
-    tok.model_max_length = 64
-    return tok
-
-
-def make_clip(spec: TestbedSpec, vocab_size: int):
-    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
-
-    vision = CLIPVisionConfig(
-        hidden_size=spec.vision_width, intermediate_size=4 * spec.vision_width,
-        num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size, patch_size=spec.patch_size, projection_dim=spec.projection_dim,
-        hidden_act="quick_gelu")
-    text = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=spec.text_width, intermediate_size=4 * spec.text_width,
-        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
-        max_position_embeddings=64, projection_dim=spec.projection_dim, hidden_act="quick_gelu",
-        pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
-    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
-                        projection_dim=spec.projection_dim)
-    return CLIPModel(config)
-
-
-def make_llava(spec: TestbedSpec, vocab_size: int, vision_config):
-    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    text = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=spec.llm_width, intermediate_size=spec.llm_ffn,
-        num_hidden_layers=spec.llm_layers, num_attention_heads=spec.llm_heads,
-        num_key_value_heads=spec.llm_heads, max_position_embeddings=max(512, 4 * spec.grid ** 2),
-        rms_norm_eps=1e-5, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
-        tie_word_embeddings=False)
-    config = LlavaConfig(
-        vision_config=vision_config.to_dict(), text_config=text.to_dict(), image_token_index=IMAGE_ID,
-        image_seq_length=spec.grid ** 2, vision_feature_layer=-2,
-        vision_feature_select_strategy="default", projector_hidden_act="gelu")
-    config.pad_token_id = PAD_ID
-    config.bos_token_id = BOS_ID
-    config.eos_token_id = EOS_ID
-    return LlavaForConditionalGeneration(config)
-
-
-def make_image_processor(spec: TestbedSpec):
-    from transformers import CLIPImageProcessorPil
-
-    side = spec.image_size
-    return CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
-
-
-def make_processor(spec: TestbedSpec, tokenizer=None):
-    from transformers import LlavaProcessor
-
-    return LlavaProcessor(
-        image_processor=make_image_processor(spec), tokenizer=tokenizer or make_tokenizer(),
-        patch_size=spec.patch_size, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE, image_token="<image>")
-
-
-# ------------------------------------------------------------------------- data
-def pixels(images, image_processor) -> torch.Tensor:
-    """CLIP-normalised ``(B, 3, H, W)`` pixels of images already at the model's size.
-
-    Equal to ``image_processor(images)["pixel_values"]`` for such images (tested),
-    without the per-image resize/crop round trip, which dominates batch building.
-    """
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images]) / 255.0
-    mean = np.asarray(image_processor.image_mean, dtype=np.float32)
-    std = np.asarray(image_processor.image_std, dtype=np.float32)
-    return torch.from_numpy(((arr - mean) / std).transpose(0, 3, 1, 2).copy())
-
-
-def _hard_negative(scene: scenes.Scene, rng: random.Random) -> str:
-    """The scene's caption with one fact changed (colour, shape, size or place)."""
-    obs = list(scene.objects)
-    i = rng.randrange(len(obs))
-    o = obs[i]
-    kind = rng.choices(("color", "shape", "size", "swap"), weights=(0.3, 0.35, 0.1, 0.25))[0]
-    if kind == "swap":
-        j = [k for k in range(len(obs)) if obs[k].color != o.color]
-        if j:
-            k = rng.choice(j)
-            obs[i], obs[k] = replace(o, color=obs[k].color), replace(obs[k], color=o.color)
-            return scenes.caption_for(replace(scene, objects=obs), rng)
-        kind = "color"
-    if kind == "color":
-        obs[i] = replace(o, color=rng.choice([c for c in scenes.COLORS if c != o.color]))
-    elif kind == "shape":
-        obs[i] = replace(o, shape=rng.choice([s for s in scenes.SHAPES if s != o.shape]))
-    else:
-        obs[i] = replace(o, size=rng.choice([s for s in scenes.SIZES if s != o.size]))
-    return scenes.caption_for(replace(scene, objects=obs), rng)
-
-
-def _complexity(step: int, steps: int, frac: float) -> float:
-    return 1.0 if frac <= 0 else min(1.0, step / (frac * steps))
-
-
-def _clip_batch(step: int, spec: TestbedSpec, image_processor, tokenizer, seed: int, complexity: float = 1.0):
-    rng = random.Random(f"clip-{seed}-{step}")
-    base = step * spec.clip_batch
-    imgs, pos, neg = [], [], []
-    for k in range(spec.clip_batch):
-        sc = scenes.make_scene(base + k, spec.image_size, complexity=complexity)  # train block: ids < 1e9
-        imgs.append(sc.image)
-        pos.append(scenes.caption_for(sc, rng))
-        neg.append(_hard_negative(sc, rng))
-    text = tokenizer(pos + neg, padding=True, return_tensors="pt")
-    return pixels(imgs, image_processor), text["input_ids"], text["attention_mask"]
-
 
 def conversation_text(turns: list[tuple[str, str]], image_tokens: int = 1) -> str:
     """LLaVA-1.5 multi-turn text: ``USER: <image>\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>``."""
@@ -277,124 +83,6 @@ def init_projector(model, feats: torch.Tensor) -> None:
     w = torch.randn_like(lin.weight) / math.sqrt(lin.in_features)
     lin.weight.copy_(w / sd)
     lin.bias.copy_(-(w / sd) @ mu.to(w))
-
-
-def _lr(step: int, total: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
-def _progress(enabled: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    disable=not enabled, transient=False)
-
-
-def _autocast(device, enabled: bool):
-    dev = torch.device(device).type
-    return torch.autocast(dev, dtype=torch.bfloat16, enabled=enabled)
-
-
-# --------------------------------------------------------------------- training
-def content_word_ids(tokenizer) -> torch.Tensor:
-    """Ids of the caption words that name something visible (colours, shapes, sizes, places)."""
-    words = list(scenes.COLORS) + list(scenes.SHAPES) + list(scenes.SIZES) + ["top", "bottom", "left", "right",
-                                                                                 "center"]
-    return torch.tensor(tokenizer.convert_tokens_to_ids(words))
-
-
-def position_loss(patches: torch.Tensor, head: torch.nn.Module, grid: int) -> torch.Tensor:
-    """Patch-position term: a linear ``head`` reads every patch's row and column (``grid`` classes each)
-    from ``patches`` ``(B, grid**2, d)``; cross-entropy, averaged over the two.
-
-    LLaVA's language model sees the image tokens only in raster order, so where a patch lies has to come from
-    the vision features. A 4-block tower trained for minutes washes its position table out (column linearly
-    read at 16 % from layer -2, chance 8 %: tools/testbed_experiments/position_probe.py), and then no
-    language model on top can answer "left or right". This term asks the tiny tower to keep it. The head is
-    discarded after stage 1."""
-    p = torch.arange(grid * grid, device=patches.device)
-    logits = head(patches).float()                                        # (B, P, 2 * grid)
-    rows, cols = logits[..., :grid], logits[..., grid:]
-    target_r = (p // grid).expand(patches.shape[0], -1)
-    target_c = (p % grid).expand(patches.shape[0], -1)
-    return (F.cross_entropy(rows.reshape(-1, grid), target_r.reshape(-1))
-            + F.cross_entropy(cols.reshape(-1, grid), target_c.reshape(-1))) / 2
-
-
-def clip_losses(clip, pix, ids, mask, content: torch.Tensor, token_weight: float,
-                position_head: torch.nn.Module | None = None, position_weight: float = 0.0,
-                feature_layer: int = -2):
-    """Contrastive losses of one batch: B images against their B captions and B hard negatives.
-
-    Global: InfoNCE on the [CLS] / EOS embeddings (CLIP). Token-wise (FILIP, Yao et al.
-    2021): an image-caption score is the mean over the caption's content words of the
-    best-matching patch, ``mean_w max_p <patch_p, word_w>``, so that individual patches
-    (not only [CLS]) align with the words that describe them. With ``position_weight`` > 0,
-    plus :func:`position_loss` on the patches of hidden state ``feature_layer`` (what LLaVA takes).
-    """
-    use_position = position_head is not None and position_weight > 0
-    vis = clip.vision_model(pixel_values=pix, output_hidden_states=use_position)
-    txt = clip.text_model(input_ids=ids, attention_mask=mask)
-    img = F.normalize(clip.visual_projection(vis.pooler_output), dim=-1)
-    cap = F.normalize(clip.text_projection(txt.pooler_output), dim=-1)
-    scale = clip.logit_scale.exp().clamp(max=100)
-    b = img.shape[0]
-    target = torch.arange(b, device=pix.device)
-
-    def nce(logits):  # [b, 2b]: positives then hard negatives
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :b].T, target)) / 2
-
-    logits = scale * img @ cap.T
-    loss = nce(logits)
-    if token_weight > 0:
-        patches = F.normalize(clip.visual_projection(clip.vision_model.post_layernorm(vis.last_hidden_state[:, 1:])),
-                              dim=-1)
-        words = F.normalize(clip.text_projection(txt.last_hidden_state), dim=-1)
-        keep = torch.isin(ids, content.to(ids.device)) & mask.bool()             # [2b, T]
-        best = torch.einsum("ipd,jtd->ijtp", patches, words).amax(-1)           # [b, 2b, T]
-        tok = (best * keep).sum(-1) / keep.sum(-1).clamp(min=1)
-        loss = loss + token_weight * nce(scale * tok)
-    if use_position:
-        patches = vis.hidden_states[feature_layer][:, 1:]
-        loss = loss + position_weight * position_loss(patches, position_head, int(math.isqrt(patches.shape[1])))
-    acc = (logits.argmax(-1) == target).float().mean()
-    return loss, acc
-
-
-def train_clip(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, seed: int = 0,
-               progress: bool = True, log=None):
-    clip.train()
-    dev = clip.device
-    content = content_word_ids(tokenizer)
-    head = torch.nn.Linear(spec.vision_width, 2 * spec.grid).to(dev) if spec.position_loss > 0 else None
-    params = list(clip.parameters()) + (list(head.parameters()) if head is not None else [])
-    opt = torch.optim.AdamW(params, lr=spec.clip_lr, weight_decay=0.05, betas=(0.9, 0.98))
-    ema = None
-    with _progress(progress) as bar:
-        task = bar.add_task("CLIP", total=steps, info="")
-        for step in range(steps):
-            for g in opt.param_groups:
-                g["lr"] = _lr(step, steps, spec.clip_lr, spec.warmup)
-            pix, ids, mask = (t.to(dev) for t in _clip_batch(step, spec, image_processor, tokenizer, seed,
-                                                             _complexity(step, steps, spec.curriculum)))
-            with _autocast(dev, spec.bf16):
-                loss, acc = clip_losses(clip, pix, ids, mask, content, spec.token_loss, head, spec.position_loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            ema = (loss.item(), acc.item()) if ema is None else (0.95 * ema[0] + 0.05 * loss.item(),
-                                                                 0.95 * ema[1] + 0.05 * acc.item())
-            bar.update(task, advance=1, info=f"loss {ema[0]:.3f} i2t acc {ema[1]:.2f}")
-            if log and (step % 100 == 0 or step == steps - 1):
-                log(f"clip step {step} loss {ema[0]:.4f} acc {ema[1]:.3f}")
-    clip.eval()
-    return {"clip_loss": ema[0] if ema else None, "clip_i2t_acc": ema[1] if ema else None}
 
 
 def patch_word_targets(objects, spec: TestbedSpec) -> torch.Tensor:
@@ -518,16 +206,16 @@ def train_llava(model, spec: TestbedSpec, processor, pool: ConversationPool, ste
     val = scenes.load_split("val", spec.val_probe, image_size=spec.image_size) if spec.val_probe else []
     words = attribute_word_ids(tok)
     ema = None
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("LLaVA", total=steps, info="")
         for step in range(steps):
             for g in opt.param_groups:
-                g["lr"] = _lr(step, steps, spec.llava_lr, spec.warmup)
+                g["lr"] = cosine_lr(step, steps, spec.llava_lr, spec.warmup)
             background = min(1.0, spec.background_start + (1 - spec.background_start) * step
                              / max(1.0, spec.background_ramp * steps))
             ids, mask, labels, first, feats, targets, keep = (
                 t.to(dev) for t in pool.batch(step, spec.llava_batch, tok, background))
-            with _autocast(dev, spec.bf16):
+            with bf16_autocast(dev, spec.bf16):
                 out = model(inputs_embeds=embed_with_features(model, ids, feats[keep]), attention_mask=mask,
                             labels=labels)
                 loss = out.loss
