@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlprune.vllm_plugin import hf_overrides, parse_settings
+from vlprune.vllm_plugin import hf_overrides, mm_processor_kwargs, parse_settings, request_settings
 
 
 def test_encoder_methods_parse_with_their_options():
@@ -21,13 +21,14 @@ def test_unpruned(raw):
 @pytest.mark.parametrize("raw,error,words", [
     ({"method": "fastv", "keep": 16}, ValueError, "only encoder-side methods"),
     ({"method": "visiondrop", "keep": 16}, ValueError, "only encoder-side methods"),
-    ({"method": "desap", "keep": 16}, NotImplementedError, "use vispruner, visionzip or random"),
+    ({"method": "desap", "keep": 16}, ValueError, 'add "clip": "openai/clip-vit-large-patch14-336"'),
+    ({"method": "desap", "keep": 16, "clip": 3}, TypeError, "hub id or a local path"),
     ({"method": "nope", "keep": 16}, ValueError, "unknown pruning method"),
     ({"method": "random"}, ValueError, '"keep" must be a positive int'),
     ({"method": "random", "keep": 0}, ValueError, '"keep" must be a positive int'),
     ({"method": "random", "keep": 16, "options": {"sed": 1}}, ValueError, "its options are ['seed']"),
     ({"method": "visionzip", "keep": 16, "options": {"contextual_ratio": 2}}, ValueError, "contextual_ratio"),
-    ({"method": "random", "kep": 16}, ValueError, "allowed: method, keep, options"),
+    ({"method": "random", "kep": 16}, ValueError, "allowed: method, keep, options, clip"),
     ("random", TypeError, "JSON object"),
 ])
 def test_bad_settings_name_the_fix(raw, error, words):
@@ -48,3 +49,33 @@ def test_hf_overrides_names_the_architecture():
     }
     with pytest.raises(ValueError, match="choose one of"):
         hf_overrides("random", 16, family="qwen2_5_vl")
+
+
+def test_desap_with_clip_parses():
+    s = parse_settings({"method": "desap", "keep": 16, "clip": "openai/clip-vit-large-patch14-336"})
+    assert s.needs_question and s.clip == "openai/clip-vit-large-patch14-336"
+    assert hf_overrides("desap", 16, clip="c")["vlprune"] == {"method": "desap", "keep": 16, "options": {}, "clip": "c"}
+
+
+DEPLOYED = parse_settings({"method": "visionzip", "keep": 16, "clip": "c"})
+
+
+def test_request_settings_override_the_deployment():
+    assert request_settings(None, DEPLOYED, 64) is DEPLOYED
+    s = request_settings({"method": "desap", "keep": 8, "options": {"task_ratio": 0.25}}, DEPLOYED, 64)
+    assert (s.method, s.keep, s.config().task_ratio, s.clip) == ("desap", 8, 0.25, "c")
+    assert request_settings(s.key(), DEPLOYED, 64).key() == s.key()  # the canonical key the processor writes back
+    assert not request_settings({"method": "none"}, DEPLOYED, 64).prunes
+    assert mm_processor_kwargs("random", 8, seed=1) == {"vlprune": {"method": "random", "keep": 8, "options": {"seed": 1}}}
+
+
+@pytest.mark.parametrize("raw,deployed,words", [
+    ({"method": "random", "keep": 65}, DEPLOYED, "choose 1 <= keep <= 64"),
+    ({"method": "random", "keep": 8, "clip": "c"}, DEPLOYED, "allowed: method, keep, options"),
+    ({"method": "desap", "keep": 8}, parse_settings({"method": "random", "keep": 16}), '"clip"'),
+    ({"method": "random", "keep": 8}, parse_settings(None), "needs an engine started with a pruning method"),
+])
+def test_bad_request_settings_name_the_fix(raw, deployed, words):
+    with pytest.raises(ValueError) as info:
+        request_settings(raw, deployed, 64)
+    assert words in str(info.value)

@@ -27,6 +27,13 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def clip_dir(model_dir, tmp_path_factory) -> Path:
+    from tiny import save_tiny_clip
+
+    return save_tiny_clip(model_dir, tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
 def engine(model_dir):
     """``engine(hf_overrides)``: a vLLM engine on the tiny LLaVA, one at a time (the last is shut down)."""
     from vllm import LLM

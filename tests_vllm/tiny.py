@@ -71,6 +71,26 @@ def save_tiny_llava(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
+def save_tiny_clip(model_dir: str | Path, path: str | Path) -> Path:
+    """DeSAP's CLIP for the tiny LLaVA at ``model_dir``: a ``CLIPModel`` whose vision tower is the LLaVA's (as
+    openai/clip-vit-large-patch14-336 is llava-1.5's) with a random text tower, + its tokenizer, saved under
+    ``path``."""
+    from transformers import LlavaForConditionalGeneration
+
+    from vlprune.testing import tiny_clip_sharing_tower
+
+    path = Path(path)
+    llava = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    vision = llava.config.vision_config.to_dict()
+    vision = {k: vision[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                     "image_size", "patch_size", "projection_dim")}
+    torch.manual_seed(1)
+    clip, tokenizer = tiny_clip_sharing_tower(vision, llava.model.vision_tower)
+    clip.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def images(n: int, seed: int = 0) -> list[Image.Image]:
     """``n`` random RGB images of the tower's size."""
     rng = np.random.default_rng(seed)
