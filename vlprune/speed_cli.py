@@ -50,6 +50,14 @@ def bench_command(
     clock: str = typer.Option("wall", help="wall (default) | cpu: process CPU time, for a CPU shared with other "
                               "jobs (use with --threads 1)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report as JSON here."),
+    engine: str = typer.Option("transformers", help="transformers (prefill/TTFT per call) | vllm (serving: req/s, "
+                               "output tok/s, TTFT p50/p99 at --rate and at saturation; needs vLLM, docs/vllm.md)."),
+    requests: int = typer.Option(32, help="vllm: requests per load (one random image each)."),
+    rate: float = typer.Option(2.0, help="vllm: the fixed request rate (requests/s) of the first load."),
+    output_tokens: int = typer.Option(32, help="vllm: tokens generated per request (ignore_eos)."),
+    clip: Optional[str] = typer.Option(None, help="vllm: DeSAP's CLIP (hub id / dir) for a checkpoint directory."),
+    max_num_seqs: int = typer.Option(16, help="vllm: the engine's max_num_seqs (concurrent sequences)."),
+    kv_cache_gb: Optional[float] = typer.Option(None, help="vllm: KV cache size in GiB (default: vLLM's)."),
 ) -> None:
     """Prefill / TTFT / pruning-step time, peak memory, KV cache and FLOPs-bound speedup per method and budget."""
     from rich.console import Console
@@ -68,6 +76,16 @@ def bench_command(
         raise typer.BadParameter(f"must be auto or one of {sorted(DTYPES)}", param_hint="--dtype")
     if clock not in ("wall", "cpu"):
         raise typer.BadParameter("must be wall or cpu", param_hint="--clock")
+    if engine == "vllm":
+        from .vllm_plugin.bench_cli import vllm_bench
+
+        vllm_bench(model, names, keeps, clip=clip, layers=layers, vision_layers=vision_layers, requests=requests,
+                   rate=rate, output_tokens=output_tokens, prompt_words=prompt_tokens, dtype=dtype,
+                   max_num_seqs=max_num_seqs, kv_cache_gb=kv_cache_gb, device=device, json_path=json_path,
+                   console=console)
+        return
+    if engine != "transformers":
+        raise typer.BadParameter("must be transformers or vllm", param_hint="--engine")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise typer.BadParameter("no CUDA GPU is visible to torch here; use --device cpu", param_hint="--device")
     size = parse_size(image_size)
