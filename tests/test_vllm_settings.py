@@ -28,7 +28,9 @@ def test_unpruned(raw):
     ({"method": "random", "keep": 0}, ValueError, '"keep" must be a positive int'),
     ({"method": "random", "keep": 16, "options": {"sed": 1}}, ValueError, "its options are ['seed']"),
     ({"method": "visionzip", "keep": 16, "options": {"contextual_ratio": 2}}, ValueError, "contextual_ratio"),
-    ({"method": "random", "kep": 16}, ValueError, "allowed: method, keep, options, clip"),
+    ({"method": "random", "kep": 16}, ValueError, "allowed: method, keep, options, clip, budget, newlines"),
+    ({"method": "random", "keep": 16, "newlines": "rows"}, ValueError, 'use "all"'),
+    ({"method": "random", "keep": 16, "budget": "image"}, ValueError, '"global" (keep per image)'),
     ("random", TypeError, "JSON object"),
 ])
 def test_bad_settings_name_the_fix(raw, error, words):

@@ -35,16 +35,17 @@ def clip_dir(model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(model_dir):
-    """``engine(hf_overrides)``: a vLLM engine on the tiny LLaVA, one at a time (the last is shut down)."""
+    """``engine(hf_overrides, model=None)``: a vLLM engine on the tiny LLaVA (or ``model``), one at a time (the
+    last is shut down)."""
     from vllm import LLM
 
     current: list = []
 
-    def make(hf_overrides: dict | None = None) -> LLM:
+    def make(hf_overrides: dict | None = None, model: Path | None = None) -> LLM:
         while current:
             current.pop().llm_engine.engine_core.shutdown()
             gc.collect()
-        llm = LLM(model=str(model_dir), enforce_eager=True, max_model_len=256, dtype="float32", max_num_seqs=4,
+        llm = LLM(model=str(model or model_dir), enforce_eager=True, max_model_len=256, dtype="float32", max_num_seqs=4,
                   limit_mm_per_prompt={"image": 2}, kv_cache_memory_bytes=64 << 20,
                   distributed_executor_backend="uni", hf_overrides=hf_overrides or {}, seed=0)
         current.append(llm)

@@ -13,9 +13,12 @@ from .settings import CONFIG_KEY, PruneSettings, parse_settings, request_setting
 
 ARCHITECTURES = {
     "VlpruneLlavaForConditionalGeneration": "vlprune.vllm_plugin.llava:VlpruneLlavaForConditionalGeneration",
+    "VlpruneLlavaNextForConditionalGeneration":
+        "vlprune.vllm_plugin.llava_next:VlpruneLlavaNextForConditionalGeneration",
 }
+FAMILIES = {"llava": "VlpruneLlavaForConditionalGeneration", "llava_next": "VlpruneLlavaNextForConditionalGeneration"}
 
-__all__ = ["ARCHITECTURES", "CONFIG_KEY", "PruneSettings", "hf_overrides", "mm_processor_kwargs", "parse_settings",
+__all__ = ["ARCHITECTURES", "CONFIG_KEY", "FAMILIES", "PruneSettings", "hf_overrides", "mm_processor_kwargs", "parse_settings",
            "register", "request_settings", "settings_of"]
 
 
@@ -29,19 +32,20 @@ def register() -> None:
 
 
 def hf_overrides(method: str, keep: int | None = None, family: str = "llava", clip: str | None = None,
-                 **options) -> dict:
+                 budget: str | None = None, newlines: str | None = None, **options) -> dict:
     """The ``hf_overrides`` for ``vllm.LLM(...)`` / ``--hf-overrides`` that prune with ``method`` to ``keep``
-    (``clip``: DeSAP's CLIP, a hub id or local path).
+    (``clip``: DeSAP's CLIP, a hub id or local path; ``budget`` / ``newlines``: LLaVA-NeXT's layout).
 
     Validated here, before vLLM starts: bad input raises a clear error naming the fix."""
-    families = {"llava": "VlpruneLlavaForConditionalGeneration"}
-    if family not in families:
-        raise ValueError(f"family {family!r} is not served by the vLLM plugin yet; choose one of {sorted(families)}")
-    raw = {"method": method, "keep": keep, "options": options}
-    if clip is not None:
-        raw["clip"] = str(clip)
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r} is not served by the vLLM plugin; choose one of {sorted(FAMILIES)} "
+                         f"(Qwen2.5-VL: docs/vllm.md says why not)")
+    raw: dict = {"method": method, "keep": keep, "options": options}
+    for name, value in (("clip", clip), ("budget", budget), ("newlines", newlines)):
+        if value is not None:
+            raw[name] = str(value)
     parse_settings(raw)
-    return {"architectures": [families[family]], CONFIG_KEY: raw}
+    return {"architectures": [FAMILIES[family]], CONFIG_KEY: raw}
 
 
 def mm_processor_kwargs(method: str, keep: int | None = None, **options) -> dict:

@@ -102,7 +102,13 @@ def vllm_bench(model: str, names: list[str], keeps: list[int], *, clip: str | No
                                     kv_cache_bytes=int(kv_cache_gb * 2**30) if kv_cache_gb else None,
                                     progress=lambda s: console.print(f"[dim]{s}[/dim]"))
             rows += report["rows"]
-    report.update(rows=rows, model_name=model, device=cpu_name() if device == "cpu" else device,
+    if device.startswith("cuda"):
+        import torch
+
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else device
+    else:
+        device = cpu_name()
+    report.update(rows=rows, model_name=model, device=device,
                   command="vlprune " + " ".join(sys.argv[1:]))
     print_table(report, console)
     if json_path is not None:

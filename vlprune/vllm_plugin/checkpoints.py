@@ -84,15 +84,59 @@ def save_tiny_llava(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
+def _hub_layout(weights: Path) -> None:
+    """Rename the CLIP tower's weights to the llava-hf hub layout vLLM 0.32 loads (``vision_tower.vision_model.*``)."""
+    import re
+
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    pattern = re.compile(r"^((?:model\.)?vision_tower\.)(?!vision_model\.)")
+    save_file({pattern.sub(r"\1vision_model.", k): v for k, v in tensors.items()}, weights, metadata={"format": "pt"})
+
+
+def save_tiny_llava_next(path: str | Path, seed: int = 0) -> Path:
+    """A tiny random LLaVA-NeXT (32 px tiles of 8x8 patches, pinpoints 1x2, 2x1, 2x2 tiles; 2-layer Llama of head
+    size 32) + its processor under ``path``, in the hub layout."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor
+    from transformers import LlavaNextProcessor, LlamaConfig
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    t = TINY_GRID * TINY_PATCH
+    tok = word_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                  num_attention_heads=4, image_size=t, patch_size=TINY_PATCH, projection_dim=24)
+    text = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=0,
+                       bos_token_id=2, eos_token_id=3)
+    pinpoints = [[t, 2 * t], [2 * t, t], [2 * t, 2 * t]]
+    cfg = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=4, vision_feature_layer=-2,
+                          vision_feature_select_strategy="default", image_grid_pinpoints=pinpoints)
+    model = LlavaNextForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0, 1.0)
+        model.model.image_newline.normal_(0, 1.0)
+    model.save_pretrained(path)
+    image_processor = LlavaNextImageProcessor(size={"shortest_edge": t}, crop_size={"height": t, "width": t},
+                                              image_grid_pinpoints=pinpoints)
+    LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=TINY_PATCH,
+                       vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                       chat_template=CHAT_TEMPLATE).save_pretrained(path)
+    _hub_layout(path / "model.safetensors")
+    return path
+
+
 def save_tiny_clip(model_dir: str | Path, path: str | Path, seed: int = 1) -> Path:
     """DeSAP's CLIP for the LLaVA at ``model_dir``: a ``CLIPModel`` whose vision tower is the LLaVA's (as
     openai/clip-vit-large-patch14-336 is llava-1.5's) with a random text tower, + its tokenizer."""
-    from transformers import LlavaForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
     from ..testing import tiny_clip_sharing_tower
 
     path = Path(path)
-    llava = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+    llava = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     vc = llava.config.vision_config.to_dict()
     vision = {k: vc[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                                  "image_size", "patch_size", "projection_dim")}

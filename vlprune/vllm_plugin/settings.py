@@ -21,6 +21,7 @@ from ..registry import get_method
 
 CONFIG_KEY = "vlprune"  # attribute of the HF config that ``--hf-overrides`` sets
 UNPRUNED = ("none", "full")
+DEPLOYMENT_KEYS = ("clip", "budget", "newlines")  # set per engine (--hf-overrides), not per request
 # methods whose output vLLM's fixed placeholder count cannot hold
 NOT_IN_VLLM = {"holov": "HoloV scores the projected tokens and may hand the LLM zero tokens, which this plugin's "
                         "tower-side hook cannot return yet; use vlprune.apply in transformers"}
@@ -39,6 +40,8 @@ class PruneSettings:
     keep: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     clip: str | None = None  # DeSAP's CLIP (hub id or local path); deployment-wide
+    budget: str = "global"  # LLaVA-NeXT: keep per image ("global") or per tile ("tile"); deployment-wide
+    newlines: str = "all"  # LLaVA-NeXT: "all" (one per unpadded grid row) or "none"; deployment-wide
 
     @property
     def prunes(self) -> bool:
@@ -76,7 +79,7 @@ def parse_settings(raw: Any, *, where: str = "override") -> PruneSettings:
     if not isinstance(raw, dict):
         raise TypeError(f'the "{CONFIG_KEY}" {where} must be a JSON object like {{"method": "random", "keep": 64}}, '
                         f"got {raw!r}")
-    allowed = ["method", "keep", "options"] + (["clip"] if where == "override" else [])
+    allowed = ["method", "keep", "options"] + (list(DEPLOYMENT_KEYS) if where == "override" else [])
     unknown = sorted(set(raw) - set(allowed))
     if unknown:
         raise ValueError(f'unknown key(s) {unknown} in the "{CONFIG_KEY}" {where}; allowed: {", ".join(allowed)}')
@@ -87,8 +90,17 @@ def parse_settings(raw: Any, *, where: str = "override") -> PruneSettings:
     clip = raw.get("clip")
     if clip is not None and not isinstance(clip, str):
         raise TypeError(f'"clip" must be a hub id or a local path (a string), got {clip!r}')
+    layout = {k: raw[k] for k in ("budget", "newlines") if k in raw}
+    if layout.get("budget", "global") not in ("global", "tile"):
+        raise ValueError(f'"budget" must be "global" (keep per image) or "tile" (keep per tile), got {raw["budget"]!r}')
+    if layout.get("newlines", "all") not in ("all", "none"):
+        raise ValueError(
+            f'"newlines": {raw["newlines"]!r} cannot be served: vLLM fixes a prompt\'s length before the encoder runs, '
+            f'and "rows" (vlprune.apply\'s default) keeps a newline only after grid rows that kept a patch, which '
+            f'depends on the selection; use "all" (one per unpadded row: keep + rows tokens) or "none"'
+        )
     if method in UNPRUNED:
-        return PruneSettings(method=method, clip=clip)
+        return PruneSettings(method=method, clip=clip, **layout)
     if method in NOT_IN_VLLM:
         raise NotImplementedError(NOT_IN_VLLM[method])
     if method in NEEDS_QUESTION and where == "override" and not clip:
@@ -106,7 +118,7 @@ def parse_settings(raw: Any, *, where: str = "override") -> PruneSettings:
     bad = sorted(set(options) - names)
     if bad:
         raise ValueError(f"{method} has no option(s) {bad}; its options are {sorted(names)}")
-    settings = PruneSettings(method=method, keep=keep, options=dict(options), clip=clip)
+    settings = PruneSettings(method=method, keep=keep, options=dict(options), clip=clip, **layout)
     settings.config()  # the config's own validation (__post_init__) runs now, not at the first request
     return settings
 
@@ -133,11 +145,16 @@ def request_settings(raw: Any, deployment: PruneSettings, n: int) -> PruneSettin
     if settings.needs_question and not deployment.clip:
         raise ValueError(NEEDS_CLIP)
     settings.check(n)
-    return PruneSettings(settings.method, settings.keep, settings.options, deployment.clip)
+    return settings_from_key(settings.key(), deployment)
+
+
+def settings_from_key(key: str, deployment: PruneSettings) -> PruneSettings:
+    """``PruneSettings`` back from ``PruneSettings.key()`` (validated by the processor), with the deployment-wide
+    fields (clip, budget, newlines) of ``deployment``."""
+    return _from_key(key, deployment.clip, deployment.budget, deployment.newlines)
 
 
 @lru_cache(maxsize=256)
-def settings_from_key(key: str, clip: str | None = None) -> PruneSettings:
-    """``PruneSettings`` back from ``PruneSettings.key()`` (already validated by the processor)."""
+def _from_key(key: str, clip: str | None, budget: str, newlines: str) -> PruneSettings:
     raw = json.loads(key)
-    return PruneSettings(raw["method"], raw["keep"], raw["options"], clip)
+    return PruneSettings(raw["method"], raw["keep"], raw["options"], clip, budget, newlines)
