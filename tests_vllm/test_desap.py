@@ -6,9 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import vlprune
-from test_llava import MAX_NEW, N, prompt_len
-from tiny import PROMPT, images
+from test_llava import MAX_NEW, N
+from tiny import PROMPT, generate, images
 from vlprune.vllm_plugin import hf_overrides, mm_processor_kwargs
 
 QUESTIONS = ["what color is the circle ?", "how many red square are there ?", "is the star left of the triangle ?"]
@@ -18,21 +17,13 @@ def prompt(question: str) -> str:
     return PROMPT.replace("what color is the circle ?", question)
 
 
-def reference(hf, clip_dir, requests: list[tuple[str, object, str | None, int | None]]):
+def reference(hf, clip_dir, requests: list[tuple[str, object, str | None, int | None]], **apply_kw):
     """transformers' greedy tokens and kept patches, one request (question, image, method, keep) at a time."""
-    model, processor = hf
     tokens, kept = [], []
     for question, pic, method, keep in requests:
-        inputs = processor(text=prompt(question), images=pic, return_tensors="pt")
-        if method is not None:
-            vlprune.apply(model, method, keep, processor=processor, clip=str(clip_dir))
-        try:
-            out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
-            kept.append(vlprune.last_selection(model).indices[0] if method is not None else None)
-        finally:
-            if method is not None:
-                vlprune.remove(model)
-        tokens.append(out[0, -MAX_NEW:].tolist())
+        t, k = generate(*hf, prompt(question), pic, method, keep, MAX_NEW, clip=str(clip_dir), **apply_kw)
+        tokens.append(t)
+        kept.append(k)
     return tokens, kept
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import vlprune
-from tiny import GRID, PROMPT, images
+from tiny import GRID, PROMPT, generate, images
 from vlprune.vllm_plugin import hf_overrides
 
 MAX_NEW = 8
@@ -29,15 +29,9 @@ def reference(hf, pics, method: str | None, keep: int | None) -> tuple[list[list
     for pic in pics:
         inputs = processor(text=PROMPT, images=pic, return_tensors="pt")
         assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == N
-        if method is not None:
-            vlprune.apply(model, method, keep)
-        try:
-            out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
-            kept.append(vlprune.last_selection(model).indices[0] if method is not None else None)
-        finally:
-            if method is not None:
-                vlprune.remove(model)
-        tokens.append(out[0, -MAX_NEW:].tolist())
+        t, k = generate(model, processor, PROMPT, pic, method, keep, MAX_NEW)
+        tokens.append(t)
+        kept.append(k)
     return tokens, kept
 
 

@@ -18,7 +18,6 @@ from vllm.config import VllmConfig
 from vllm.model_executor.models.llava import (
     LlavaDummyInputsBuilder,
     LlavaForConditionalGeneration,
-    LlavaImageEmbeddingInputs,
     LlavaMultiModalProcessor,
     LlavaProcessingInfo,
 )
@@ -100,6 +99,18 @@ class PrunedClipTower:
                                  questions=questions, clip_text=self.clip_text, grid=(self.side, self.side),
                                  projector=self.multi_modal_projector)
 
+    def embed_multimodal(self, **kwargs: object):
+        if not self.prune.prunes:
+            pop_fields(kwargs)
+            return super().embed_multimodal(**kwargs)
+        fields = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("vlprune_")}
+        image_input = self._parse_and_validate_image_input(**kwargs)
+        if image_input is None:
+            return []
+        if image_input["type"] != "pixel_values":  # precomputed image_embeds: handed to the LLM as they are
+            return self._process_image_input(image_input)
+        return self._embed_pruned(image_input, fields)
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         if self.prune.prunes:
             weights = ((_TOWER_PREFIX.sub(r"\1", name), w) for name, w in weights)
@@ -117,16 +128,7 @@ class VlpruneLlavaForConditionalGeneration(PrunedClipTower, LlavaForConditionalG
         if self._init_pruning(vllm_config, "LLaVA-1.5"):
             self.prune.check(self.side * self.side)
 
-    def embed_multimodal(self, **kwargs: object):
-        if not self.prune.prunes:
-            pop_fields(kwargs)
-            return super().embed_multimodal(**kwargs)
-        fields = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("vlprune_")}
-        image_input = self._parse_and_validate_image_input(**kwargs)
-        if image_input is None:
-            return []
-        if isinstance(image_input, LlavaImageEmbeddingInputs):  # precomputed image_embeds: handed on as they are
-            return super()._process_image_input(image_input)
+    def _embed_pruned(self, image_input, fields: dict) -> tuple[torch.Tensor, ...]:
         pixel_values = image_input["pixel_values"]
         if isinstance(pixel_values, (list, tuple)):
             pixel_values = torch.stack(list(pixel_values))

@@ -17,7 +17,6 @@ from vllm.config import VllmConfig
 from vllm.model_executor.models.llava import LlavaDummyInputsBuilder
 from vllm.model_executor.models.llava_next import (
     LlavaNextForConditionalGeneration,
-    LlavaNextImageEmbeddingInputs,
     LlavaNextMultiModalProcessor,
     LlavaNextProcessingInfo,
 )
@@ -27,7 +26,7 @@ from ..api import _Run
 from ..models.llava_next import LlavaNextAdapter, _best_resolution, _unpadded_rows_cols
 from ..registry import get_method
 from .llava import PrunedClipTower
-from .processing import PruneInfoMixin, PruneProcessorMixin, embed_per_setting, pop_fields
+from .processing import PruneInfoMixin, PruneProcessorMixin, embed_per_setting
 from .settings import PruneSettings
 
 ARCH = "VlpruneLlavaNextForConditionalGeneration"
@@ -90,16 +89,7 @@ class VlpruneLlavaNextForConditionalGeneration(PrunedClipTower, LlavaNextForCond
                                    "rows" if not settings.prunes else settings.newlines)
         return adapter
 
-    def embed_multimodal(self, **kwargs: object):
-        if not self.prune.prunes:
-            pop_fields(kwargs)
-            return super().embed_multimodal(**kwargs)
-        fields = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("vlprune_")}
-        image_input = self._parse_and_validate_image_input(**kwargs)
-        if image_input is None:
-            return []
-        if isinstance(image_input, LlavaNextImageEmbeddingInputs):
-            return super()._process_image_input(image_input)
+    def _embed_pruned(self, image_input, fields: dict) -> tuple[torch.Tensor, ...]:
         pixel_values = image_input["pixel_values"]
         tiles = list(pixel_values) if isinstance(pixel_values, (list, tuple)) else list(pixel_values.unbind(0))
         sizes = image_input["image_sizes"]
