@@ -1,6 +1,8 @@
 """The vLLM plugin's deployment settings (no vLLM needed): what --hf-overrides accepts and the errors it gives."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from vlprune.vllm_plugin import hf_overrides, mm_processor_kwargs, parse_settings, request_settings
@@ -81,3 +83,23 @@ def test_bad_request_settings_name_the_fix(raw, deployed, words):
     with pytest.raises(ValueError) as info:
         request_settings(raw, deployed, 64)
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--methods", "fastv"], "only encoder-side methods"),
+    (["--methods", "random", "--keep", "16", "--rate", "0"], "--rate > 0"),
+    (["--methods", "desap", "--keep", "16"], "vLLM is not installed here"),  # the core environment has no vLLM
+])
+def test_bench_engine_vllm_names_the_fix(args, words):
+    """``vlprune bench --engine vllm`` refuses what cannot run before any engine or model is built."""
+    pytest.importorskip("typer")
+    if "not installed" in words and __import__("importlib").util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    from typer.testing import CliRunner
+
+    from vlprune.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--engine", "vllm", "--model", "tiny", *args])
+    assert result.exit_code != 0
+    text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())  # rich's error box, wrapped
+    assert words in text, result.output

@@ -73,11 +73,10 @@ def vllm_bench(model: str, names: list[str], keeps: list[int], *, clip: str | No
                dtype: str, max_num_seqs: int, kv_cache_gb: float | None, device: str, json_path: Path | None,
                console: Any) -> dict:
     """Run the vLLM benchmark (in the environment that has vLLM: ``make env-vllm``) and print its table."""
-    try:
-        from .bench import run_vllm_bench
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise typer.BadParameter(f"vLLM is not importable here ({e}): run in .venv-vllm (make env-vllm) or "
-                                 "pip install 'vlprune[vllm]'", param_hint="--engine") from None
+    import importlib.util
+
+    from .bench import run_vllm_bench
+
     if requests < 1 or rate <= 0 or output_tokens < 1:
         raise typer.BadParameter("--requests and --output-tokens must be >= 1 and --rate > 0")
     methods = ["none"] + [m for m in names if m not in ("none", "full")]
@@ -89,6 +88,9 @@ def vllm_bench(model: str, names: list[str], keeps: list[int], *, clip: str | No
                 parse_settings({"method": m, "keep": k, "clip": clip or "-"})
             except (ValueError, TypeError) as e:
                 raise typer.BadParameter(str(e), param_hint="--methods") from None
+    if importlib.util.find_spec("vllm") is None:
+        raise typer.BadParameter("vLLM is not installed here: run in .venv-vllm (make env-vllm) or "
+                                 "pip install 'vlprune[vllm]'", param_hint="--engine")
     dtype = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
     with tempfile.TemporaryDirectory(prefix="vlprune-vllm-") as tmp:
         model_dir, dummy, clip, image_size = prepare_model(model, methods, clip, layers, vision_layers, Path(tmp))
