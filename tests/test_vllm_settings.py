@@ -103,3 +103,14 @@ def test_bench_engine_vllm_names_the_fix(args, words):
     assert result.exit_code != 0
     text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())  # rich's error box, wrapped
     assert words in text, result.output
+
+
+def test_family_limits_name_the_reason():
+    from vlprune.vllm_plugin.settings import check_family
+
+    check_family(parse_settings({"method": "flowcut", "keep": 16}), "llava")
+    check_family(parse_settings({"method": "hired", "keep": 16}), "llava_next")
+    with pytest.raises(ValueError, match="flowcut runs on llava only, not llava_next: FlowCut's LLaVA-1.5 path"):
+        check_family(parse_settings({"method": "flowcut", "keep": 16}), "llava_next")
+    with pytest.raises(ValueError, match="hired runs on llava_next only, not llava"):
+        check_family(parse_settings({"method": "hired", "keep": 16}), "llava")

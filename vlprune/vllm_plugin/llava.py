@@ -28,7 +28,7 @@ from ..models.clip_signals import ClipVisionSignals, check_llava_feature_config
 from ..registry import get_method
 from ..text import ClipText, QuestionBatch, load_clip_text
 from .processing import PruneInfoMixin, PruneProcessorMixin, embed_per_setting, pop_fields
-from .settings import NEEDS_CLIP, PruneSettings, settings_of
+from .settings import NEEDS_CLIP, PruneSettings, check_family, settings_of
 
 ARCH = "VlpruneLlavaForConditionalGeneration"
 # hub checkpoints name the tower's weights ``[model.]vision_tower.vision_model.*``; transformers 5's
@@ -58,13 +58,14 @@ class PrunedClipTower:
     prune: PruneSettings
     clip_text: ClipText | None
 
-    def _init_pruning(self, vllm_config: VllmConfig, family: str) -> bool:
+    def _init_pruning(self, vllm_config: VllmConfig, family: str, name: str) -> bool:
         """Read the settings; when a method prunes, swap in the full transformers tower. False: unpruned."""
         config = self.config
         self.prune = settings_of(config)
         self.clip_text = None
         if not self.prune.prunes:
             return False  # "none"/"full": vLLM's own model, unchanged
+        check_family(self.prune, name)
         if not isinstance(config.vision_config, CLIPVisionConfig):
             raise NotImplementedError(f"vlprune's vLLM plugin prunes CLIP towers ({family}); this model has "
                                       f"{type(config.vision_config).__name__}")
@@ -125,7 +126,7 @@ class VlpruneLlavaForConditionalGeneration(PrunedClipTower, LlavaForConditionalG
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        if self._init_pruning(vllm_config, "LLaVA-1.5"):
+        if self._init_pruning(vllm_config, "LLaVA-1.5", "llava"):
             self.prune.check(self.side * self.side)
 
     def _embed_pruned(self, image_input, fields: dict) -> tuple[torch.Tensor, ...]:

@@ -46,6 +46,7 @@ def next_groups(size: tuple[int, int], pinpoints: list, tile_px: int, side: int)
 
 
 class VlpruneLlavaNextProcessingInfo(PruneInfoMixin, LlavaNextProcessingInfo):
+    family = "llava_next"
     def _geometry(self) -> tuple[list, int, int]:
         cfg = self.get_hf_config()
         vc = cfg.vision_config
@@ -79,7 +80,7 @@ class VlpruneLlavaNextForConditionalGeneration(PrunedClipTower, LlavaNextForCond
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._init_pruning(vllm_config, "LLaVA-NeXT")
+        self._init_pruning(vllm_config, "LLaVA-NeXT", "llava_next")
 
     def _adapter(self, settings: PruneSettings) -> LlavaNextAdapter:
         """vlprune's LLaVA-NeXT adapter over this model's modules (the attributes it reads)."""

@@ -17,7 +17,7 @@ from vllm.multimodal.parse import ImageEmbeddingItems, ImageProcessorItems
 from vllm.multimodal.processing import PromptReplacement
 
 from ..text import questions_from_ids
-from .settings import CONFIG_KEY, PruneSettings, request_settings, settings_from_key, settings_of
+from .settings import CONFIG_KEY, PruneSettings, check_family, request_settings, settings_from_key, settings_of
 
 SETTINGS_FIELD = "vlprune_settings"  # per image: UTF-8 of PruneSettings.key()
 QUESTION_FIELD = "vlprune_question"  # per image: UTF-8 of its question ("" when none / not needed)
@@ -41,6 +41,8 @@ def _rows(x: object, n: int) -> list[torch.Tensor]:
 
 class PruneInfoMixin:
     """For a ``ProcessingInfo``: the deployment's settings and each image's placeholder count under settings."""
+
+    family = "llava"  # vlprune's family name (methods may be limited to some)
 
     @property
     def deployment(self) -> PruneSettings:
@@ -75,6 +77,7 @@ class PruneProcessorMixin:
         info = self.info
         kwargs = dict(inputs.hf_processor_mm_kwargs)
         settings = request_settings(kwargs.get(CONFIG_KEY), info.deployment, info.keep_limit())
+        check_family(settings, info.family)
         if settings.prunes or CONFIG_KEY in kwargs:
             if CONFIG_KEY in kwargs:
                 kwargs[CONFIG_KEY] = settings.key()  # canonical: the same settings hash the same

@@ -148,6 +148,16 @@ def request_settings(raw: Any, deployment: PruneSettings, n: int) -> PruneSettin
     return settings_from_key(settings.key(), deployment)
 
 
+def check_family(settings: PruneSettings, family: str) -> None:
+    """Raise the registry's reason when a method does not run on ``family`` ("llava", "llava_next")."""
+    if not settings.prunes:
+        return
+    spec = get_method(settings.method)
+    if spec.families is not None and family not in spec.families:
+        raise ValueError(f"{settings.method} runs on {', '.join(spec.families)} only, not {family}: "
+                         f"{spec.families_why or 'see docs/methods'}")
+
+
 def settings_from_key(key: str, deployment: PruneSettings) -> PruneSettings:
     """``PruneSettings`` back from ``PruneSettings.key()`` (validated by the processor), with the deployment-wide
     fields (clip, budget, newlines) of ``deployment``."""
