@@ -66,7 +66,8 @@ def test_plugin_unpruned_equals_vllm(engine, hf, pics, method):
     assert tokens == reference(hf, pics, None, None)[0]
 
 
-@pytest.mark.parametrize("method,keep", [("random", 16), ("visionzip", 16), ("vispruner", 16), ("random", N)])
+@pytest.mark.parametrize("method,keep", [("random", 16), ("visionzip", 16), ("vispruner", 16), ("random", N),
+                                         ("prumerge", 16), ("flowcut", 16)])
 def test_pruned_equals_vlprune_apply(engine, hf, pics, method, keep):
     llm = engine(hf_overrides(method, keep))
     tokens, lengths = served(llm, pics)
