@@ -121,10 +121,25 @@ def select(source: SignalSource, keep: int, cfg: FlowCutConfig) -> Selection:
     return Selection(features=torch.cat(feats), indices=torch.cat(indices))
 
 
+# What the authors' other paths do (TungChintao/FlowCut a2ecd24: flowcut/main.py, llava_arch.py,
+# modeling_llama_flowcut.py; FlowCut_Qwen/modeling_qwen2_vl_flowcut.py) and why neither runs here.
+FAMILIES_WHY = (
+    "FlowCut's LLaVA-1.5 path prunes between the blocks of the CLIP tower and is the only one ported. Its authors' "
+    "LLaVA-NeXT path is two-stage: the tower cuts every tile (base image included) to keep // 2 patches, the "
+    "sub-tiles' survivors are packed in grid order, unpadded, WITHOUT image_newline tokens (spatial_unpad; "
+    "restore_image_features_sorted, 24x24 tiles hard-coded), and after LLM decoder layer 1 the top keep visual "
+    "tokens survive by (softmax(q_last k/sqrt(d)) + softmax(v_last v/sqrt(d)), head means) x ||v||_1 from that "
+    "layer's q/k/v of the last prompt token, with positions renumbered 0..L'-1 after the cut; vlprune's LLaVA-NeXT "
+    "adapter has no in-tower pruning per tile and its packing keeps newline tokens, so an exact port of both "
+    "stages is not done yet. Its Qwen2-VL path (FlowCut_Qwen/, batch size 1 only) cuts the ViT to 8 x keep patches "
+    "(2 x keep merged tokens) with a mean-query score and then to keep at LLM layer 1 (M-RoPE positions kept); it "
+    "is written for Qwen2-VL's full-attention ViT, not Qwen2.5-VL's windowed one, and is not ported either"
+)
+
+
 register_method(
     "flowcut", config=FlowCutConfig, paper="FlowCut (NeurIPS 2025)", encoder=select, families=("llava",),
-    families_why="FlowCut's LLaVA-1.5 path prunes between the blocks of the CLIP tower; its authors' LLaVA-NeXT and "
-                 "Qwen2-VL paths add a second stage inside the LLM, which vlprune has not ported",
+    families_why=FAMILIES_WHY,
     kept="keep patches that survive the tower's progressive pruning, in raster order (their features come from the "
          "feature layer run on the survivors only)",
 )
