@@ -17,6 +17,11 @@ For one LLaVA-1.5 image of N projected patch tokens and the feature layer's head
    ``overflow="refill"`` (vlprune's extension: the best remaining tokens by attention).
 Token order handed to the LLM: crop by crop, inside a crop by descending attention (official), or ``order="raster"``.
 HoloV scores and keeps the tokens AFTER the projector (the official code prunes ``mm_projector`` outputs).
+
+LLaVA-NeXT (``budget="global"``): as the official ``llava_arch.py`` (lines 169-239), the sequence is the base tile's
+patches, then the unpadded grid of the sub-image tiles row by row, with no ``image_newline`` (the official code
+comments them out); the crops cut that sequence. The adapter lays the kept patches out in patch-space (raster)
+order, with its ``newlines`` option ("none" is the official layout), and the zero tokens after them.
 """
 from __future__ import annotations
 
@@ -134,13 +139,14 @@ def select(source: SignalSource, keep: int, cfg: HoloVConfig) -> Selection:
         rows.append(torch.cat([gather_rows(feats[i : i + 1], index[None])[0], pad]))
         indices.append(index)
     same = all(ix.numel() == indices[0].numel() for ix in indices)
-    return Selection(features=torch.stack(rows), indices=torch.stack(indices) if same else indices, projected=True)
+    return Selection(features=torch.stack(rows), indices=torch.stack(indices) if same else indices, projected=True,
+                     extras={"unindexed_last": True})  # the zero tokens follow the indexed rows
 
 
 register_method(
-    "holov", config=HoloVConfig, paper="HoloV (NeurIPS 2025)", encoder=select, families=("llava",),
-    families_why="vlprune has HoloV's LLaVA-1.5 path (one image of raster patches); its authors' LLaVA-NeXT "
-                 "(base + unpadded tiles, no newlines) and Qwen2.5-VL paths are not ported yet",
+    "holov", config=HoloVConfig, paper="HoloV (NeurIPS 2025)", encoder=select, families=("llava", "llava_next"),
+    families_why="vlprune has HoloV's LLaVA-1.5 and LLaVA-NeXT (base + unpadded tiles, one sequence per image) "
+                 "paths; its authors' Qwen2.5-VL path is not ported yet",
     kept="keep tokens: kept patches crop by crop (descending attention inside a crop, or raster); with "
          "overflow='pad' a crop's surplus share becomes zero tokens at the end, which have no index",
 )

@@ -332,8 +332,12 @@ class LlavaNextAdapter(Adapter):
                     sub.n_tiles = lay.n_tiles
                 sel = run.select(sub)
                 projected = sel.projected
+                vis, picked = sel.features[0], sel.indices[0]
+                if sel.extras.get("unindexed_last"):  # HoloV: rows without a patch (zero tokens) follow the
+                    order = picked.argsort()  # indexed ones, which need not be increasing; pack() wants them first
+                    vis, picked = torch.cat([vis[picked.numel():], vis[: picked.numel()][order]]), picked[order]
                 pieces.append({
-                    "vis": sel.features[0], "index": members.to(sel.indices.device)[sel.indices[0]].cpu(),
+                    "vis": vis, "index": members.to(picked.device)[picked].cpu(),
                     "assign": sel.assign[0] if sel.assign is not None else None, "members": members,
                 })
             vis = torch.cat([p["vis"] for p in pieces], 0)
