@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vlprune
+from test_families import _llm_input  # (inputs_embeds, mask) the language model receives
 
 from . import holov_next_official as next_official
 from .holov_official import HoloV as official
@@ -62,20 +63,13 @@ def test_tiny_llava_next_equals_official(t, size, keep):
     m = t.model
     images = t.images([size], seed=keep)
     lay = get_adapter(m).layout(size)
-    seq, attn, want = run_official(t, images["pixel_values"][0, : lay.n_tiles], size, keep)
+    seq, _, want = run_official(t, images["pixel_values"][0, : lay.n_tiles], size, keep)
     assert seq.shape[0] == lay.tile.shape[0]  # same unpadded grid: base + Hu x Wu patches
     inputs = {**t.prompt_ids(["what is it ?"], images, [1]), **images}
-    seen = {}
     vlprune.apply(m, "holov", keep, adapter_options={"newlines": "none"})  # the official layout has no image_newline
-
-    def grab(module, args, kwargs):
-        seen.setdefault("h", kwargs["inputs_embeds"])
-
-    hook = m.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
     try:
-        m(**inputs)
+        h, _ = _llm_input(m, inputs)
     finally:
-        hook.remove()
         vlprune.remove(m)
     # the official output tokens by sequence position (rows of the official sequence), then its zero tokens
     nonzero = want.abs().sum(-1) > 0
@@ -87,5 +81,5 @@ def test_tiny_llava_next_equals_official(t, size, keep):
     kept = vlprune.last_selection(m).indices[0].cpu()
     assert torch.equal(kept, where.sort().values)  # the same patches (patch space = the official sequence)
     start = int(torch.nonzero(inputs["input_ids"][0] == 4)[0])
-    got = seen["h"][0, start: start + keep]
+    got = h[0, start: start + keep]
     torch.testing.assert_close(got, torch.cat([seq[where.sort().values], want[~nonzero]]), rtol=0, atol=1e-5)
