@@ -17,6 +17,7 @@ class Selection:
     ``assign`` (B, N), optional: for merging methods, the kept token (0..K-1) each patch was merged into,
     -1 for patches that were dropped without merging.
     ``projected``: ``features`` are already in the LLM's input space (the adapter skips its projector).
+    ``extras["unindexed_last"]``: the rows past an image's indices stand for no patch (HoloV's zero tokens).
     """
 
     features: torch.Tensor
