@@ -199,13 +199,7 @@ def test_ragged_qwen(qwen_t, method):
         gen = _generate(m, batch).sequences
         kept = vlprune.last_selection(m).indices
         assert len(set(_state(m).pruner.current.orig_counts)) == 2 and _state(m).pruner.current.dead is not None
-        for b in range(2):
-            one_im = t.images(sizes[b: b + 1])
-            n = int(batch["image_grid_thw"][:b].prod(-1).sum())
-            one_im["pixel_values"] = batch["pixel_values"][n: n + int(batch["image_grid_thw"][b].prod())]
-            one = {**t.prompt_ids(questions[b: b + 1], one_im, [1]), **one_im}
-            assert torch.equal(_generate(m, one).sequences[0, -STEPS:], gen[b, -STEPS:])
-            assert torch.equal(vlprune.last_selection(m).indices[0], kept[b])
+        assert_qwen_samples_equal_batch(t, batch, sizes, questions, gen, kept, STEPS)
         assert_generate_equals_no_cache_loop(m, batch)
     finally:
         vlprune.remove(m)
@@ -267,3 +261,16 @@ def test_unpadded_batch_whose_rows_shrink_unevenly(next_t, method, mask):
             assert torch.equal(alone[0, -STEPS:], gen[b, -STEPS:])
     finally:
         vlprune.remove(m)
+
+
+def assert_qwen_samples_equal_batch(t, batch, sizes, questions, gen, kept, steps: int) -> None:
+    """Each sample of a Qwen2.5-VL batch (one image each, ``sizes``), generated alone on the patched ``t.model``,
+    gives the batch's last ``steps`` tokens and kept indices."""
+    m = t.model
+    for b in range(len(sizes)):
+        one_im = t.images(sizes[b: b + 1])
+        n = int(batch["image_grid_thw"][:b].prod(-1).sum())
+        one_im["pixel_values"] = batch["pixel_values"][n: n + int(batch["image_grid_thw"][b].prod())]
+        one = {**t.prompt_ids(questions[b: b + 1], one_im, [1]), **one_im}
+        assert torch.equal(_generate(m, one).sequences[0, -steps:], gen[b, -steps:])
+        assert torch.equal(vlprune.last_selection(m).indices[0], kept[b])

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import vlprune
 from helpers import QUESTIONS, assert_batch_equals_per_sample, logits
-from test_ragged_batches import _generate, _rows, _visible_visual, assert_generate_equals_no_cache_loop
+from test_ragged_batches import _generate, assert_qwen_samples_equal_batch, _rows, _visible_visual, assert_generate_equals_no_cache_loop
 from vlprune.api import _state
 from vlprune.flops import tokens_per_layer
 from vlprune.models import get_adapter
@@ -246,13 +246,7 @@ def test_qwen_ragged_batch_equals_per_sample_and_no_cache_loop(qwen_t):
     try:
         gen = _generate(m, batch).sequences
         kept = vlprune.last_selection(m).indices
-        for b in range(2):
-            one_im = t.images(sizes[b: b + 1])
-            n = int(batch["image_grid_thw"][:b].prod(-1).sum())
-            one_im["pixel_values"] = batch["pixel_values"][n: n + int(batch["image_grid_thw"][b].prod())]
-            one = {**t.prompt_ids(questions[b: b + 1], one_im, [1]), **one_im}
-            assert torch.equal(_generate(m, one).sequences[0, -4:], gen[b, -4:])
-            assert torch.equal(vlprune.last_selection(m).indices[0], kept[b])
+        assert_qwen_samples_equal_batch(t, batch, sizes, questions, gen, kept, 4)
         assert_generate_equals_no_cache_loop(m, batch)
     finally:
         vlprune.remove(m)
