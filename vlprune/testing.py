@@ -51,14 +51,7 @@ class TinyLlava:
             head = tok("user :", add_special_tokens=True)["input_ids"]
             tail = tok(f"{q} assistant :", add_special_tokens=False)["input_ids"]
             rows.append(head + [4] * (n * n_images) + tail)
-        width = max(len(r) for r in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            sl = slice(width - len(r), width) if left_pad else slice(0, len(r))
-            ids[i, sl] = torch.tensor(r)
-            mask[i, sl] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+        return _pad_rows(rows, left_pad)
 
 
 def tiny_clip_sharing_tower(vision: dict, tower: Any) -> tuple[Any, Any]:
