@@ -531,3 +531,52 @@ def test_pack_frames_layout(frames, n, data):
     for j, v in enumerate(kept):
         assert float(prunable[int(assign[v]), 0]) == 100.0 + extra + j
     assert int((assign >= 0).sum()) == len(kept)
+
+
+def test_bench_qwen_video_layout_and_flops():
+    """Qwen2.5-VL videos in ``vlprune bench``: S temporal slices, each laid out as one image; the placeholders,
+    ``video_grid_thw`` and merged tokens agree with the real tower, and the ViT FLOPs keep both kinds of attention
+    within a slice (what ``cu_seqlens`` does), i.e. S times one slice's."""
+    from vlprune.presets import get_preset
+    from vlprune.speed_flops import qwen_vit_flops
+    from vlprune.speed_models import build, make_inputs, qwen_layout
+
+    cpu = torch.device("cpu")
+    bm = build("tiny-qwen-video", None, None, torch.float32, cpu)
+    assert bm.layout.slices == 2 and bm.patches == 2 * 35 and bm.image_token_id == bm.model.config.video_token_id
+    inputs = make_inputs(bm, 2, 16, cpu, torch.float32)
+    assert "pixel_values" not in inputs and inputs["video_grid_thw"].tolist() == [[2, 10, 14]] * 2
+    assert int((inputs["input_ids"][0] == bm.image_token_id).sum()) == 70
+    assert inputs["mm_token_type_ids"].unique().tolist() == [0, 2]
+    with torch.no_grad():
+        merged = bm.model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+    assert sum(m.shape[0] for m in merged.pooler_output) == 2 * 70
+    image = build("tiny-qwen", None, None, torch.float32, cpu)
+    assert qwen_vit_flops(bm.shape, bm.layout) == 2 * qwen_vit_flops(image.shape, image.layout)
+    preset = get_preset("qwen2.5-vl-7b-video")
+    lay = qwen_layout(preset, (448, 448), slices=8)
+    assert lay.patches == preset.visual_tokens == 2048
+    assert qwen_vit_flops(preset, lay) == 8 * qwen_vit_flops(preset, qwen_layout(preset, (448, 448)))
+
+
+def test_bench_tiny_qwen_video(tmp_path):
+    """``vlprune bench --model tiny-qwen-video``: keep counts the video's merged tokens across its slices."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from vlprune.cli import app
+
+    out = tmp_path / "bench.json"
+    res = CliRunner().invoke(app, [
+        "bench", "--model", "tiny-qwen-video", "--dtype", "fp32", "--device", "cpu", "--methods", "none,vispruner,fastv",
+        "--keep", "16", "--repeats", "1", "--warmup", "1", "--threads", "1", "--json", str(out),
+    ])
+    assert res.exit_code == 0, res.output
+    assert "4-frame video of 40x56" in res.output
+    report = json.loads(out.read_text())
+    assert report["family"] == "qwen2_5_vl" and report["frames"] == 4 and report["visual_tokens"] == 70
+    text = report["text_tokens"]
+    full, vis, fastv = report["results"]
+    assert full["llm_tokens"] == [70 + text] * 2 and vis["llm_tokens"] == [16 + text] * 2  # first, last layer
+    assert fastv["llm_tokens"] == [70 + text, 16 + text]

@@ -28,8 +28,9 @@ def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
 
 def bench_command(
     model: str = typer.Option("llava-1.5-7b", help="Preset (llava-1.5-7b, llava-1.5-13b, llava-next-7b, "
-                              "qwen2.5-vl-7b, video-llava-7b: one 8-frame video per sample) or a tiny test model "
-                              "(tiny, tiny-next, tiny-qwen, tiny-video: vlprune.testing)."),
+                              "qwen2.5-vl-7b; video-llava-7b: one 8-frame video per sample; qwen2.5-vl-7b-video: one 16-frame video) "
+                              "or a tiny test model "
+                              "(tiny, tiny-next, tiny-qwen, tiny-qwen-video, tiny-video: vlprune.testing)."),
     layers: Optional[int] = typer.Option(None, help="LLM decoder layers to build (default: the preset's)."),
     vision_layers: Optional[int] = typer.Option(None, help="Vision blocks to build (default: the preset's scaled "
                                                 "like --layers, at least 2)."),

@@ -35,12 +35,17 @@ def qwen_vit_flops(shape: ModelShape, image: ImageLayout) -> float:
                                               smaller at the bottom / right edges)
         merger           (N / 4) * ((4 D_v)^2 + 4 D_v d)            (2x2 patches -> one d-wide LLM token)
 
+    A video of S temporal slices (2 frames each): N counts every slice's patches, and both kinds of attention stay
+    within a slice (``cu_seqlens`` per slice): S (N/S)^2 in a full-attention block, S sum_w n_w^2 in a window block.
+
     Every method runs all of it: Qwen2.5-VL selects among the merger's outputs."""
     n = image.patches * image.merge**2
     dv, mv, unit = shape.vision_hidden, shape.vision_ffn, image.merge**2
+    per_slice = n // image.slices
     attn = 0
     for block in range(shape.vision_layers):
-        attn += n * n if block in image.full_blocks else sum(w * w for w in image.windows)
+        attn += image.slices * (per_slice * per_slice if block in image.full_blocks
+                                else sum(w * w for w in image.windows))
     blocks = shape.vision_layers * (4 * n * dv * dv + 3 * n * dv * mv) + 2 * dv * attn
     merger = image.patches * ((unit * dv) ** 2 + unit * dv * shape.hidden)
     return n * QWEN_PATCH_IN * shape.patch_size**2 * dv + blocks + merger

@@ -36,6 +36,7 @@ class ImageLayout:
     windows: tuple[int, ...] = ()  # Qwen2.5-VL: patches in each attention window
     full_blocks: tuple[int, ...] = ()  # Qwen2.5-VL: ViT blocks with full (image-wide) attention
     fixed: int = 0  # Video-LLaVA: the frames' [CLS] placeholders, which no method prunes
+    slices: int = 1  # Qwen2.5-VL videos: temporal slices (2 frames each); ``windows`` are one slice's
 
     @property
     def image_tokens(self) -> int:
@@ -69,9 +70,11 @@ def qwen_full_blocks(depth: int) -> tuple[int, ...]:
 
 
 def qwen_layout(shape: ModelShape, size: tuple[int, int], window: int = QWEN_WINDOW, merge: int = 2,
-                full_blocks: Optional[tuple[int, ...]] = None) -> ImageLayout:
+                full_blocks: Optional[tuple[int, ...]] = None, slices: int = 1) -> ImageLayout:
     """Qwen2.5-VL at native resolution: (h/p) x (w/p) patches, one LLM token per ``merge x merge`` of them, windows
-    of ``window`` px cut from the top-left (edge windows are smaller, as ``get_vision_window_index``)."""
+    of ``window`` px cut from the top-left (edge windows are smaller, as ``get_vision_window_index``). A video has
+    ``slices`` temporal slices of 2 frames, each laid out as one such image (``video_grid_thw`` = (slices, h/p,
+    w/p)); ``patches`` counts the merged tokens of all of them, what ``keep`` counts for a video."""
     h, w = size
     unit = shape.patch_size * merge
     if h % unit or w % unit:
@@ -84,7 +87,7 @@ def qwen_layout(shape: ModelShape, size: tuple[int, int], window: int = QWEN_WIN
 
     windows = tuple(a * b * merge * merge for a in chunks(mh) for b in chunks(mw))
     full = qwen_full_blocks(shape.vision_layers) if full_blocks is None else tuple(full_blocks)
-    return ImageLayout("qwen2_5_vl", (h, w), 1, mh * mw, 0, merge, windows, full)
+    return ImageLayout("qwen2_5_vl", (h, w), 1, slices * mh * mw, 0, merge, windows, full, slices=slices)
 
 
 # -- building the model ------------------------------------------------------------------------------------
@@ -254,14 +257,15 @@ def build_qwen2_5_vl(shape: ModelShape, layers: int, vision_layers: int, dtype: 
                      seed: int = 0, size: Optional[tuple[int, int]] = None) -> BenchModel:
     """``Qwen2_5_VLForConditionalGeneration`` at ``shape``'s widths (7B: ViT 1280 wide, SwiGLU 3420, window 112 px,
     full attention every 8th block and in the last one, 2x2 merger; Qwen2 LLM with 4 KV heads, M-RoPE 16/24/24);
-    one image of ``size`` (default the preset's square) per sample. DeSAP uses the adapter's fallback (no CLIP)."""
+    one image of ``size`` (default the preset's square) per sample, or for a video preset (``shape.frames`` > 1)
+    one video of that many frames at ``size`` each. DeSAP uses the adapter's fallback (no CLIP)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from .testing import QWEN_SPECIALS, word_tokenizer
 
     _check_depths(shape, layers, vision_layers)
     built = dataclasses.replace(shape, layers=layers, vision_layers=vision_layers)
-    layout = qwen_layout(built, size or (shape.image_size, shape.image_size))
+    layout = qwen_layout(built, size or (shape.image_size, shape.image_size), slices=qwen_slices(shape.frames))
     tok = word_tokenizer(specials=QWEN_SPECIALS, bos=False)
     ids = tok.convert_tokens_to_ids(QWEN_SPECIALS)
     vision = dict(depth=vision_layers, hidden_size=shape.vision_hidden, intermediate_size=shape.vision_ffn,
@@ -278,7 +282,16 @@ def build_qwen2_5_vl(shape: ModelShape, layers: int, vision_layers: int, dtype: 
                            vision_start_token_id=ids[5], vision_end_token_id=ids[6], tie_word_embeddings=False)
     cfg._attn_implementation = "sdpa"
     model = _finish(_construct(Qwen2_5_VLForConditionalGeneration, cfg, dtype, device), seed, device)
-    return BenchModel(model, tok, None, built, ids[4], shape.name, layout)
+    return BenchModel(model, tok, None, built, ids[7] if shape.frames > 1 else ids[4], shape.name, layout)
+
+
+def qwen_slices(frames: int, temporal_patch: int = 2) -> int:
+    """Temporal slices of a Qwen2.5-VL video of ``frames`` frames (the processor pairs frames: 16 -> 8); 1 for an
+    image (``frames`` = 1)."""
+    if frames > 1 and frames % temporal_patch:
+        raise typer.BadParameter(f"a Qwen2.5-VL video needs an even number of frames (pairs of {temporal_patch}), "
+                                 f"got {frames}")
+    return max(1, frames // temporal_patch)
 
 
 def _tiny_shape(name: str, source: str, model: nn.Module, visual_tokens: int, vc: Any, image_size: int) -> ModelShape:
@@ -326,7 +339,7 @@ def build_tiny_next(dtype: torch.dtype, device: torch.device, seed: int = 0,
 
 
 def build_tiny_qwen(dtype: torch.dtype, device: torch.device, seed: int = 0,
-                    size: tuple[int, int] = (40, 56)) -> BenchModel:
+                    size: tuple[int, int] = (40, 56), frames: int = 1) -> BenchModel:
     """``vlprune.testing.tiny_qwen2_5_vl`` (4 px patches, 16 px windows): 40x56 images = 10x14 patches, 5x7 merged
     tokens, windows of 2x2 merged tokens with partial ones at the bottom and right edges."""
     from .testing import tiny_qwen2_5_vl
@@ -335,12 +348,22 @@ def build_tiny_qwen(dtype: torch.dtype, device: torch.device, seed: int = 0,
     model = _tiny_model(t.model, dtype, device)
     vc = model.config.vision_config
     shape = _tiny_shape("tiny-qwen", "vlprune.testing.tiny_qwen2_5_vl", model, 0, vc, size[0])
-    layout = qwen_layout(shape, size, vc.window_size, vc.spatial_merge_size, tuple(vc.fullatt_block_indexes))
-    shape = dataclasses.replace(shape, visual_tokens=layout.patches)
-    return BenchModel(model, t.tokenizer, None, shape, model.config.image_token_id, "tiny-qwen", layout)
+    layout = qwen_layout(shape, size, vc.window_size, vc.spatial_merge_size, tuple(vc.fullatt_block_indexes),
+                         slices=qwen_slices(frames))
+    shape = dataclasses.replace(shape, visual_tokens=layout.patches, frames=frames)
+    name = "tiny-qwen-video" if frames > 1 else "tiny-qwen"
+    token = model.config.video_token_id if frames > 1 else model.config.image_token_id
+    return BenchModel(model, t.tokenizer, None, shape, token, name, layout)
 
 
-TINY = {"tiny": build_tiny, "tiny-next": build_tiny_next, "tiny-qwen": build_tiny_qwen}
+def build_tiny_qwen_video(dtype: torch.dtype, device: torch.device, seed: int = 0,
+                          size: tuple[int, int] = (40, 56)) -> BenchModel:
+    """``tiny-qwen`` on one 4-frame video per sample: 2 temporal slices of 5x7 merged tokens (70 in all)."""
+    return build_tiny_qwen(dtype, device, seed, size, frames=4)
+
+
+TINY = {"tiny": build_tiny, "tiny-next": build_tiny_next, "tiny-qwen": build_tiny_qwen,
+        "tiny-qwen-video": build_tiny_qwen_video}
 
 
 def build(model: str, layers: Optional[int], vision_layers: Optional[int], dtype: torch.dtype,
@@ -367,8 +390,8 @@ def build(model: str, layers: Optional[int], vision_layers: Optional[int], dtype
         return build_video_llava(shape, n_layers, vision_layers_for(shape, n_layers, vision_layers), dtype, device,
                                  seed)
     shape = get_preset(key)
-    if shape.frames > 1:
-        raise NotImplementedError(f"{model}: the benchmark builds Video-LLaVA videos (video-llava-7b, tiny-video) "
+    if shape.frames > 1 and not key.startswith("qwen2.5-vl"):
+        raise NotImplementedError(f"{model}: the benchmark builds videos for Video-LLaVA and Qwen2.5-VL presets "
                                   "only; `vlprune flops` counts this preset")
     n_layers = layers or shape.layers
     v_layers = vision_layers_for(shape, n_layers, vision_layers)
@@ -395,7 +418,8 @@ def make_inputs(bm: BenchModel, batch: int, prompt_tokens: int, device: torch.de
       image_sizes (B, 2);
     - Qwen2.5-VL: "user : <|vision_start|><image>*(h w / 4)<|vision_end|> {question} assistant :", pixel_values
       (B * h * w, 3 * 2 * 14 * 14) flattened patches (random, so their order does not matter), image_grid_thw
-      (B, 3) = (1, h, w) in patches, mm_token_type_ids.
+      (B, 3) = (1, h, w) in patches, mm_token_type_ids; a video preset: S slices x (h w / 4) video placeholders,
+      pixel_values_videos (B * S * h * w, ...), video_grid_thw (S, h, w), second_per_grid_ts 1, type ids 2.
     """
     tok = bm.tokenizer
     qwen = bm.family == "qwen2_5_vl"
@@ -411,13 +435,19 @@ def make_inputs(bm: BenchModel, batch: int, prompt_tokens: int, device: torch.de
     out = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     gen = torch.Generator().manual_seed(seed)
     lay = bm.layout
-    if qwen:
+    if qwen:  # an image, or a video (``lay.slices`` pairs of frames): the same flattened patches, per slice
         vc = bm.model.config.vision_config
         gh, gw = (s // vc.patch_size for s in lay.size)
         dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
-        out["pixel_values"] = torch.randn(batch * gh * gw, dim, generator=gen).to(device=device, dtype=dtype)
-        out["image_grid_thw"] = torch.tensor([[1, gh, gw]] * batch, device=device)
-        out["mm_token_type_ids"] = (ids == bm.image_token_id).int()
+        pixels = torch.randn(batch * lay.slices * gh * gw, dim, generator=gen).to(device=device, dtype=dtype)
+        grid = torch.tensor([[lay.slices, gh, gw]] * batch, device=device)
+        video = bm.shape.frames > 1
+        if video:
+            out.update(pixel_values_videos=pixels, video_grid_thw=grid,
+                       second_per_grid_ts=torch.ones(batch, device=device))
+        else:
+            out.update(pixel_values=pixels, image_grid_thw=grid)
+        out["mm_token_type_ids"] = (ids == bm.image_token_id).int() * (2 if video else 1)
         return out
     if bm.family == "video_llava":  # one video per sample: video placeholders, pixel_values_videos
         from .speed_video import video_pixels

@@ -81,7 +81,9 @@ def print_report(report: dict, console: Any) -> None:
     from rich.table import Table
 
     size = report.get("image_size")
-    image = f"{size[0]}x{size[1]} image, " if size else ""
+    frames = report.get("frames", 1)
+    image = "" if not size else (f"{frames}-frame video of {size[0]}x{size[1]}, " if frames > 1
+                                 else f"{size[0]}x{size[1]} image, ")
     newlines = f"+{report['newlines']} newlines" if report.get("newlines") else ""
     table = Table(title=(f"{report['model']}: LLM {report['layers']} layers, vision {report['vision_layers']} layers, "
                          f"batch {report['batch']}, {image}{report['visual_tokens']}{newlines}+"
