@@ -34,6 +34,7 @@ def build(
                                       "copy doing 1/ratio of its source's update."),
     llava_steps: int = typer.Option(None, "--llava-steps", help="Stage-2 steps (default 6000 x --steps-scale)."),
     llava_lr: float = typer.Option(None, "--llava-lr", help="Stage-2 peak learning rate (default 2e-3)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, or cuda on a GPU (the same recipe, faster)."),
 ) -> None:
     """Train the testbed CLIP + LLaVA from scratch and save them with save_pretrained (about an hour on a CPU)."""
     from dataclasses import replace
@@ -64,7 +65,7 @@ def build(
                     llava_steps=llava_steps or max(1, round(spec.llava_steps * steps_scale)), progress=progress,
                     spec=spec, val_n=val_n, threads=threads or None, log_file=log_file,
                     replace_bundled=replace_bundled, clip_dir=clip_from, llm_init=llm_init,
-                    llm_init_mode=llm_init_mode)
+                    llm_init_mode=llm_init_mode, device=device)
     summary = {k: v for k, v in result.items() if k != "spec"}
     typer.echo(json.dumps(summary, indent=2))
 
