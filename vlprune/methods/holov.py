@@ -22,6 +22,12 @@ LLaVA-NeXT (``budget="global"``): as the official ``llava_arch.py`` (lines 169-2
 patches, then the unpadded grid of the sub-image tiles row by row, with no ``image_newline`` (the official code
 comments them out); the crops cut that sequence. The adapter lays the kept patches out in patch-space (raster)
 order, with its ``newlines`` option ("none" is the official layout), and the zero tokens after them.
+
+Qwen2.5-VL (the authors' ``qwen-model-HoloV/``): the N merger tokens of one image in raster order, scored by the
+mean attention each patch receives in the ViT's LAST block (head mean, query mean), per 2x2 unit; their tower keeps
+those scores in the ViT's window order while the tokens are put back in raster order, so token j is scored by the
+j-th unit in window order (``attention_order="window"``, official; ``"raster"`` pairs every token with its own
+score); ``C = max(1, int(1024 / 576 * N / keep))`` crops instead of 16 (``crops_for``).
 """
 from __future__ import annotations
 
@@ -39,20 +45,24 @@ PROJECTS_EVERY_PATCH = True  # for vlprune bench's FLOPs: the projector runs on 
 
 @dataclass
 class HoloVConfig:
-    """crops: contiguous crops of the raster sequence (official ``num_patches=16``).
+    """crops: contiguous crops of the raster sequence; None: the authors' count for the family (16 on LLaVA-1.5 and
+    LLaVA-NeXT, ``max(1, int(1024 / 576 * N / keep))`` on Qwen2.5-VL).
     alpha: weight of the similarity variance in a token's score (official 0.09). eps: official 1e-6.
     overflow: "pad" (official: a crop's unused share is lost and the image is padded with zero tokens up to keep) or
     "refill" (the lost share goes to the best remaining tokens by attention; no zero tokens).
-    order: "official" (crop by crop, descending attention inside a crop) or "raster"."""
+    order: "official" (crop by crop, descending attention inside a crop) or "raster".
+    attention_order (Qwen2.5-VL only): "window" (official: token j of the raster sequence is scored with the j-th
+    2x2 unit in the ViT's window order, as the authors' tower returns the scores) or "raster" (its own score)."""
 
-    crops: int = 16
+    crops: int | None = None
     alpha: float = 0.09
     eps: float = 1e-6
     overflow: str = "pad"
     order: str = "official"
+    attention_order: str = "window"
 
     def __post_init__(self) -> None:
-        if self.crops < 1:
+        if self.crops is not None and self.crops < 1:
             raise ValueError(f"crops must be >= 1, got {self.crops}")
         if self.alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
@@ -62,6 +72,16 @@ class HoloVConfig:
             raise ValueError(f"overflow must be 'pad' (official) or 'refill', got {self.overflow!r}")
         if self.order not in ("official", "raster"):
             raise ValueError(f"order must be 'official' or 'raster', got {self.order!r}")
+        if self.attention_order not in ("window", "raster"):
+            raise ValueError(f"attention_order must be 'window' (official) or 'raster', got {self.attention_order!r}")
+
+
+def crops_for(n: int, keep: int, family: str | None) -> int:
+    """The authors' crop count: 16 on LLaVA (``llava_arch.py`` line 239), ``max(1, int(1024 / 576 * n / keep))`` on
+    Qwen2.5-VL (``qwen-model-HoloV/modeling_qwen2_5_vl.py`` line 1916; 16 at n = 576, keep = 64)."""
+    if family == "qwen2_5_vl":
+        return max(1, int(((1024 / 576) * n) / keep))
+    return 16
 
 
 def crop_bounds(n: int, crops: int) -> list[tuple[int, int]]:
@@ -102,11 +122,12 @@ def allocate(scores: torch.Tensor, keep: int, eps: float) -> list[int]:
     return shares.tolist()
 
 
-def select_image(tokens: torch.Tensor, attention: torch.Tensor, keep: int, cfg: HoloVConfig) -> torch.Tensor:
+def select_image(tokens: torch.Tensor, attention: torch.Tensor, keep: int, cfg: HoloVConfig,
+                 crops: int | None = None) -> torch.Tensor:
     """Kept patch indices of one image (N, D) / (N,), in the order handed to the LLM (at most ``keep``; fewer where
-    a crop's share exceeded its size and ``overflow="pad"``)."""
+    a crop's share exceeded its size and ``overflow="pad"``); ``crops`` (else ``cfg.crops``, else 16) crops."""
     tokens, attention = tokens.float(), attention.float()
-    bounds = crop_bounds(tokens.shape[0], cfg.crops)
+    bounds = crop_bounds(tokens.shape[0], crops or cfg.crops or 16)
     scores = torch.stack([crop_score(tokens[s:e], attention[s:e], cfg.alpha, cfg.eps) for s, e in bounds])
     kept = []
     for (s, e), share in zip(bounds, allocate(scores, keep, cfg.eps)):
@@ -130,9 +151,13 @@ def select(source: SignalSource, keep: int, cfg: HoloVConfig) -> Selection:
     if keep >= n:  # full budget: every crop keeps all its tokens, in raster order
         every = torch.arange(n, device=feats.device).expand(b, n)
         return Selection(features=feats, indices=every, projected=True)
+    family = getattr(source, "family", None)
+    if family == "qwen2_5_vl" and cfg.attention_order == "window":  # the authors' tower: scores in window order
+        attention = attention[:, source.window_order().to(attention.device)]
+    crops = cfg.crops or crops_for(n, keep, family)
     rows, indices = [], []
     for i in range(b):
-        index = select_image(feats[i], attention[i], keep, cfg)
+        index = select_image(feats[i], attention[i], keep, cfg, crops)
         if cfg.order == "raster":
             index = index.sort().values
         pad = feats.new_zeros(keep - index.numel(), d)  # the official zero tokens (overflow="pad")
@@ -144,9 +169,9 @@ def select(source: SignalSource, keep: int, cfg: HoloVConfig) -> Selection:
 
 
 register_method(
-    "holov", config=HoloVConfig, paper="HoloV (NeurIPS 2025)", encoder=select, families=("llava", "llava_next"),
-    families_why="vlprune has HoloV's LLaVA-1.5 and LLaVA-NeXT (base + unpadded tiles, one sequence per image) "
-                 "paths; its authors' Qwen2.5-VL path is not ported yet",
+    "holov", config=HoloVConfig, paper="HoloV (NeurIPS 2025)", encoder=select, families=("llava", "llava_next", "qwen2_5_vl"),
+    families_why="vlprune has HoloV's LLaVA-1.5, LLaVA-NeXT (base + unpadded tiles, one sequence per image) and "
+                 "Qwen2.5-VL (merger tokens of one image) paths, each image one budget",
     kept="keep tokens: kept patches crop by crop (descending attention inside a crop, or raster); with "
          "overflow='pad' a crop's surplus share becomes zero tokens at the end, which have no index",
 )

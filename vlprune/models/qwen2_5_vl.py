@@ -66,6 +66,8 @@ class LlmEmbeddingQuestions:
 class _QwenImage:
     """``SignalSource`` of one image (B = 1) of a Qwen2.5-VL vision pass; every signal is computed on first use."""
 
+    family = "qwen2_5_vl"  # read by methods with a family-specific rule (HoloV's crop count and score order)
+
     def __init__(self, vit: "_VisionPass", i: int, questions: Any, item: int | None = None) -> None:
         self.vit, self.i, self.questions = vit, i, questions
         self.item = i if item is None else item  # the item's row in ``questions`` (images and videos, prompt order)
@@ -89,6 +91,11 @@ class _QwenImage:
 
     def keys(self) -> torch.Tensor:
         return self.vit.keys(self.i).unsqueeze(0)
+
+    def window_order(self) -> torch.Tensor:
+        """(units,) the raster unit at each position of the ViT's window order (this image's ``window_index``)."""
+        lo, hi = self.vit.unit_ranges[self.i]
+        return torch.argsort(self.vit.reverse[lo:hi] - lo)
 
     def cls_feature(self) -> None:
         return None
@@ -294,6 +301,7 @@ class Qwen2_5_VLAdapter(Adapter):
         self._grids: dict[int, list[tuple[int, int]]] | None = None
         self._order: list[tuple[int, int]] | None = None  # (kind, index) of every item of the last prompt walked
         self._pruned: PrunedImages | None = None
+        self._tails: list[bool] = []  # per item: rows past its indices stand for no patch (HoloV's zero tokens)
 
     def has_visual_inputs(self, call: dict[str, Any]) -> bool:
         return call.get("pixel_values") is not None or call.get("pixel_values_videos") is not None
@@ -379,6 +387,7 @@ class Qwen2_5_VLAdapter(Adapter):
         if len(chosen) != len(order):
             raise ValueError(f"the prompt holds {len(order)} images and videos, the call's pixels {len(chosen)}")
         out = PrunedImages(features=[], tokens_per_image=[], indices=[], assign=[], grids=[])
+        self._tails = [bool(chosen[j][1].extras.get("unindexed_last")) for j in range(len(order))]
         for j in range(len(order)):
             src, sel = chosen[j]
             out.features.append(sel.features[0])
@@ -440,7 +449,8 @@ class Qwen2_5_VLAdapter(Adapter):
     def _source_columns(self, ids: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Original column whose position each shortened column takes. Text columns keep their own; the j-th kept
         placeholder of an image takes the column of the patch its token stands for (``indices`` are aligned with
-        the last rows of the features; a leading extra row takes the first one's), not simply the j-th column."""
+        the last rows of the features; a leading extra row takes the first one's; HoloV's trailing zero tokens take
+        the image's last placeholder column, the authors' ``adjust_ids`` index -1), not simply the j-th column."""
         src = cols.clone()
         pruned = self._pruned
         if pruned is None:
@@ -454,6 +464,8 @@ class Qwen2_5_VLAdapter(Adapter):
             while lo < long_cols.shape[0]:
                 n, k = pruned.tokens_per_image[img], pruned.features[img].shape[0]
                 index = pruned.indices[img].to(cols.device)
+                if index.shape[0] < k and self._tails[img]:
+                    index = torch.cat([index, index.new_full((k - index.shape[0],), n - 1)])
                 index = torch.cat([index[:1].expand(k - index.shape[0]), index]) if index.shape[0] < k else index[:k]
                 src[b, short_slots[short: short + k]] = long_cols[lo + index]
                 lo, short, img = lo + n, short + k, img + 1
