@@ -35,8 +35,9 @@ def peaked():
     return t
 
 
-VIDEO_CHECKS = [test_video.test_identity_at_full_budget_and_exact_remove, test_video.test_cached_generate_equals_reference,
-                test_video.test_batch_equals_per_sample, test_video.test_llm_receives_keep]
+VIDEO_CHECKS = [test_video.test_identity_at_full_budget_and_exact_remove,
+                test_video.test_cached_generate_equals_reference, test_video.test_batch_equals_per_sample,
+                test_video.test_llm_receives_keep]
 
 
 @pytest.mark.parametrize("check", VIDEO_CHECKS, ids=lambda f: f.__name__.removeprefix("test_"))
@@ -82,3 +83,12 @@ def test_zero_tokens_in_a_batch(peaked, options):
     kept = _ragged(peaked, [(24, 40), (32, 32)], ["what color is the circle ?", "how many star ?"], 13, **options)
     if not options:  # the official pairing overflows one crop of the first image (test_oracle_holov_qwen.py)
         assert len(kept[0]) == 12
+
+
+def test_config_and_crop_count():
+    from vlprune.methods.holov import HoloVConfig, crops_for
+
+    with pytest.raises(ValueError, match="attention_order must be"):
+        HoloVConfig(attention_order="spatial")
+    assert crops_for(576, 64, "qwen2_5_vl") == 16 and crops_for(576, 64, None) == 16  # the two rules meet here
+    assert [crops_for(1024, k, "qwen2_5_vl") for k in (64, 128, 1024, 2000)] == [28, 14, 1, 1]

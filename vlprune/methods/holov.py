@@ -169,9 +169,10 @@ def select(source: SignalSource, keep: int, cfg: HoloVConfig) -> Selection:
 
 
 register_method(
-    "holov", config=HoloVConfig, paper="HoloV (NeurIPS 2025)", encoder=select, families=("llava", "llava_next", "qwen2_5_vl"),
-    families_why="vlprune has HoloV's LLaVA-1.5, LLaVA-NeXT (base + unpadded tiles, one sequence per image) and "
-                 "Qwen2.5-VL (merger tokens of one image) paths, each image one budget",
+    "holov", config=HoloVConfig, paper="HoloV (NeurIPS 2025)", encoder=select,
+    families=("llava", "llava_next", "qwen2_5_vl"),
+    families_why="the authors' HoloV paths are LLaVA-1.5, LLaVA-NeXT (base + unpadded tiles, one sequence per "
+                 "image) and Qwen2.5-VL (merger tokens of one image), each image one budget; none for Video-LLaVA",
     kept="keep tokens: kept patches crop by crop (descending attention inside a crop, or raster); with "
          "overflow='pad' a crop's surplus share becomes zero tokens at the end, which have no index",
 )
