@@ -11,14 +11,7 @@ import torch
 import test_video
 import vlprune
 from test_ragged_batches import STEPS, _generate, assert_qwen_samples_equal_batch
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_video import _one_thread  # noqa: F401  (its autouse fixture: one intra-op thread for tiny matmuls)
 
 
 @pytest.fixture(scope="module")
