@@ -31,6 +31,8 @@ class SignalSource(Protocol):
     """Lazily computed signals of one vision forward pass; provided by a model adapter.
 
     Every tensor is batched over images (B). N is the number of patch tokens (no [CLS]).
+    Qwen2.5-VL's source also has ``family = "qwen2_5_vl"`` and ``window_order()`` (the raster token at each position
+    of the ViT's window order), for HoloV's family rules.
     """
 
     grid: tuple[int, int]
