@@ -41,7 +41,12 @@ def tokens_per_layer(method: str | None, keep: int | None, shape: ModelShape, n_
     if spec.plan is not None:
         # schedules capped by the unpruned count, as ``vlprune.apply`` builds them (VisionDrop's 1.5 x keep)
         capped = {"tokens_per_image": n} if "tokens_per_image" in inspect.signature(spec.plan).parameters else {}
-        for stage in sorted(spec.plan(keep, shape.layers, cfg, **capped), key=lambda s: s.layer):
+        stages = spec.plan(keep, shape.layers, cfg, **capped)
+        if any(getattr(s, "adaptive", False) for s in stages):
+            raise ValueError(f"{method} with these options decides per sample how many visual tokens it keeps "
+                             "(SparseVLM version='v1': rank(A) * scale + bias), so no analytic FLOPs exist; count "
+                             "a run's tokens per layer instead (vlprune.methods.sparsevlm.measured_tokens_per_layer)")
+        for stage in sorted(stages, key=lambda s: s.layer):
             before = counts[stage.layer]
             k = min(stage.keep, before)
             if k < before and stage.extra is not None:  # tokens kept beyond the budget (SparseVLM's recycled ones)

@@ -107,6 +107,10 @@ class LLMStage:
         tokens and keep ``budget`` of them (SparseVLM's recycled tokens, which take the slots of pruned tokens);
         ``inputs.keep`` is then budget + extra (at most ``count``) and ``inputs.budget`` the budget. Only when the
         budget prunes (budget < count): a stage whose budget covers every token still does nothing.
+    adaptive: the stage decides per row how many visual tokens it keeps (SparseVLM v1's rank rule): ``keep`` is
+        unused, every row with visual tokens is scored, ``inputs.keep`` = ``inputs.budget`` = its count, and the
+        ranking marks the tokens to drop with ``-inf`` (rows of a group may keep different numbers; ``merge`` sees
+        as kept the top slots up to the largest count, ``renumber`` needs equal counts in the group).
     """
 
     layer: int
@@ -117,6 +121,7 @@ class LLMStage:
     select: Callable[[StageInputs], Any] | None = None
     renumber: Callable[[StageInputs, torch.Tensor], torch.Tensor] | None = None
     extra: Callable[[int, int], int] | None = None
+    adaptive: bool = False
 
     @property
     def scored_at(self) -> int:
@@ -348,8 +353,8 @@ class LLMPruner:
         p = self.current
         by: dict[tuple[int, int, int], list[int]] = {}
         for row, (count, n_img) in enumerate(zip(p.counts, p.n_images)):
-            k = min(stage.keep * n_img, count)
-            if k < count:
+            k = count if stage.adaptive else min(stage.keep * n_img, count)
+            if k < count or (stage.adaptive and count > 0):
                 by.setdefault((count, n_img, k), []).append(row)
         rows = len(p.counts)
         return [
@@ -381,16 +386,22 @@ class LLMPruner:
                     out = stage.select(inputs)
                     inputs.scores, inputs.aux = out if isinstance(out, tuple) else (out, inputs.aux)
                 order = descending_order(inputs.scores)
-                kept_slots = torch.sort(order[:, : group.keep], dim=-1).values
-                dropped_slots = torch.sort(order[:, group.keep :], dim=-1).values
+                alive = torch.isfinite(inputs.scores) if stage.adaptive else None  # adaptive: -inf = dropped
+                k = int(alive.sum(-1).max()) if alive is not None else group.keep
+                kept_slots = torch.sort(order[:, :k], dim=-1).values
+                dropped_slots = torch.sort(order[:, k:], dim=-1).values
                 if stage.merge is not None:
                     new_img = stage.merge(inputs, kept_slots, dropped_slots).to(hidden.dtype)
                     where = torch.gather(inputs.image_pos, 1, kept_slots).unsqueeze(-1).expand_as(new_img)
                     hidden = _put_rows(hidden, group.rows, inputs.hidden.scatter(1, where, new_img))
                 gone = torch.gather(inputs.image_pos, 1, dropped_slots)
                 drop = _put_rows(drop, group.rows, _take_rows(drop, group.rows).scatter(1, gone, True))
+                if alive is not None:  # adaptive: the -inf slots among the top k (rows keeping fewer than k)
+                    dead = ~torch.gather(alive, 1, kept_slots)
+                    where = torch.gather(inputs.image_pos, 1, kept_slots)
+                    drop = _put_rows(drop, group.rows, _take_rows(drop, group.rows).scatter(1, where, dead))
                 if stage.renumber is not None:
-                    self._check_renumber(kwargs, group)
+                    self._check_renumber(kwargs, group, alive)
                     new_order = stage.renumber(inputs, kept_slots)
             hidden, kw = self._drop(hidden, kwargs, drop, new_order)
             self.history.append(p.image_ids.clone())
@@ -432,9 +443,10 @@ class LLMPruner:
             p.pos = torch.argsort(torch.argsort(torch.gather(p.pos, 1, rel), dim=-1), dim=-1)
         return _gather_seq(hidden, rel, 1), self._gather_kwargs(kwargs)
 
-    def _check_renumber(self, kwargs: dict, group: _Group) -> None:
+    def _check_renumber(self, kwargs: dict, group: _Group, alive: torch.Tensor | None = None) -> None:
         pos = kwargs.get("position_ids")
-        if group.rows is not None or group.n_images != 1 or (isinstance(pos, torch.Tensor) and pos.dim() == 3):
+        ragged = alive is not None and len(set(alive.sum(-1).tolist())) > 1
+        if group.rows is not None or group.n_images != 1 or ragged or (isinstance(pos, torch.Tensor) and pos.dim() == 3):
             raise NotImplementedError(
                 "renumbered positions (VisionDrop positions='official') need one image per sample, the same number "
                 "of visual tokens in every sample and 1-D RoPE (LLaVA-1.5 / LLaVA-NeXT, as the official code); use "

@@ -13,10 +13,13 @@ Text-guided, progressive pruning inside the LLM, as the official code's default 
    cluster's average (of layer l's output) is one more visual token. vlprune puts a recycled token in the slot of
    its cluster centre (a pruned token); ``positions="official"`` renumbers the sequence as the official code does.
 
-The rank-adaptive count of the v1 code (``keep = rank(A) * scale + bias`` per layer) and SparseVLM+ (v2.0) are not
-implemented; docs/methods/sparsevlm.md says which version DeSAP's table reports and why this one is the default.
-Budget: ``keep`` is the official budget (64 / 96 / 128 / 192 on LLaVA-1.5 = the layer-averaged visual tokens, each
-layer counted at its output as the official code counts them); see :func:`schedule` for other budgets.
+``version="v1"`` runs the v1 code instead (Gumpest/SparseVLMs@b72c5d6, Oct 2024, the arXiv v1 paper's numbers):
+four stages (after layers 2, 6, 15, 19 of 32), each keeping ``min(int(rank(A) * scale + bias), n - 1)`` visual
+tokens of a sample (A: the raters' attention to its n visual tokens; nothing when rank(A) = n), :func:`rank_counts`;
+``scale``/``bias`` are set per benchmark (:data:`V1_PRESETS`), ``keep`` is then only the nominal budget (a label).
+SparseVLM+ (v2.0) is not implemented; docs/methods/sparsevlm.md says which version DeSAP's table reports.
+Budget (v1.5): ``keep`` is the official budget (64 / 96 / 128 / 192 on LLaVA-1.5 = the layer-averaged visual tokens,
+each layer counted at its output as the official code counts them); see :func:`schedule` for other budgets.
 """
 from __future__ import annotations
 
@@ -36,6 +39,14 @@ OFFICIAL_COUNTS: dict[int, tuple[int, ...]] = {
     64: (66, 30, 17), 96: (238, 48, 26), 128: (303, 110, 36), 192: (300, 200, 110),
 }
 OFFICIAL_TOKENS = 576  # LLaVA-1.5's visual tokens per image, the size the official schedule was set for
+V15_LAYERS = (3 / 32, 7 / 32, 16 / 32)  # v1.5: after layers 2, 6, 15 of 32
+V1_LAYERS = (3 / 32, 7 / 32, 16 / 32, 20 / 32)  # v1 (b72c5d6 ``pruning_loc=[2, 6, 15, 19]``)
+# v1's published settings (b72c5d6 scripts/v1_5/eval/{mme,pope,textvqa}.sh, README): (scale, bias, reported budget)
+V1_PRESETS: dict[str, tuple[float, float, int]] = {"mme": (13.5, 0.0, 192), "pope": (9.0, 6.0, 128),
+                                                   "textvqa": (0.8, 0.0, 64)}
+_V1_HELP = ("SparseVLM v1 keeps rank(A) * scale + bias tokens per stage: pass scale= and bias=, or preset= one of the "
+            "authors' settings: 'mme' (MME, 192 tokens: scale=13.5, bias=0), 'pope' (POPE, 128: scale=9, bias=6), "
+            "'textvqa' (TextVQA, 64: scale=0.8, bias=0)")
 
 
 @dataclass
@@ -52,16 +63,44 @@ class SparseVLMConfig:
     positions: "original" = every kept token keeps its position, a recycled token takes its cluster centre's
         (vlprune; any family, any number of images); "official" = after each stage the sequence is renumbered
         0..L'-1 with the kept visual tokens first, then the recycled ones (one image per sample, 1-D RoPE).
+    version: "v1.5" (ICML 2025 code, fixed per-budget counts) or "v1" (Oct 2024 code: rank-adaptive counts, four
+        stages; None ``layer_fractions`` = 3/32, 7/32, 16/32, 20/32; ``stage_ratios`` unused).
+    scale, bias: v1 only: a stage keeps ``n_images * int(rank(A) * scale + bias)`` (at most n - 1) of a sample's n
+        visual tokens. preset: v1 only, sets both from :data:`V1_PRESETS` ("mme", "pope", "textvqa").
     """
 
-    layer_fractions: tuple[float, ...] = (3 / 32, 7 / 32, 16 / 32)
+    layer_fractions: tuple[float, ...] | None = None  # None: the version's official layers
     stage_ratios: tuple[float, ...] | None = None
     recycle: bool = True
     recycle_ratio: float = 0.3
     cluster_divisor: int = 10
     positions: Literal["original", "official"] = "original"
+    version: Literal["v1.5", "v1"] = "v1.5"
+    scale: float | None = None
+    bias: float | None = None
+    preset: str | None = None
 
     def __post_init__(self) -> None:
+        if self.version not in ("v1.5", "v1"):
+            raise ValueError(f"version must be 'v1.5' (default) or 'v1', got {self.version!r}")
+        v1 = self.version == "v1"
+        if not v1 and (self.scale, self.bias, self.preset) != (None, None, None):
+            raise ValueError("scale, bias and preset are options of version='v1' (v1.5 counts come from keep)")
+        if v1 and self.preset is not None:
+            if self.preset not in V1_PRESETS:
+                raise ValueError(f"unknown SparseVLM v1 preset {self.preset!r}: {_V1_HELP}")
+            scale, bias, _ = V1_PRESETS[self.preset]
+            if self.scale not in (None, scale) or self.bias not in (None, bias):
+                raise ValueError(f"preset={self.preset!r} sets scale={scale}, bias={bias}: drop scale/bias or preset")
+            self.scale, self.bias = scale, bias
+        if v1:
+            if self.scale is None or self.bias is None:
+                raise ValueError(_V1_HELP)
+            self.scale, self.bias = float(self.scale), float(self.bias)
+            if not (0.0 < self.scale < float("inf")) or not (0.0 <= self.bias < float("inf")):
+                raise ValueError(f"SparseVLM v1 needs scale > 0 and bias >= 0 (finite), got {self.scale}, {self.bias}")
+        if self.layer_fractions is None:
+            self.layer_fractions = V1_LAYERS if v1 else V15_LAYERS
         self.layer_fractions = tuple(float(f) for f in self.layer_fractions)
         fr = self.layer_fractions
         if not fr or any(not 0.0 < f < 1.0 for f in fr) or any(b <= a for a, b in zip(fr, fr[1:])):
@@ -71,7 +110,7 @@ class SparseVLMConfig:
             if len(self.stage_ratios) != len(fr) or any(r <= 0 for r in self.stage_ratios):
                 raise ValueError(f"stage_ratios needs {len(fr)} positive entries (one per layer_fractions entry), "
                                  f"got {self.stage_ratios}")
-        elif len(fr) != 3:
+        elif len(fr) != 3 and not v1:
             raise ValueError("the official schedule has 3 stages: pass stage_ratios (one per layer_fractions entry)")
         if not 0.0 < self.recycle_ratio <= 1.0:
             raise ValueError(f"recycle_ratio must lie in (0, 1], got {self.recycle_ratio}")
@@ -102,6 +141,9 @@ def schedule(keep: int, num_layers: int, cfg: SparseVLMConfig, tokens_per_image:
     scaled by ``keep / that budget`` (the same fractions of the image); ``keep >= tokens_per_image`` prunes nothing."""
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
+    if cfg.version == "v1":
+        raise ValueError("SparseVLM v1 has no fixed schedule: each stage keeps rank(A) * scale + bias tokens of "
+                         "each sample (data-dependent); use version='v1.5' for counts set by keep")
     layers = stage_layers(num_layers, cfg)
     n = tokens_per_image or OFFICIAL_TOKENS
     if keep >= n:
@@ -142,6 +184,20 @@ def rater_scores(probs: torch.Tensor, image_pos: torch.Tensor, raters: torch.Ten
     cols = torch.gather(probs, 2, image_pos.unsqueeze(1).expand(-1, probs.shape[1], -1))  # (B, T, n)
     w = raters.float().unsqueeze(-1)
     return torch.where(raters.unsqueeze(-1), cols, 0.0).sum(1) / w.sum(1).clamp(min=1)
+
+
+def rank_counts(attn: torch.Tensor, raters: torch.Tensor, n_images: int, scale: float, bias: float
+                ) -> tuple[list[int], list[int]]:
+    """v1's adaptive count (official ``attn_postprocess_rank``, b72c5d6 score.py): for each row b, r = the rank of
+    the raters' attention to the n visual tokens, ``attn[b][raters[b]]`` (R_b, n), by ``torch.linalg.matrix_rank``
+    in float32 with its default tolerance (singular values above ``max(R_b, n) * eps * s_max``, as the official,
+    which is why each row is its own call: zero rows would change ``max(R_b, n)``). Kept: every token if r = n,
+    else ``min(n_images * int(r * scale + bias), n - 1)``. ``attn`` (B, T, n), ``raters`` (B, T) bool. Returns
+    (ranks, counts), one int per row."""
+    n = attn.shape[-1]
+    ranks = [int(torch.linalg.matrix_rank(attn[b][raters[b]].float())) for b in range(attn.shape[0])]
+    counts = [n if r == n else min(n_images * int(r * scale + bias), n - 1) for r in ranks]
+    return ranks, counts
 
 
 def tie_break_noise(batch: int, m: int, device: torch.device | None = None) -> torch.Tensor:
@@ -222,6 +278,39 @@ def visual_scores(inputs: StageInputs) -> torch.Tensor:
     return rater_scores(probs, inputs.image_pos, raters)
 
 
+def v1_scores(inputs: StageInputs, cfg: SparseVLMConfig) -> tuple[torch.Tensor, dict]:
+    """v1: :func:`visual_scores` and each row's adaptive count (:func:`rank_counts`) from the same attention."""
+    pos, raters = _window(inputs)
+    probs = torch.nan_to_num(inputs.attention(pos).mean(dim=1))
+    cols = torch.gather(probs, 2, inputs.image_pos.unsqueeze(1).expand(-1, probs.shape[1], -1))
+    ranks, counts = rank_counts(cols, raters, inputs.n_images, cfg.scale, cfg.bias)
+    return rater_scores(probs, inputs.image_pos, raters), {"ranks": ranks, "counts": counts}
+
+
+def v1_select(inputs: StageInputs, cfg: SparseVLMConfig) -> tuple[torch.Tensor, dict]:
+    """v1: each row keeps its own count and recycles its own pruned tokens (:func:`recycle`, row by row). Ranking:
+    kept 2, cluster centres 1, dropped -inf (an adaptive stage); centres padded with -1 to the longest row."""
+    feats = gather_rows(inputs.hidden, inputs.image_pos)
+    scores = inputs.scores
+    ranking = torch.full_like(scores, float("-inf"), dtype=torch.float32)
+    rows = []
+    for b, k in enumerate(inputs.aux["counts"]):
+        if k >= scores.shape[1]:  # rank(A) = n: the official keeps every token, recycles none
+            ranking[b] = 2.0
+            rows.append((scores.new_zeros(0, dtype=torch.long), feats[b, :0]))
+            continue
+        kept, centres, tokens = recycle(scores[b: b + 1], feats[b: b + 1], k, cfg)
+        ranking[b, kept[0]] = 2.0
+        ranking[b, centres[0]] = 1.0
+        rows.append((centres[0], tokens[0]))
+    c = max(len(r[0]) for r in rows)
+    centres = torch.full((len(rows), c), -1, dtype=torch.long, device=scores.device)
+    tokens = feats.new_zeros(len(rows), c, feats.shape[-1])
+    for b, (cen, tok) in enumerate(rows):
+        centres[b, : len(cen)], tokens[b, : len(cen)] = cen, tok
+    return ranking, {**inputs.aux, "centres": centres, "tokens": tokens}
+
+
 def _stage(layer: int, count: int, cfg: SparseVLMConfig) -> LLMStage:
     def select(inputs: StageInputs):
         feats = gather_rows(inputs.hidden, inputs.image_pos)
@@ -233,6 +322,8 @@ def _stage(layer: int, count: int, cfg: SparseVLMConfig) -> LLMStage:
 
     def merge(inputs: StageInputs, kept: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
         feats = gather_rows(gather_rows(inputs.hidden, inputs.image_pos), kept)
+        if inputs.aux["centres"].shape[1] == 0:  # v1: no row recycled (rank(A) = n)
+            return feats
         match = kept.unsqueeze(-1) == inputs.aux["centres"].unsqueeze(1)  # (B, k, c)
         rec = gather_rows(inputs.aux["tokens"], match.float().argmax(-1)).to(feats.dtype)
         return torch.where(match.any(-1, keepdim=True), rec, feats)
@@ -242,19 +333,34 @@ def _stage(layer: int, count: int, cfg: SparseVLMConfig) -> LLMStage:
         n = inputs.image_pos.shape[1]
         key = torch.gather(torch.argsort(position_order(inputs), dim=-1), 1, kept)
         match = kept.unsqueeze(-1) == inputs.aux["centres"].unsqueeze(1)
-        key = torch.where(match.any(-1), n + match.float().argmax(-1), key)
+        if match.shape[-1]:
+            key = torch.where(match.any(-1), n + match.float().argmax(-1), key)
         return torch.argsort(torch.argsort(key, dim=-1), dim=-1)
 
     def extra(n: int, budget: int) -> int:
         return recycled_count(n - budget, cfg)[1]
 
+    renumber_fn = renumber if cfg.positions == "official" else None
+    if cfg.version == "v1":  # adaptive: ``count`` unused (LLMStage.adaptive)
+        return LLMStage(layer=layer, keep=1, score=lambda i: v1_scores(i, cfg), score_layer=layer - 1,
+                        select=lambda i: v1_select(i, cfg), merge=merge if cfg.recycle else None,
+                        renumber=renumber_fn, adaptive=True)
     return LLMStage(layer=layer, keep=count, score=visual_scores, score_layer=layer - 1, select=select,
                     merge=merge if cfg.recycle else None, extra=extra if cfg.recycle else None,
-                    renumber=renumber if cfg.positions == "official" else None)
+                    renumber=renumber_fn)
 
 
 def plan(keep: int, num_layers: int, cfg: SparseVLMConfig, tokens_per_image: int | None = None) -> list[LLMStage]:
-    """The stages of :func:`schedule` (``layer``, ``keep`` and ``extra`` are all the FLOPs count needs)."""
+    """The stages of :func:`schedule` (``layer``, ``keep`` and ``extra`` are all the FLOPs count needs). v1: one
+    adaptive stage per ``layer_fractions`` entry; ``keep`` is the nominal budget only (a preset's must match)."""
+    if cfg.version == "v1":
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        if cfg.preset is not None and keep != V1_PRESETS[cfg.preset][2]:
+            raise ValueError(f"SparseVLM v1 preset={cfg.preset!r} is the authors' {V1_PRESETS[cfg.preset][2]}-token "
+                             f"setting; keep (its label, v1 counts come from scale/bias) must be "
+                             f"{V1_PRESETS[cfg.preset][2]}, got {keep}")
+        return [_stage(layer, 1, cfg) for layer in stage_layers(num_layers, cfg)]
     layers, counts = schedule(keep, num_layers, cfg, tokens_per_image)
     return [_stage(layer, count, cfg) for layer, count in zip(layers, counts)]
 
@@ -274,6 +380,25 @@ def average_tokens(keep: int, num_layers: int, cfg: SparseVLMConfig, tokens: int
     return sum(per_layer) / num_layers
 
 
+def measured_tokens_per_layer(model) -> list[list[int]]:
+    """Visual tokens each decoder layer received, per sample, in the patched ``model``'s last prefill (recycled
+    tokens included): v1's token counts are data-dependent, so its FLOPs come from a run
+    (``vlprune.flops.visual_flops(row, d, m)``), not from :func:`schedule`."""
+    from ..api import _state
+
+    pruner = getattr(_state(model), "pruner", None)
+    if pruner is None or pruner.current is None or len(pruner.history) != len(pruner.stages):
+        raise RuntimeError("measured_tokens_per_layer needs a model patched with an in-LLM method that has run a prompt")
+    out = []
+    for b, n in enumerate(pruner.current.orig_counts):
+        after = {s.layer: int((h[b] >= 0).sum()) for s, h in zip(pruner.stages, pruner.history)}
+        row: list[int] = []
+        for i in range(len(pruner.layers)):
+            row.append(after.get(i, row[-1] if row else n))
+        out.append(row)
+    return out
+
+
 register_method("sparsevlm", config=SparseVLMConfig, paper="SparseVLM (ICML 2025)", plan=plan,
-                kept="keep is the official layer-averaged budget; indices = the patches whose tokens survive the "
+                kept="keep is the official layer-averaged budget (version='v1': a label, see scale/bias); indices = the patches whose tokens survive the "
                      "last stage (recycled tokens stand at their cluster centre's patch)")
