@@ -9,8 +9,8 @@ import torch
 import vlprune
 from helpers import QUESTIONS, assert_batch_equals_per_sample, logits
 from test_ragged_batches import _generate, _rows, assert_generate_equals_no_cache_loop, assert_qwen_samples_equal_batch
-from vlprune.flops import tokens_per_layer
-from vlprune.methods.sparsevlm import SparseVLMConfig, V1_PRESETS, measured_tokens_per_layer, schedule, stage_layers
+from vlprune.flops import measured_tflops, measured_tokens_per_layer, tokens_per_layer, visual_flops
+from vlprune.methods.sparsevlm import SparseVLMConfig, V1_PRESETS, schedule, stage_layers
 from vlprune.presets import get_preset
 
 V1 = dict(version="v1", scale=1.0, bias=0.0)  # rank ~ 4-6 raters on the tiny prompts: 4-6 of 16 tokens kept
@@ -70,12 +70,18 @@ def test_remove_is_exact_and_counts_are_measured(tiny8, pixels):
     try:
         assert not torch.allclose(logits(model, inputs, pixels)[:, -1], ref[:, -1])
         measured = measured_tokens_per_layer(model)
+        shape = get_preset("llava-1.5-7b")
+        assert measured_tflops(model, shape) == [visual_flops(row, shape.hidden, shape.ffn) / 1e12 for row in measured]
+        seen_v1 = dict(seen)
+        vlprune.apply(model, "sparsevlm", 8)
+        model(**inputs, pixel_values=pixels)
+        assert measured_tflops(model, shape) is None  # v1.5: analytic (tokens_per_layer)
     finally:
         for h in handles:
             h.remove()
         vlprune.remove(model)
     text = inputs["input_ids"].shape[1] - 16
-    assert [seen[i] - text for i in range(8)] == [max(row[i] for row in measured) for i in range(8)]
+    assert [seen_v1[i] - text for i in range(8)] == [max(row[i] for row in measured) for i in range(8)]
     assert len({row[-1] for row in measured}) > 1 and all(row[-1] < 16 for row in measured)  # per-sample counts
     assert torch.equal(logits(model, inputs, pixels), ref)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 
 from . import api
-from .flops import method_tflops
+from .flops import measured_tflops, method_tflops
 from .flops_match import matched_keep, prunes_in_llm
 from .presets import ModelShape
 from .report_file import ReportFile
@@ -212,8 +212,10 @@ def evaluate(loaded: LoadedModel, samples: list, methods: list[str], keeps: list
                 continue
             strict: list[float] = []
             merged: list[float] = []
+            measured: list[float] = []  # per-sample TFLOPs of methods with data-dependent counts (SparseVLM v1)
 
             def on_batch(chunk, texts, kept, label=f"{method}@{keep}"):
+                measured.extend(measured_tflops(model, shape) or [])
                 if kept is not None:
                     a, b = object_recall(chunk, kept, grid, vc.image_size)
                     strict.extend(a)
@@ -230,7 +232,9 @@ def evaluate(loaded: LoadedModel, samples: list, methods: list[str], keeps: list
                 "relative": acc / full_acc if full_acc else float("nan"),
                 "object_recall": sum(strict) / len(strict) if strict else None,
                 "object_recall_merged": sum(merged) / len(merged) if merged else None,
-                "tflops": method_tflops(method, run_keep, shape, **options.get(method, {})),
+                "tflops": (sum(measured) / len(measured) if measured
+                           else method_tflops(method, run_keep, shape, **options.get(method, {}))),
+                **({"tflops_measured": True} if measured else {}),
                 "per_family": fam, "options": options.get(method, {}), **matched,
             })
             record.write(report, complete=False)

@@ -45,7 +45,7 @@ def tokens_per_layer(method: str | None, keep: int | None, shape: ModelShape, n_
         if any(getattr(s, "adaptive", False) for s in stages):
             raise ValueError(f"{method} with these options decides per sample how many visual tokens it keeps "
                              "(SparseVLM version='v1': rank(A) * scale + bias), so no analytic FLOPs exist; count "
-                             "a run's tokens per layer instead (vlprune.methods.sparsevlm.measured_tokens_per_layer)")
+                             "a run's tokens per layer instead (vlprune.flops.measured_tokens_per_layer)")
         for stage in sorted(stages, key=lambda s: s.layer):
             before = counts[stage.layer]
             k = min(stage.keep, before)
@@ -59,3 +59,34 @@ def tokens_per_layer(method: str | None, keep: int | None, shape: ModelShape, n_
 def method_tflops(method: str | None, keep: int | None, shape: ModelShape, n_tokens: int | None = None,
                   **options: Any) -> float:
     return visual_flops(tokens_per_layer(method, keep, shape, n_tokens, **options), shape.hidden, shape.ffn) / 1e12
+
+
+def measured_tokens_per_layer(model: Any) -> list[list[int]]:
+    """Visual tokens each decoder layer received, per sample, in the last prefill of a ``model`` patched with an
+    in-LLM method (recycled/merged tokens included): the count for methods whose counts are data-dependent
+    (SparseVLM ``version="v1"``), where :func:`tokens_per_layer` has no analytic answer."""
+    from .api import _state
+
+    pruner = getattr(_state(model), "pruner", None)
+    if pruner is None or pruner.current is None or len(pruner.history) != len(pruner.stages):
+        raise RuntimeError("measured_tokens_per_layer needs a model patched with an in-LLM method that ran a prompt")
+    out = []
+    for b, n in enumerate(pruner.current.orig_counts):
+        after = {s.layer: int((h[b] >= 0).sum()) for s, h in zip(pruner.stages, pruner.history)}
+        row: list[int] = []
+        for i in range(len(pruner.layers)):
+            row.append(after.get(i, row[-1] if row else n))
+        out.append(row)
+    return out
+
+
+def measured_tflops(model: Any, shape: ModelShape) -> list[float] | None:
+    """Per sample, eq. 6-7 TFLOPs of the last prefill's measured counts (:func:`measured_tokens_per_layer`) when the
+    model's in-LLM stages are adaptive (their counts are data-dependent); None otherwise (use :func:`method_tflops`)."""
+    from .api import _state
+
+    pruner = getattr(_state(model), "pruner", None)
+    if pruner is None or not any(getattr(s, "adaptive", False) for s in pruner.stages):
+        return None
+    return [visual_flops([c + shape.fixed_tokens for c in row], shape.hidden, shape.ffn) / 1e12
+            for row in measured_tokens_per_layer(model)]

@@ -380,25 +380,6 @@ def average_tokens(keep: int, num_layers: int, cfg: SparseVLMConfig, tokens: int
     return sum(per_layer) / num_layers
 
 
-def measured_tokens_per_layer(model) -> list[list[int]]:
-    """Visual tokens each decoder layer received, per sample, in the patched ``model``'s last prefill (recycled
-    tokens included): v1's token counts are data-dependent, so its FLOPs come from a run
-    (``vlprune.flops.visual_flops(row, d, m)``), not from :func:`schedule`."""
-    from ..api import _state
-
-    pruner = getattr(_state(model), "pruner", None)
-    if pruner is None or pruner.current is None or len(pruner.history) != len(pruner.stages):
-        raise RuntimeError("measured_tokens_per_layer needs a model patched with an in-LLM method that has run a prompt")
-    out = []
-    for b, n in enumerate(pruner.current.orig_counts):
-        after = {s.layer: int((h[b] >= 0).sum()) for s, h in zip(pruner.stages, pruner.history)}
-        row: list[int] = []
-        for i in range(len(pruner.layers)):
-            row.append(after.get(i, row[-1] if row else n))
-        out.append(row)
-    return out
-
-
 register_method("sparsevlm", config=SparseVLMConfig, paper="SparseVLM (ICML 2025)", plan=plan,
                 kept="keep is the official layer-averaged budget (version='v1': a label, see scale/bias); indices = the patches whose tokens survive the "
                      "last stage (recycled tokens stand at their cluster centre's patch)")
