@@ -126,13 +126,16 @@ def test_full_budget_reproduces_unpatched_model_and_remove_is_exact(tiny8, pixel
     assert not any(layer._forward_pre_hooks for layer in model.model.language_model.layers)
 
 
+@pytest.mark.parametrize("version", ["v1.5", "v1"])
 @pytest.mark.parametrize("positions", ["original", "official"])
-def test_cached_generate_equals_no_cache_reference(tiny8, pixels, positions):
-    """Greedy tokens and every step's logits (1e-4) as a no-cache loop whose stages decide on the prompt part."""
+def test_cached_generate_equals_no_cache_reference(tiny8, pixels, positions, version):
+    """Greedy tokens and every step's logits (1e-4) as a no-cache loop whose stages decide on the prompt part (v1:
+    the rank counts of the prompt; keep=5 is then a label)."""
     inputs = {**tiny8.prompt_ids(QUESTIONS, left_pad=True), "pixel_values": pixels}
     if positions == "official":  # renumbering needs the same visual tokens in every row: one sample
         inputs = {**tiny8.prompt_ids(QUESTIONS[1:]), "pixel_values": pixels[1:]}
-    vlprune.apply(tiny8.model, "sparsevlm", 5, positions=positions)
+    v1 = dict(version="v1", scale=1.0, bias=0.0) if version == "v1" else {}
+    vlprune.apply(tiny8.model, "sparsevlm", 5, positions=positions, **v1)
     try:
         with torch.no_grad():
             assert_generate_equals_no_cache_loop(tiny8.model, inputs)
@@ -237,12 +240,14 @@ def test_next_ragged_batch_equals_per_sample_and_no_cache_loop(next_t, case):
 
 
 @torch.no_grad()
-def test_qwen_ragged_batch_equals_per_sample_and_no_cache_loop(qwen_t):
+@pytest.mark.parametrize("options", [{}, dict(version="v1", scale=2.0, bias=1.0, layer_fractions=(0.25, 0.5, 0.75))],
+                         ids=["v1.5", "v1"])
+def test_qwen_ragged_batch_equals_per_sample_and_no_cache_loop(qwen_t, options):
     t, m = qwen_t, qwen_t.model
     sizes, questions = [(32, 32), (24, 40)], ["what color is the circle ?", "what color is the red circle ?"]
     im = t.images(sizes)
     batch = {**t.prompt_ids(questions, im, [1, 1]), **im}
-    vlprune.apply(m, "sparsevlm", 5)
+    vlprune.apply(m, "sparsevlm", 5, **options)
     try:
         gen = _generate(m, batch).sequences
         kept = vlprune.last_selection(m).indices

@@ -5,14 +5,15 @@ Source: https://github.com/Gumpest/SparseVLMs, commit b72c5d62fa7004c2f1440c7597
 verbatim:
 * ``llava/model/language_model/score.py`` lines 18-44 (imports and ``attn_postprocess_rank``: the rank rule);
 * ``llava/model/language_model/utils.py`` lines 25-50 (``batch_index_select``) and 135-213 (``index_points``,
-  ``cluster_and_merge``);
+  ``cluster_and_merge``): the same code as at 26a5f48 but for blank lines and a comment, so imported from
+  sparsevlm_official.py (kept verbatim there);
 * ``llava/model/language_model/modelling_sparse_llama.py`` lines 215-220 (text raters, in
   ``LlamaDynamicvitModel.forward``) and 237-293 (one pruning layer: rank rule, policy, recycling, the updated
   ``position_ids``/``v_token_num``), at their original indentation inside the two wrapper functions below; what
   the forward loop reads became their arguments (``attn_logits``: the pruning layer's attention probabilities
   (B, H, L, L); ``layer_outputs``: its output; ``scale``/``bias``: the script's ``--scale``/``--bias``).
-The only additions: the wrappers' ``def``/``return`` lines, and ``ein`` (einops is no dependency of vlprune): the
-two ``rearrange`` patterns ``cluster_and_merge`` uses, as unsqueezes. (``pruning_loc=[2, 6, 15, 19]`` is line 87.)
+The only additions: the wrappers' ``def``/``return`` lines and the import of the utils. (``pruning_loc=[2, 6, 15,
+19]`` is line 87.)
 
 Licence: the repository is released under the Apache License 2.0 (its LICENSE file), Copyright (2024) Peking
 University (the header of its files: "Licensed under the Apache License, Version 2.0 (the "License"); you may not
@@ -21,12 +22,6 @@ http://www.apache.org/licenses/LICENSE-2.0").
 """
 # fmt: off
 # ruff: noqa
-
-
-class ein:  # einops.rearrange for the two patterns of cluster_and_merge
-    @staticmethod
-    def rearrange(x, pattern):
-        return {"b l r -> b l () r": x.unsqueeze(2), "b l r -> b () l r": x.unsqueeze(1)}[pattern]
 
 
 # ---- score.py lines 18-44 ----
@@ -59,115 +54,10 @@ def attn_postprocess_rank(self_attn_weights, v_token_start, v_token_num, text_to
     return mask, s_flag, relation_vis_text
 
 
-# ---- utils.py lines 25-50 ----
-def batch_index_select(x, idx):
-
-    if len(x.size()) == 4:
-        B, H, N, C = x.size()
-        N_new = idx.size(1)
-        offset = torch.arange(B, dtype=torch.long, device=x.device).view(B, 1) * N
-        idx = idx + offset
-        out = x.reshape(B*N, H, C)[idx.reshape(-1)].reshape(B, H, N_new, C)
-        return out
-    elif len(x.size()) == 3:
-        # in this condition
-        B, N, C = x.size()
-        N_new = idx.size(1)
-        offset = torch.arange(B, dtype=torch.long, device=x.device).view(B, 1) * N
-        idx = idx + offset
-        out = x.reshape(B*N, C)[idx.reshape(-1)].reshape(B, N_new, C)
-        return out
-    elif len(x.size()) == 2:
-        B, N = x.size()
-        N_new = idx.size(1)
-        offset = torch.arange(B, dtype=torch.long, device=x.device).view(B, 1) * N
-        idx = idx + offset
-        out = x.reshape(B*N)[idx.reshape(-1)].reshape(B, N_new)
-        return out
-    else:
-        raise NotImplementedError
-
-
-# ---- utils.py lines 135-213 ----
-def index_points(points, idx):
-    """Sample features following the index.
-    Returns:
-        new_points:, indexed points data, [B, S, C]
-
-    Args:
-        points: input points data, [B, N, C]
-        idx: sample index data, [B, S]
-    """
-    device = points.device
-    B = points.shape[0]
-    view_shape = list(idx.shape)
-    view_shape[1:] = [1] * (len(view_shape) - 1)
-    repeat_shape = list(idx.shape)
-    repeat_shape[0] = 1
-    batch_indices = torch.arange(B, dtype=torch.long).to(device).view(view_shape).repeat(repeat_shape)
-    new_points = points[batch_indices, idx, :]
-    return new_points
-
-
-def cluster_and_merge(x, cluster_num):
-    B, N, C = x.shape
-
-    x1 = ein.rearrange(x, "b l r -> b l () r")
-    x2 = ein.rearrange(x, "b l r -> b () l r")
-    distance = (x1 - x2).norm(dim=-1, p=2)
-    dist_matrix = distance / (C ** 0.5)
-    # get local density
-    dist_nearest, index_nearest = torch.topk(dist_matrix, k=cluster_num, dim=-1, largest=False)
-    density = (-(dist_nearest ** 2).mean(dim=-1)).exp()
-    # add a little noise to ensure no tokens have the same density.
-    density = density + torch.rand(
-        density.shape, device=density.device, dtype=density.dtype) * 1e-6
-
-    # get distance indicator
-    mask = density[:, None, :] > density[:, :, None]
-    mask = mask.type(x.dtype)
-    dist_max = dist_matrix.flatten(1).max(dim=-1)[0][:, None, None]
-    dist, index_parent = (dist_matrix * mask + dist_max * (1 - mask)).min(dim=-1)
-
-    # select clustering center according to score
-    score = dist * density
-    _, index_down = torch.topk(score, k=cluster_num, dim=-1)
-
-    # assign tokens to the nearest center
-    dist_matrix = index_points(dist_matrix, index_down)
-
-    idx_cluster = dist_matrix.argmin(dim=1)
-
-    # make sure cluster center merge to itself
-    idx_batch = torch.arange(B, device=x.device)[:, None].expand(B, cluster_num)
-    idx_tmp = torch.arange(cluster_num, device=x.device)[None, :].expand(B, cluster_num)
-    idx_cluster[idx_batch.reshape(-1), index_down.reshape(-1)] = idx_tmp.reshape(-1)
-
-    # merge tokens
-    B, N, C = x.shape
-    device = dist_matrix.device
-    idx_token = torch.arange(N)[None, :].repeat(B, 1).to(device)
-    agg_weight = x.new_ones(B, N, 1)
-    
-    token_weight = x.new_ones(B, N, 1)
-    
-    idx_batch = torch.arange(B, device=x.device)[:, None]
-    idx = idx_cluster + idx_batch * cluster_num
-
-    all_weight = token_weight.new_zeros(B * cluster_num, 1)
-    all_weight.index_add_(dim=0, index=idx.reshape(B * N),
-                            source=token_weight.reshape(B * N, 1))      
-    all_weight = all_weight + 1e-6
-    norm_weight = token_weight / all_weight[idx]        # 
-
-    # average token features
-    x_merged = x.new_zeros(B * cluster_num, C)
-    source = x * norm_weight
-    x_merged.index_add_(dim=0, index=idx.reshape(B * N),
-                        source=source.reshape(B * N, C).type(x.dtype))
-    x_merged = x_merged.reshape(B, cluster_num, C)
-    
-    return x_merged
+# ---- utils.py lines 25-50 (batch_index_select) and 135-213 (index_points, cluster_and_merge) ----
+# The same code at 26a5f48 (only blank lines and one trailing comment differ: `git diff b72c5d6 26a5f48 --
+# llava/model/language_model/utils.py`), kept verbatim in sparsevlm_official.py: imported from there.
+from .sparsevlm_official import batch_index_select, cluster_and_merge, index_points
 
 
 def select_text_raters(hidden_states, v_token_start, text_token_start):

@@ -40,22 +40,13 @@ def test_stage_equals_official(llama, n, retain, layer_idx, monkeypatch):  # noq
     neighbours tie exactly, so any draw decides clusters: tests/oracles/README.md)."""
     monkeypatch.setattr(torch, "rand", _fixed_rand())
     layer, rotary, apply = llama
-    attn = layer.self_attn
-    length, dim = PRE + n + POST, 64
+    length = PRE + n + POST
     budget = official.sparse_token_dict[retain][official.layer_dict[layer_idx]]
     budget = min(budget, n - 1)
 
     def draw(seed):  # LLM input (raters), pruning-layer input and output; the official attention probabilities
         g = torch.Generator().manual_seed(100 * n + retain + layer_idx + seed)
-        embeds, hidden, out = (torch.randn(1, length, dim, generator=g) for _ in range(3))
-        cos, sin = rotary(hidden, torch.arange(length).unsqueeze(0))
-        normed = layer.input_layernorm(hidden)
-        q = attn.q_proj(normed).view(1, length, -1, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(normed).view(1, length, -1, attn.head_dim).transpose(1, 2)
-        q, k = apply(q, k, cos, sin)
-        causal = torch.full((length, length), float("-inf")).triu(1)
-        probs = torch.softmax(q @ k.transpose(2, 3) / attn.head_dim**0.5 + causal, dim=-1)
-        return embeds, hidden, out, cos, sin, probs
+        return draw_stage(layer, rotary, length, g)
 
     def run_official(embeds, hidden, out, cos, sin, probs):
         official.RETAIN_TOKN = retain
@@ -103,6 +94,29 @@ def test_recycle_with_the_official_noise_equals_official():
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
+def draw_stage(layer, rotary, length, g):
+    """Random LLM input (raters), pruning-layer input and output (1, length, 64), the rotary tables and the layer's
+    attention probabilities (the official ``attn_logits``)."""
+    embeds, hidden, out = (torch.randn(1, length, 64, generator=g) for _ in range(3))
+    cos, sin = rotary(hidden, torch.arange(length).unsqueeze(0))
+    return embeds, hidden, out, cos, sin, layer_probs(layer, hidden, cos, sin)
+
+
+def layer_probs(layer, hidden, cos, sin):
+    """A Llama decoder layer's attention probabilities (1, H, L, L) on ``hidden`` (causal, eager), as the official
+    code's ``attn_logits``."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
+
+    attn, length = layer.self_attn, hidden.shape[1]
+    normed = layer.input_layernorm(hidden)
+    q = attn.q_proj(normed).view(1, length, -1, attn.head_dim).transpose(1, 2)
+    k = attn.k_proj(normed).view(1, length, -1, attn.head_dim).transpose(1, 2)
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    k = repeat_kv(k, attn.num_key_value_groups)
+    causal = torch.full((length, length), float("-inf")).triu(1)
+    return torch.softmax(q @ k.transpose(2, 3) / attn.head_dim**0.5 + causal, dim=-1)
+
+
 @pytest.fixture(scope="module")
 def tiny8():
     from vlprune.testing import tiny_llava
@@ -113,27 +127,17 @@ def tiny8():
 def _official_forward(model, embeds, image_index, n, score_layers):
     """The LLM as the official code runs it (one sample): text raters on the LLM input; at each pruning layer its
     attention probabilities and output go through ``pruning_layer``; the shorter sequence is renumbered 0..L'-1."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
-
     lm = model.model.language_model
     hidden = embeds
     raters = official.select_text_raters(embeds, [image_index], image_index, image_index + n)
     v_num = n
     for i, layer in enumerate(lm.layers):
-        length = hidden.shape[1]
-        pos = torch.arange(length).unsqueeze(0)
+        pos = torch.arange(hidden.shape[1]).unsqueeze(0)
         cos, sin = lm.rotary_emb(hidden, pos)
         out = layer(hidden, position_embeddings=(cos, sin), position_ids=pos)
         out = out[0] if isinstance(out, tuple) else out
         if i in score_layers:
-            attn = layer.self_attn
-            normed = layer.input_layernorm(hidden)
-            q = attn.q_proj(normed).view(1, length, -1, attn.head_dim).transpose(1, 2)
-            k = attn.k_proj(normed).view(1, length, -1, attn.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            k = repeat_kv(k, attn.num_key_value_groups)
-            causal = torch.full((length, length), float("-inf")).triu(1)
-            probs = torch.softmax(q @ k.transpose(2, 3) / attn.head_dim**0.5 + causal, dim=-1)
+            probs = layer_probs(layer, hidden, cos, sin)
             out, mask, _, clusters = official.pruning_layer(probs, (out, None), hidden, image_index, v_num,
                                                             image_index + v_num, raters, i, [image_index], n, 1)
             v_num = int(mask.sum()) + clusters

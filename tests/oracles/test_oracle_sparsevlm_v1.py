@@ -10,7 +10,7 @@ from vlprune.methods import sparsevlm
 
 from . import sparsevlm_v1_official as official
 from .sources import patched_prefill_and_generate, run_tie_free
-from .test_oracle_sparsevlm import _fixed_rand, _Watch
+from .test_oracle_sparsevlm import _fixed_rand, _Watch, draw_stage, layer_probs
 from .test_oracle_visiondrop import _rope, llama  # noqa: F401  (the module-scoped Llama layer fixture)
 
 PRE, POST = 5, 9
@@ -69,20 +69,11 @@ def test_stage_equals_official(llama, n, preset, monkeypatch):  # noqa: F811
     monkeypatch.setattr(torch, "rand", _fixed_rand())
     scale, bias, _ = PRESETS[preset]
     layer, rotary, apply = llama
-    attn = layer.self_attn
-    length, dim = PRE + n + POST, 64
+    length = PRE + n + POST
 
     def draw(seed):
         g = torch.Generator().manual_seed(7 * n + len(preset) + seed)
-        embeds, hidden, out = (torch.randn(1, length, dim, generator=g) for _ in range(3))
-        cos, sin = rotary(hidden, torch.arange(length).unsqueeze(0))
-        normed = layer.input_layernorm(hidden)
-        q = attn.q_proj(normed).view(1, length, -1, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(normed).view(1, length, -1, attn.head_dim).transpose(1, 2)
-        q, k = apply(q, k, cos, sin)
-        causal = torch.full((length, length), float("-inf")).triu(1)
-        probs = torch.softmax(q @ k.transpose(2, 3) / attn.head_dim**0.5 + causal, dim=-1)
-        return embeds, hidden, out, cos, sin, probs
+        return draw_stage(layer, rotary, length, g)
 
     def run_official(embeds, hidden, out, cos, sin, probs):
         raters = official.select_text_raters(embeds, PRE, PRE + n)
@@ -129,26 +120,16 @@ def tiny8():
 def _official_forward(model, embeds, image_index, n, score_layers, scale, bias):
     """The LLM as the official v1 code runs it (one sample): raters on the LLM input; at each pruning layer its
     attention probabilities and output go through ``pruning_layer``, which shortens ``position_ids`` (0..L'-1)."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
-
     lm = model.model.language_model
     hidden = embeds
     raters = official.select_text_raters(embeds, image_index, image_index + n)
     v_num, pos = n, torch.arange(embeds.shape[1]).unsqueeze(0)
     for i, layer in enumerate(lm.layers):
-        length = hidden.shape[1]
         cos, sin = lm.rotary_emb(hidden, pos)
         out = layer(hidden, position_embeddings=(cos, sin), position_ids=pos)
         out = out[0] if isinstance(out, tuple) else out
         if i in score_layers:
-            attn = layer.self_attn
-            normed = layer.input_layernorm(hidden)
-            q = attn.q_proj(normed).view(1, length, -1, attn.head_dim).transpose(1, 2)
-            k = attn.k_proj(normed).view(1, length, -1, attn.head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-            k = repeat_kv(k, attn.num_key_value_groups)
-            causal = torch.full((length, length), float("-inf")).triu(1)
-            probs = torch.softmax(q @ k.transpose(2, 3) / attn.head_dim**0.5 + causal, dim=-1)
+            probs = layer_probs(layer, hidden, cos, sin)
             out, _, _, v_num, pos, _, _ = official.pruning_layer(
                 probs, (out, None), hidden, image_index, int(v_num), image_index + int(v_num), raters, scale, bias,
                 [image_index], n, 1, pos)
