@@ -11,7 +11,7 @@ import vlprune
 from helpers import QUESTIONS, assert_batch_equals_per_sample, logits
 from test_ragged_batches import _generate, _rows, assert_generate_equals_no_cache_loop
 from vlprune.flops import measured_tflops, measured_tokens_per_layer, tokens_per_layer, visual_flops
-from vlprune.methods.sparsevlm import SparseVLMConfig, V1_PRESETS, schedule, stage_layers
+from vlprune.methods.sparsevlm import SparseVLMConfig, V1_PRESETS, average_tokens, schedule, stage_layers
 from vlprune.presets import get_preset
 
 V1 = dict(version="v1", scale=1.0, bias=0.0)  # rank ~ 4-6 raters on the tiny prompts: 4-6 of 16 tokens kept
@@ -34,8 +34,9 @@ def test_presets_layers_and_options():
         SparseVLMConfig(version="v1")
     with pytest.raises(ValueError, match="scale"):
         SparseVLMConfig(version="v1", scale=2.0)
-    with pytest.raises(ValueError, match="schedule"):
-        schedule(64, 32, SparseVLMConfig(version="v1", preset="mme"))
+    for fn in (schedule, average_tokens):
+        with pytest.raises(ValueError, match="schedule"):
+            fn(64, 32, SparseVLMConfig(version="v1", preset="mme"))
 
 
 @pytest.mark.parametrize("bad", [dict(version="v2"), dict(scale=1.0, bias=0.0), dict(preset="mme"),

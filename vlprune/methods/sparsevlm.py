@@ -370,6 +370,7 @@ def average_tokens(keep: int, num_layers: int, cfg: SparseVLMConfig, tokens: int
     """Layer-averaged visual tokens of one image of ``tokens`` under :func:`schedule`, recycled tokens included.
     ``official``: each layer counted at its OUTPUT, as the official code's "equal token num" (the scoring layer at
     the pruned count): 64 -> 64.8, 128 -> 128.6, 192 -> 192.0 on LLaVA-1.5; else at its input (what the FLOPs see)."""
+    schedule(keep, num_layers, cfg, tokens)  # v1 (no schedule) refused
     per_layer = [tokens] * num_layers
     cur = tokens
     for stage in plan(keep, num_layers, cfg, tokens):
