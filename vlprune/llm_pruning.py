@@ -445,8 +445,9 @@ class LLMPruner:
 
     def _check_renumber(self, kwargs: dict, group: _Group, alive: torch.Tensor | None = None) -> None:
         pos = kwargs.get("position_ids")
-        ragged = alive is not None and len(set(alive.sum(-1).tolist())) > 1
-        if group.rows is not None or group.n_images != 1 or ragged or (isinstance(pos, torch.Tensor) and pos.dim() == 3):
+        ragged = alive is not None and len(set(alive.sum(-1).tolist())) > 1  # adaptive rows, different counts
+        rope_3d = isinstance(pos, torch.Tensor) and pos.dim() == 3
+        if ragged or group.rows is not None or group.n_images != 1 or rope_3d:
             raise NotImplementedError(
                 "renumbered positions (VisionDrop positions='official') need one image per sample, the same number "
                 "of visual tokens in every sample and 1-D RoPE (LLaVA-1.5 / LLaVA-NeXT, as the official code); use "

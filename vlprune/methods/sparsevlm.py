@@ -382,5 +382,6 @@ def average_tokens(keep: int, num_layers: int, cfg: SparseVLMConfig, tokens: int
 
 
 register_method("sparsevlm", config=SparseVLMConfig, paper="SparseVLM (ICML 2025)", plan=plan,
-                kept="keep is the official layer-averaged budget (version='v1': a label, see scale/bias); indices = the patches whose tokens survive the "
-                     "last stage (recycled tokens stand at their cluster centre's patch)")
+                kept="keep is the official layer-averaged budget (version='v1': a label, see scale/bias); indices = "
+                     "the patches whose tokens survive the last stage (recycled tokens stand at their cluster centre's "
+                     "patch)")
