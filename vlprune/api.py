@@ -139,9 +139,16 @@ def _apply(model: nn.Module, method: str, keep: int, *, processor: Any, clip: An
     adapter_options = dict(adapter_options or {})
     if budget is not None:
         adapter_options["budget"] = budget
-    adapter = get_adapter(model, adapter_options)
-    compat.check_forward(model)
     spec = get_method(method)
+    adapter = get_adapter(model, adapter_options)
+    fixed = spec.adapter_options.get(adapter.family, {})
+    clash = {k: v for k, v in adapter_options.items() if k in fixed and v != fixed[k]}
+    if clash:
+        raise ValueError(f"{spec.name} on {adapter.family} runs with {fixed} (its authors' layout), not {clash}: "
+                         "leave those options out (docs/methods)")
+    if fixed:
+        adapter = get_adapter(model, {**adapter_options, **fixed})
+    compat.check_forward(model)
     config = _make_config(spec, {**checkpoint_defaults(model, spec.name), **options})
     check_keep(keep, adapter.tokens_per_image())
     clip_text = tokenizer = None
@@ -159,15 +166,16 @@ def _apply(model: nn.Module, method: str, keep: int, *, processor: Any, clip: An
         raise ValueError(f"{spec.name} runs on {', '.join(spec.families)} with budget='global' only: "
                          f"{spec.families_why} (docs/models.md)")
     pruner = None
-    if spec.plan is not None and not adapter.per_item_budget:
+    plan = spec.family_plans.get(adapter.family, spec.plan)
+    if plan is not None and not adapter.per_item_budget:
         raise ValueError(f"{spec.name} prunes inside the LLM, where keep counts per image (per video): use "
                          f"budget={'video' if adapter.family == 'video_llava' else 'global'!r}")
-    if spec.plan is not None:
+    if plan is not None:
         layers = adapter.llm_layers()
         plan_kw = {}
-        if "tokens_per_image" in inspect.signature(spec.plan).parameters:  # schedules capped by the image size
+        if "tokens_per_image" in inspect.signature(plan).parameters:  # schedules capped by the image size
             plan_kw["tokens_per_image"] = adapter.tokens_per_image()
-        pruner = LLMPruner(layers, spec.plan(keep, len(layers), config, **plan_kw), adapter.rope())
+        pruner = LLMPruner(layers, plan(keep, len(layers), config, **plan_kw), adapter.rope())
     state = _State(adapter, spec, config, keep, clip_text, tokenizer, question, pruner)
     model.__dict__[_STATE] = state
     _patch(model, state)

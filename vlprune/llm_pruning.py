@@ -449,9 +449,9 @@ class LLMPruner:
         rope_3d = isinstance(pos, torch.Tensor) and pos.dim() == 3
         if ragged or group.rows is not None or group.n_images != 1 or rope_3d:
             raise NotImplementedError(
-                "renumbered positions (VisionDrop positions='official') need one image per sample, the same number "
-                "of visual tokens in every sample and 1-D RoPE (LLaVA-1.5 / LLaVA-NeXT, as the official code); use "
-                "positions='original'"
+                "renumbered positions (VisionDrop positions='official', FlowCut on LLaVA-NeXT) need one image per "
+                "sample, the same number of visual tokens in every sample and 1-D RoPE (LLaVA-1.5 / LLaVA-NeXT, as the "
+                "official code); use positions='original'"
             )
 
     def _inputs(self, layer: nn.Module, hidden: torch.Tensor, kw: dict, group: _Group) -> StageInputs:

@@ -40,6 +40,10 @@ class MethodSpec:
     kept_tokens: str = field(default="", repr=False)
     families: tuple[str, ...] | None = field(default=None, repr=False)  # adapters' ``family``; None: every one
     families_why: str = field(default="", repr=False)
+    # per family, an in-LLM plan that replaces ``plan`` there (FlowCut's LLaVA-NeXT path cuts after LLM layer 1)
+    family_plans: dict[str, Callable[..., Any]] = field(default_factory=dict, repr=False)
+    # per family, adapter options the method runs with (FlowCut on LLaVA-NeXT: newlines="none"); others refused
+    adapter_options: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         return f"MethodSpec({self.name!r}, stage={self.stage!r}, paper={self.paper!r}, defaults={self.defaults()})"
@@ -65,16 +69,20 @@ _REGISTRY: dict[str, MethodSpec] = {}
 def register_method(
     name: str, *, config: type, paper: str, encoder: Callable | None = None, plan: Callable | None = None,
     kept: str = "", families: tuple[str, ...] | None = None, families_why: str = "",
+    family_plans: dict[str, Callable] | None = None, adapter_options: dict[str, dict[str, Any]] | None = None,
 ) -> MethodSpec:
     """Register a method under ``name``; at least one of ``encoder`` / ``plan`` is required.
     ``kept`` says what its ``last_selection(model).indices`` hold; ``families`` limits it to those model families
-    (with per-image budgets), ``families_why`` says why in the error ``apply`` raises elsewhere."""
+    (with per-image budgets), ``families_why`` says why in the error ``apply`` raises elsewhere. ``family_plans``:
+    per family, the in-LLM plan used there instead of ``plan``; ``adapter_options``: per family, the adapter options
+    the method needs (set when not given, refused when given otherwise)."""
     if name in _REGISTRY:
         raise ValueError(f"method {name!r} is already registered")
     if encoder is None and plan is None:
         raise ValueError("a method needs an encoder-side selection, an in-LLM plan, or both")
     spec = MethodSpec(name=name, config_cls=config, paper=paper, encoder=encoder, plan=plan, kept_tokens=kept,
-                      families=families, families_why=families_why)
+                      families=families, families_why=families_why, family_plans=dict(family_plans or {}),
+                      adapter_options=dict(adapter_options or {}))
     _REGISTRY[name] = spec
     return spec
 

@@ -145,15 +145,16 @@ class TinyLlavaNext:
         return _pad_rows(rows, left_pad)
 
 
-def tiny_llava_next(seed: int = 0, side: int = 4, patch: int = 4, layers: int = 4, attn: str = "sdpa") -> TinyLlavaNext:
-    """A tiny random ``LlavaNextForConditionalGeneration`` (CLIP tower + Llama, anyres pinpoints of 1x2, 2x1, 2x2
-    tiles) and a ``CLIPModel`` sharing its tower."""
+def tiny_llava_next(seed: int = 0, side: int = 4, patch: int = 4, layers: int = 4, attn: str = "sdpa",
+                    vision_layers: int = 3) -> TinyLlavaNext:
+    """A tiny random ``LlavaNextForConditionalGeneration`` (CLIP tower of ``vision_layers`` blocks + Llama, anyres
+    pinpoints of 1x2, 2x1, 2x2 tiles) and a ``CLIPModel`` sharing its tower."""
     from transformers import LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
 
     torch.manual_seed(seed)
     tok = word_tokenizer()
     t = side * patch
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers, num_attention_heads=4,
                   image_size=t, patch_size=patch, projection_dim=24)
     text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..attention import split_heads
+from ..attention import decoder_qk, repeat_kv, split_heads
+from ..llm_pruning import LLMStage, StageInputs
 from ..ops import descending_order
 from ..registry import register_method
 from .base import Selection, SignalSource
@@ -36,13 +37,23 @@ from .base import Selection, SignalSource
 @dataclass
 class FlowCutConfig:
     """cumulative_weight: weight of the running score when a block's score is folded in (official 0.5:
-    ``cum = 0.5 cum + 0.5 score``)."""
+    ``cum = 0.5 cum + 0.5 score``).
+    LLaVA-NeXT only (its LLM stage): llm_layer, the decoder layer whose q/k/v score the visual tokens and after
+    which the top ``keep`` go on (official ``prune_layer = 1``); positions, "official" (the survivors are renumbered
+    0..L'-1 after the cut, as the authors' code) or "original" (they keep their prompt positions: vlprune's
+    convention, which also runs batches mixing image sizes)."""
 
     cumulative_weight: float = 0.5
+    llm_layer: int = 1
+    positions: str = "official"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cumulative_weight <= 1.0:
             raise ValueError(f"cumulative_weight must be in [0, 1], got {self.cumulative_weight}")
+        if self.llm_layer < 0:
+            raise ValueError(f"llm_layer must be >= 0 (the official 1), got {self.llm_layer}")
+        if self.positions not in ("official", "original"):
+            raise ValueError(f"positions must be 'official' or 'original', got {self.positions!r}")
 
 
 def flow_signals(block: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,6 +119,8 @@ def tower_rows(keep: int, n_patches: int, blocks: int) -> list[int]:
 
 
 def select(source: SignalSource, keep: int, cfg: FlowCutConfig) -> Selection:
+    if hasattr(source, "prune_tiles_in_encoder"):  # one LLaVA-NeXT image (base + grid tiles)
+        return select_tiles(source, keep, cfg)
     prune = getattr(source, "prune_in_encoder", None)
     if prune is None:
         raise ValueError("flowcut prunes between the blocks of a CLIP vision tower with a [CLS] token "
@@ -121,25 +134,78 @@ def select(source: SignalSource, keep: int, cfg: FlowCutConfig) -> Selection:
     return Selection(features=torch.cat(feats), indices=torch.cat(indices))
 
 
-# What the authors' other paths do (TungChintao/FlowCut a2ecd24: flowcut/main.py, llava_arch.py,
-# modeling_llama_flowcut.py; FlowCut_Qwen/modeling_qwen2_vl_flowcut.py) and why neither runs here.
+def select_tiles(source: SignalSource, keep: int, cfg: FlowCutConfig) -> Selection:
+    """The authors' LLaVA-NeXT tower stage for one image (``flowcut/main.py``: ``target_tokens = int(keep / 2) + 1``
+    for ``image_aspect_ratio='anyres'``): every tile, the base image included, goes through the LLaVA-1.5 schedule
+    to ``keep // 2`` patches; the tiles run as one batch, so each adaptive count is the largest over the image's tiles
+    (the official batch of one image). The survivors are read in the authors' packing order
+    (``prepare_inputs_labels_for_multimodal_flowcut``): the base tile's, then the grid tiles' scattered back into the
+    stitched grid (``restore_image_features_sorted``) and read row by row, less those unpadding cuts away
+    (``unpad_mask``) -- the adapter's patch-space order, laid out with no ``image_newline``."""
+    if keep < 2:
+        raise ValueError(f"flowcut on LLaVA-NeXT keeps keep // 2 patches per tile: keep must be >= 2, got {keep}")
+    prune = source.prune_tiles_in_encoder
+    schedule = FlowCutSchedule(keep // 2 + 1, source.tiles.f - 1, cfg)
+    hidden, origin, slots = prune(schedule)
+    tile = torch.arange(hidden.shape[0], device=origin.device).unsqueeze(1).expand_as(origin[:, 1:])
+    slot = slots.to(origin.device)[tile, origin[:, 1:] - 1].flatten()  # subset slot of every survivor, -1: cut away
+    feats = hidden[:, 1:].flatten(0, 1)
+    inside = torch.nonzero(slot >= 0)[:, 0]
+    order = inside[torch.argsort(slot[inside])]
+    return Selection(features=feats[order].unsqueeze(0), indices=slot[order].unsqueeze(0))
+
+
+def llm_scores(inputs: StageInputs) -> torch.Tensor:
+    """The authors' LLM-stage score (``modeling_llama_flowcut.py``, ``LlamaSdpaAttention_forward``) from the score
+    layer's own rotated q/k and v: with the last prompt token's query ``q`` and value ``u`` (per head) against the
+    visual tokens' keys ``k_j`` and values ``v_j``, ``relation = softmax_j(q k_j / sqrt(d))``, ``semantic =
+    softmax_j(u v_j / sqrt(d))`` (softmax over the visual tokens only, head means) and ``score_j = (relation_j / sum
+    + semantic_j / sum) * ||mean_h v_j||_1`` (``compute_score``, eq. of step 1). (B, n_img), float32."""
+    layer, hidden = inputs.layer, inputs.hidden
+    attn = layer.self_attn
+    q, k = decoder_qk(layer, hidden, inputs.cos, inputs.sin, inputs.last_pos, inputs.rope)
+    v = split_heads(attn.v_proj(layer.input_layernorm(hidden)), attn.config.num_key_value_heads)
+    v = repeat_kv(v, q.shape[1] // v.shape[1]).float()
+    pos = inputs.image_pos[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[-1])
+    vis_k, vis_v = torch.gather(k.float(), 2, pos), torch.gather(v, 2, pos)  # (B, H, n, d)
+    scale = q.shape[-1] ** -0.5
+    relation = torch.softmax(q.float() @ vis_k.transpose(-1, -2) * scale, dim=-1).mean(1)[:, 0]
+    semantic = torch.softmax(v[:, :, -1:] @ vis_v.transpose(-1, -2) * scale, dim=-1).mean(1)[:, 0]
+    return flow_score(relation, semantic, vis_v.mean(1).norm(p=1, dim=-1))
+
+
+def _in_order(inputs: StageInputs, kept: torch.Tensor) -> torch.Tensor:
+    """Renumbering keeps the survivors in sequence order (the official positions are 0..L'-1)."""
+    return torch.arange(kept.shape[1], device=kept.device).expand_as(kept)
+
+
+def plan_next(keep: int, num_layers: int, cfg: FlowCutConfig) -> list[LLMStage]:
+    """The authors' LLaVA-NeXT LLM stage: scored with layer ``llm_layer``'s q/k/v, the top ``keep`` visual tokens go
+    on from layer ``llm_layer + 1`` (official: layer 1, from layer 2 on), renumbered unless positions="original"."""
+    renumber = _in_order if cfg.positions == "official" else None
+    return [LLMStage(layer=cfg.llm_layer + 1, keep=keep, score=llm_scores, score_layer=cfg.llm_layer,
+                     renumber=renumber)]
+
+
+def encoder_tokens(keep: int, cfg: FlowCutConfig, n: int, tiles: int = 1) -> int:
+    """Visual tokens leaving the tower for the LLM (FLOPs): ``keep`` on LLaVA-1.5; on LLaVA-NeXT (``tiles`` > 1)
+    ``keep // 2`` per tile, AT MOST (unpadding drops some of the grid tiles' survivors)."""
+    return min(n, keep // 2 * tiles) if tiles > 1 else min(keep, n)
+
+
+# What the authors' Qwen path does (TungChintao/FlowCut a2ecd24: FlowCut_Qwen/modeling_qwen2_vl_flowcut.py) and why
+# it does not run here.
 FAMILIES_WHY = (
-    "FlowCut's LLaVA-1.5 path prunes between the blocks of the CLIP tower and is the only one ported. Its authors' "
-    "LLaVA-NeXT path is two-stage: the tower cuts every tile (base image included) to keep // 2 patches, the "
-    "sub-tiles' survivors are packed in grid order, unpadded, WITHOUT image_newline tokens (spatial_unpad; "
-    "restore_image_features_sorted, 24x24 tiles hard-coded), and after LLM decoder layer 1 the top keep visual "
-    "tokens survive by (softmax(q_last k/sqrt(d)) + softmax(v_last v/sqrt(d)), head means) x ||v||_1 from that "
-    "layer's q/k/v of the last prompt token, with positions renumbered 0..L'-1 after the cut; vlprune's LLaVA-NeXT "
-    "adapter has no in-tower pruning per tile and its packing keeps newline tokens, so an exact port of both "
-    "stages is not done yet. Its Qwen2-VL path (FlowCut_Qwen/, batch size 1 only) cuts the ViT to 8 x keep patches "
-    "(2 x keep merged tokens) with a mean-query score and then to keep at LLM layer 1 (M-RoPE positions kept); it "
-    "is written for Qwen2-VL's full-attention ViT, not Qwen2.5-VL's windowed one, and is not ported either"
+    "FlowCut runs its authors' LLaVA-1.5 path (cuts between the blocks of the CLIP tower) and LLaVA-NeXT path (every "
+    "tile cut to keep // 2 patches in the tower, packed without image_newline tokens, then the top keep visual "
+    "tokens after LLM decoder layer 1). Its Qwen2-VL path (FlowCut_Qwen/, batch size 1 only) cuts the ViT to "
+    "8 x keep patches (2 x keep merged tokens) with a mean-query score and then to keep at LLM layer 1 (M-RoPE "
+    "positions kept); it is written for Qwen2-VL's full-attention ViT, not Qwen2.5-VL's windowed one, and is not "
+    "ported"
 )
-
-
 register_method(
-    "flowcut", config=FlowCutConfig, paper="FlowCut (NeurIPS 2025)", encoder=select, families=("llava",),
-    families_why=FAMILIES_WHY,
+    "flowcut", config=FlowCutConfig, paper="FlowCut (NeurIPS 2025)", encoder=select, families=("llava", "llava_next"),
+    families_why=FAMILIES_WHY, family_plans={"llava_next": plan_next}, adapter_options={"llava_next": {"newlines": "none"}},
     kept="keep patches that survive the tower's progressive pruning, in raster order (their features come from the "
          "feature layer run on the survivors only)",
 )

@@ -147,6 +147,19 @@ class _PatchSubset:
 
         return signals
 
+    def prune_tiles_in_encoder(self, step: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For a subset holding one whole image: its tiles run the tower as ONE batch, ``step`` dropping rows between
+        blocks (``ClipVisionSignals.prune_in_encoder``; FlowCut). Returns the feature layer's surviving rows
+        (T, L', D), their positions in the unpruned tile sequence (T, L'; [CLS] = 0) and the subset's slot of every
+        (tile, patch) (T, S), -1 where unpadding cut the patch away."""
+        if self.n_tiles is None:
+            raise ValueError("pruning inside the tower needs a whole image (budget='global')")
+        hidden, origin = self.tiles.prune_in_encoder(step, slice(self.cls_tile, self.cls_tile + self.n_tiles))
+        s2 = self.tiles.grid[0] * self.tiles.grid[1]
+        slots = torch.full((self.n_tiles, s2), -1, dtype=torch.long, device=self.tile.device)
+        slots[self.tile - self.cls_tile, self.patch] = torch.arange(self.tile.shape[0], device=self.tile.device)
+        return hidden, origin, slots
+
     def decoupled(self, mode: str) -> torch.Tensor:
         if mode not in self._cache:
             self._cache[mode] = self.tiles.decoupled(mode)  # (tiles, 1+S, e), shared by every subset

@@ -156,6 +156,13 @@ def check_family(settings: PruneSettings, family: str) -> None:
     if spec.families is not None and family not in spec.families:
         raise ValueError(f"{settings.method} runs on {', '.join(spec.families)} only, not {family}: "
                          f"{spec.families_why or 'see docs/methods'}")
+    if family in spec.family_plans:  # FlowCut's LLaVA-NeXT path: a second cut inside the LLM
+        runs = [f for f in spec.families or () if f not in spec.family_plans]
+        raise ValueError(
+            f"{settings.method} runs on {', '.join(runs)} only under vLLM, not {family}: on {family} it also prunes "
+            "inside the LLM (after a decoder layer, positions renumbered), while the plugin fixes each image's "
+            "placeholder count before the encoder runs and vLLM's paged KV cache holds every prompt token in every "
+            "layer; run it with transformers (vlprune.apply)")
 
 
 def settings_from_key(key: str, deployment: PruneSettings) -> PruneSettings:
