@@ -65,6 +65,8 @@ def _skip_without_tiles(name: str, method: str) -> None:
     families = get_method(method).families
     if families is not None and name not in families:
         pytest.skip(f"{method} runs on {families} only (refused elsewhere: test_family_limited_methods_refuse)")
+    if name in get_method(method).family_plans:  # FlowCut's LLaVA-NeXT path: its own layout and LLM stage
+        pytest.skip(f"{method} on {name} runs its authors' layout and LLM stage: tests/test_flowcut_next.py")
 
 
 def _in_llm(method: str) -> bool:

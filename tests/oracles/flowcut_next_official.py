@@ -125,7 +125,9 @@ class _Layer:
 
     def __call__(self, *args, **kwargs):
         out = llama.LlamaDecoderLayer_forward(self, *args, **kwargs)
-        if len(out) > 1:  # [vlprune] record the LLM stage's keep_indices (the layer's last output)
+        if len(out) > 1:  # [vlprune] record the LLM stage's keep_indices (the layer's last output), or force them
+            if "force_keep" in self.seen:
+                out = (*out[:-1], self.seen["force_keep"])
             self.seen["llm_keep"] = out[-1]
         return out
 
@@ -194,4 +196,22 @@ def flowcut_next(model, input_ids: torch.Tensor, tiles: torch.Tensor, size_hw: t
                                                     image_sizes=[(size_hw[1], size_hw[0])])
     embeds = out[4]
     final, _ = llama.LlamaModel_forward(llava.model, inputs_embeds=embeds, use_cache=False, return_dict=True)
+    llava.seen["model"] = llava.model
     return embeds, final.last_hidden_state, llava.seen
+
+
+@torch.no_grad()
+def decode_reference(model, embeds: torch.Tensor, seen: dict, keep: int, new_ids: torch.Tensor) -> torch.Tensor:
+    """[vlprune] What a cached decoding step of the authors' path computes, without a cache: ``LlamaModel_forward``
+    on the prompt's LLM input ``embeds`` followed by the tokens ``new_ids`` (1, n), the visual tokens kept after
+    layer 1 forced to the prompt's (``seen["llm_keep"]``; the official cached decoding keeps layers 0-1's full cache,
+    the later layers' pruned one, and shifts the new tokens' positions by the dropped count). Returns the final
+    hidden states of the new tokens (1, n, D)."""
+    lm = model.model.language_model
+    llama_model = _LlamaModel(lm, keep, {"force_keep": seen["llm_keep"]})
+    for name in ("visual_token_pos", "visual_token_num", "last_instruct_pos"):
+        setattr(llama_model, name, list(getattr(seen["model"], name)))
+    llama_model.last_instruct_pos[0] += new_ids.shape[1]
+    full = torch.cat([embeds, lm.embed_tokens(new_ids)], 1)
+    final, _ = llama.LlamaModel_forward(llama_model, inputs_embeds=full, use_cache=False, return_dict=True)
+    return final.last_hidden_state[:, -new_ids.shape[1]:]

@@ -58,10 +58,19 @@ def test_tiny_llava_next_equals_official(t, size, keep):
     vlprune.apply(m, "flowcut", keep)
     try:
         h, _ = _llm_input(m, inputs)
-        out = m(**inputs, output_hidden_states=True)
+        out = m(**inputs, output_hidden_states=True, use_cache=True)
         kept = vlprune.last_selection(m).indices[0].cpu()
+        # two cached decoding steps against the authors' forward run without a cache on prompt + new tokens
+        new = torch.tensor([[7, 9]])
+        mask = torch.ones(1, inputs["input_ids"].shape[1] + 1, dtype=torch.long)
+        step = m(input_ids=new[:, :1], past_key_values=out.past_key_values, attention_mask=mask, use_cache=True,
+                 output_hidden_states=True)
+        step2 = m(input_ids=new[:, 1:], past_key_values=step.past_key_values, use_cache=True, output_hidden_states=True,
+                  attention_mask=torch.cat([mask, mask[:, :1]], 1))
     finally:
         vlprune.remove(m)
+    want = official.decode_reference(m, embeds, seen, keep, new)
+    torch.testing.assert_close(torch.cat([step.hidden_states[-1], step2.hidden_states[-1]], 1), want, rtol=0, atol=1e-5)
     torch.testing.assert_close(h, embeds, rtol=0, atol=1e-5)  # every LLM input token, no image_newline
     start = int(torch.nonzero(official_ids(inputs["input_ids"])[0] == official.IMAGE_TOKEN_INDEX)[0])
     assert h.shape[1] == inputs["input_ids"].shape[1] - int((inputs["input_ids"] == 4).sum()) + len(enc)
