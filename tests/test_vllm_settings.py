@@ -110,7 +110,8 @@ def test_family_limits_name_the_reason():
 
     check_family(parse_settings({"method": "flowcut", "keep": 16}), "llava")
     check_family(parse_settings({"method": "hired", "keep": 16}), "llava_next")
-    with pytest.raises(ValueError, match="flowcut runs on llava only, not llava_next: FlowCut's LLaVA-1.5 path"):
+    with pytest.raises(ValueError, match="flowcut runs on llava only under vLLM, not llava_next: on llava_next it "
+                                         "also prunes inside the LLM"):
         check_family(parse_settings({"method": "flowcut", "keep": 16}), "llava_next")
     with pytest.raises(ValueError, match="hired runs on llava_next only, not llava"):
         check_family(parse_settings({"method": "hired", "keep": 16}), "llava")
