@@ -113,3 +113,14 @@ def test_remove_is_exact_and_conflicting_options_are_refused(t):
     vlprune.remove(m)
     vlprune.apply(m, "flowcut", 6, adapter_options={"newlines": "none"})  # the authors' own value is accepted
     vlprune.remove(m)
+
+
+def test_flops_count_the_tiles_then_the_cut_after_layer_1():
+    """``vlprune flops --model llava-next-7b --method flowcut``: keep // 2 per tile (5 tiles) in layers 0-1, at most
+    (unpadding drops some), then keep; LLaVA-1.5 keeps keep everywhere (tower only)."""
+    from vlprune.flops import tokens_per_layer
+    from vlprune.presets import get_preset
+
+    assert tokens_per_layer("flowcut", 320, get_preset("llava-next-7b")) == [800] * 2 + [320] * 30
+    assert tokens_per_layer("flowcut", 81, get_preset("llava-next-7b"), llm_layer=3) == [200] * 4 + [81] * 28
+    assert tokens_per_layer("flowcut", 64, get_preset("llava-1.5-7b")) == [64] * 32

@@ -32,16 +32,18 @@ def tokens_per_layer(method: str | None, keep: int | None, shape: ModelShape, n_
         return [n + fixed] * shape.layers
     spec = get_method(method)
     cfg = spec.config_cls(**options)
+    plan = spec.family_plans.get(shape.family, spec.plan)  # FlowCut on LLaVA-NeXT: a cut after LLM layer 1
     if spec.encoder is not None:
         enc = getattr(__import__(spec.encoder.__module__, fromlist=["_"]), "encoder_tokens", None)
-        current = enc(keep, cfg, n) if (enc is not None and spec.plan is not None) else min(keep, n)
+        tiles = {"tiles": n // (shape.image_size // shape.patch_size) ** 2} if shape.family == "llava_next" else {}
+        current = enc(keep, cfg, n, **tiles) if (enc is not None and plan is not None) else min(keep, n)
     else:
         current = n
     counts = [current] * shape.layers
-    if spec.plan is not None:
+    if plan is not None:
         # schedules capped by the unpruned count, as ``vlprune.apply`` builds them (VisionDrop's 1.5 x keep)
-        capped = {"tokens_per_image": n} if "tokens_per_image" in inspect.signature(spec.plan).parameters else {}
-        stages = spec.plan(keep, shape.layers, cfg, **capped)
+        capped = {"tokens_per_image": n} if "tokens_per_image" in inspect.signature(plan).parameters else {}
+        stages = plan(keep, shape.layers, cfg, **capped)
         if any(getattr(s, "adaptive", False) for s in stages):
             raise ValueError(f"{method} with these options decides per sample how many visual tokens it keeps "
                              "(SparseVLM version='v1': rank(A) * scale + bias), so no analytic FLOPs exist; count "

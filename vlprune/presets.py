@@ -32,12 +32,14 @@ class ModelShape:
     patch_size: int = 14
     frames: int = 1
     fixed_tokens: int = 0
+    family: str = ""  # the adapter family where a method plans differently there (FlowCut on "llava_next")
 
 
 PRESETS: dict[str, ModelShape] = {
     "llava-1.5-7b": ModelShape("llava-1.5-7b", "llava-hf/llava-1.5-7b-hf", 32, 4096, 11008, 32, 32, 576),
     "llava-1.5-13b": ModelShape("llava-1.5-13b", "llava-hf/llava-1.5-13b-hf", 40, 5120, 13824, 40, 40, 576),
-    "llava-next-7b": ModelShape("llava-next-7b", "llava-hf/llava-v1.6-vicuna-7b-hf", 32, 4096, 11008, 32, 32, 2880),
+    "llava-next-7b": ModelShape("llava-next-7b", "llava-hf/llava-v1.6-vicuna-7b-hf", 32, 4096, 11008, 32, 32, 2880,
+                                  family="llava_next"),
     "qwen2.5-vl-7b": ModelShape(
         "qwen2.5-vl-7b", "Qwen/Qwen2.5-VL-7B-Instruct", 28, 3584, 18944, 28, 4, 1024, vocab=152064,
         vision_layers=32, vision_hidden=1280, vision_ffn=3420, vision_heads=16, image_size=896, patch_size=14,

@@ -18,6 +18,11 @@ at the same patches. LLaVA-1.5-7B (24 blocks, f = 23): blocks 1, 3, ..., 19 prun
 block 22 makes the features; the schedule is the same for every budget (64/128/192: only T changes).
 The official batch path takes the LARGEST adaptive count over the batch (``r.max(0)``); vlprune counts per image
 (the official batch-1 result for every image: LLaVA's evaluation runs batch 1), so batch == per sample.
+
+LLaVA-NeXT (the authors' ``flowcut/main.py`` anyres path, ``llava_arch.py``, ``modeling_llama_flowcut.py``): every tile
+goes through the schedule above with ``T = keep // 2 + 1`` (:func:`select_tiles`), the survivors are packed without
+``image_newline`` tokens, and after LLM layer 1 the top ``keep`` visual tokens go on (:func:`llm_scores`,
+:func:`plan_next`), positions renumbered 0..L'-1 (docs/methods/flowcut.md).
 """
 from __future__ import annotations
 
@@ -207,5 +212,6 @@ register_method(
     "flowcut", config=FlowCutConfig, paper="FlowCut (NeurIPS 2025)", encoder=select, families=("llava", "llava_next"),
     families_why=FAMILIES_WHY, family_plans={"llava_next": plan_next}, adapter_options={"llava_next": {"newlines": "none"}},
     kept="keep patches that survive the tower's progressive pruning, in raster order (their features come from the "
-         "feature layer run on the survivors only)",
+         "feature layer run on the survivors only); LLaVA-NeXT: the keep patches whose tokens survive the cut after "
+         "LLM layer 1",
 )
