@@ -74,53 +74,28 @@ def test_generate_equals_cached_loop_and_batch_equals_samples(t):
 
 
 @torch.no_grad()
-def test_mixed_image_sizes(t):
-    """The official renumbering runs one image size per batch (a clear error otherwise); positions='original'
-    (vlprune's convention) runs mixed batches, each sample as alone."""
+@pytest.mark.parametrize("positions", ["official", "original"])
+def test_mixed_image_sizes_batch_equals_samples(t, positions):
+    """Images of different sizes (different visual-token counts, the cut keeps keep of each): the batch's logits,
+    kept patches and cached generation equal each sample alone, with the official renumbered positions (rows that
+    drop fewer columns keep dead ones, which the positions skip) and with positions='original'."""
     m = t.model
-    batch = _inputs(t, SIZES, ["what is it ?", "is it red ?"])
-    vlprune.apply(m, "flowcut", 6)
-    with pytest.raises(NotImplementedError, match="FlowCut on LLaVA-NeXT.*positions='original'"):
-        m(**batch)
-    vlprune.apply(m, "flowcut", 6, positions="original")
-    logits = m(**batch).logits[:, -1]
+    questions = ["what is it ?", "is the big circle red ?"]
+    batch = _inputs(t, SIZES, questions)
+    vlprune.apply(m, "flowcut", 6, positions=positions)
+    logits, steps = _two_cached_steps(m, batch)
+    kept = vlprune.last_selection(m).indices
     for b in range(2):
-        one = _inputs(t, SIZES[b: b + 1], ["what is it ?", "is it red ?"][b: b + 1])
-        one["pixel_values"] = batch["pixel_values"][b: b + 1]
-        torch.testing.assert_close(m(**one).logits[:, -1][0], logits[b], rtol=1e-4, atol=1e-4)
+        one = _inputs(t, SIZES[b: b + 1], questions[b: b + 1])
+        one["pixel_values"] = batch["pixel_values"][b: b + 1, : one["pixel_values"].shape[1]]
+        alone, alone_steps = _two_cached_steps(m, one)
+        torch.testing.assert_close(alone[0], logits[b], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(alone_steps[0], steps[b], rtol=1e-4, atol=1e-4)  # cached decoding, per row
+        assert torch.equal(vlprune.last_selection(m).indices[0], kept[b])
     vlprune.remove(m)
 
 
-@torch.no_grad()
-def test_remove_is_exact_and_conflicting_options_are_refused(t):
-    m = t.model
-    inputs = _inputs(t, SIZES[:1], ["what is it ?"])
-    state = {k: v.clone() for k, v in m.state_dict().items()}
-    ref = m(**inputs).logits
-    vlprune.apply(m, "flowcut", 6)
-    m.generate(**inputs, max_new_tokens=2, do_sample=False)
-    vlprune.remove(m)
-    assert torch.equal(m(**inputs).logits, ref)
-    assert all(torch.equal(v, state[k]) for k, v in m.state_dict().items())
-    assert not any(l._forward_pre_hooks for l in m.model.language_model.layers)
-    with pytest.raises(ValueError, match=re.escape("runs with {'newlines': 'none'} (its authors' layout)")):
-        vlprune.apply(m, "flowcut", 6, adapter_options={"newlines": "rows"})
-    with pytest.raises(ValueError, match="budget='global' only"):
-        vlprune.apply(m, "flowcut", 6, budget="tile")
-    vlprune.apply(m, "flowcut", 1)
-    with pytest.raises(ValueError, match="keep must be >= 2"):
-        m(**inputs)
-    vlprune.remove(m)
-    vlprune.apply(m, "flowcut", 6, adapter_options={"newlines": "none"})  # the authors' own value is accepted
-    vlprune.remove(m)
-
-
-def test_flops_count_the_tiles_then_the_cut_after_layer_1():
-    """``vlprune flops --model llava-next-7b --method flowcut``: keep // 2 per tile (5 tiles) in layers 0-1, at most
-    (unpadding drops some), then keep; LLaVA-1.5 keeps keep everywhere (tower only)."""
-    from vlprune.flops import tokens_per_layer
-    from vlprune.presets import get_preset
-
-    assert tokens_per_layer("flowcut", 320, get_preset("llava-next-7b")) == [800] * 2 + [320] * 30
-    assert tokens_per_layer("flowcut", 81, get_preset("llava-next-7b"), llm_layer=3) == [200] * 4 + [81] * 28
-    assert tokens_per_layer("flowcut", 64, get_preset("llava-1.5-7b")) == [64] * 32
+def _two_cached_steps(m, inputs):
+    """Prefill logits (B, V) and the logits of generate()'s next two (cached) steps (B, 2, V)."""
+    out = m.generate(**inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    return out.logits[0], torch.stack(out.logits[1:], 1)

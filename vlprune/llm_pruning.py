@@ -102,6 +102,8 @@ class LLMStage:
     renumber: optional (StageInputs, kept_slots (B, k)) -> (B, k) rank of each kept visual token in a new order;
         after the drop every token takes positions 0..L'-1 (text in place, the visual run in that order) with a
         mask causal in that order (official VisionDrop; one image per sample, 1-D RoPE; vlprune/positions.py).
+    compact: after the drop every token takes positions 0..L'-1 in sequence order (FlowCut's official LLaVA-NeXT
+        cut); unlike ``renumber`` it runs any batch (rows keeping different counts, several images per sample).
     Without ``renumber``, hidden states, positions, rotary tables and masks of the kept tokens are gathered.
     extra: optional (count, budget) -> tokens kept beyond the budget by a group whose rows hold ``count`` visual
         tokens and keep ``budget`` of them (SparseVLM's recycled tokens, which take the slots of pruned tokens);
@@ -120,6 +122,7 @@ class LLMStage:
     merge: Callable[[StageInputs, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     select: Callable[[StageInputs], Any] | None = None
     renumber: Callable[[StageInputs, torch.Tensor], torch.Tensor] | None = None
+    compact: bool = False
     extra: Callable[[int, int], int] | None = None
     adaptive: bool = False
 
@@ -159,7 +162,7 @@ class _Pass:
     scores: dict[int, list] = field(default_factory=dict)
     pos: torch.Tensor | None = None  # (B, L_cur) renumbered positions (None: the original ones, ``cols``)
     rope_full: tuple[torch.Tensor, torch.Tensor] | None = None  # the prompt's rotary tables (renumbering only)
-    layer_shift: dict[int, int] = field(default_factory=dict)  # per layer, prompt tokens dropped before it
+    layer_shift: dict[int, torch.Tensor] = field(default_factory=dict)  # per layer and row, prompt tokens dropped
     prompt: PromptView | None = None  # the input of decoder layer 0 (kept during the prefill only)
 
     def refresh(self) -> None:
@@ -403,7 +406,7 @@ class LLMPruner:
                 if stage.renumber is not None:
                     self._check_renumber(kwargs, group, alive)
                     new_order = stage.renumber(inputs, kept_slots)
-            hidden, kw = self._drop(hidden, kwargs, drop, new_order)
+            hidden, kw = self._drop(hidden, kwargs, drop, new_order, stage.compact)
             self.history.append(p.image_ids.clone())
         for stage in self.stages:  # scores taken before a later drop layer (FastV: the layer before)
             if stage.scored_at == index and stage.layer != index:
@@ -412,18 +415,21 @@ class LLMPruner:
                     p.scores[stage.layer] = [stage.score(self._inputs(layer, hidden, kw, g)) for g in groups]
         p.layer_cols[index], p.layer_dead[index] = p.cols, p.dead
         if p.pos is not None:
-            p.layer_shift[index] = p.prompt_len - p.cols.shape[1]
+            dead = 0 if p.dead is None else p.dead.sum(-1)  # a row's dead columns are dropped tokens too
+            p.layer_shift[index] = p.prompt_len - p.cols.shape[1] + dead + torch.zeros_like(p.cols[:, 0])
         if index == len(self.layers) - 1:
             self.last_kept = p.image_ids
             p.prompt = None
         return hidden, kw
 
-    def _drop(self, hidden: torch.Tensor, kwargs: dict, drop: torch.Tensor, new_order: torch.Tensor | None = None):
+    def _drop(self, hidden: torch.Tensor, kwargs: dict, drop: torch.Tensor, new_order: torch.Tensor | None = None,
+              compact: bool = False):
         """Remove the visual columns ``drop`` (B, L_cur). Every row loses the same number of columns: dropped and
         dead ones first, then padding; what a row cannot lose that way stays as a dead (masked) column. ``new_order``
-        (B, k): a renumbering stage's order of the kept visual tokens (positions become 0..L'-1)."""
+        (B, k): a renumbering stage's order of the kept visual tokens (positions become 0..L'-1); ``compact``: positions
+        0..L'-1 in sequence order, dead columns not counted."""
         p = self.current
-        if new_order is not None and p.rope_full is None:
+        if (new_order is not None or compact) and p.rope_full is None:
             p.rope_full = compat.rotary_tables(kwargs, self._layer_index)
         gone = drop if p.dead is None else drop | p.dead
         removable = gone | p.pad
@@ -437,7 +443,11 @@ class LLMPruner:
         p.is_img = torch.gather(p.is_img & ~drop, 1, rel)
         p.pad = torch.gather(p.pad, 1, rel)
         p.refresh()
-        if new_order is not None:
+        if compact:  # a dead column takes the next live token's position (it is masked out)
+            before = 0 if p.dead is None else p.dead.long().cumsum(-1) - p.dead.long()
+            p.pos = torch.arange(rel.shape[1], device=rel.device) - before
+            p.pos = p.pos.expand(rel.shape[0], -1)
+        elif new_order is not None:
             p.pos = renumbered(p.image_pos, new_order, rel.shape[1])
         elif p.pos is not None:  # a later stage without renumbering: ranks of the positions so far
             p.pos = torch.argsort(torch.argsort(torch.gather(p.pos, 1, rel), dim=-1), dim=-1)
@@ -449,9 +459,9 @@ class LLMPruner:
         rope_3d = isinstance(pos, torch.Tensor) and pos.dim() == 3
         if ragged or group.rows is not None or group.n_images != 1 or rope_3d:
             raise NotImplementedError(
-                "renumbered positions (VisionDrop positions='official', FlowCut on LLaVA-NeXT) need one image per "
-                "sample, the same number of visual tokens in every sample and 1-D RoPE (LLaVA-1.5 / LLaVA-NeXT, as the "
-                "official code); use positions='original'"
+                "renumbered positions (VisionDrop positions='official') need one image per sample, the same number "
+                "of visual tokens in every sample and 1-D RoPE (LLaVA-1.5 / LLaVA-NeXT, as the official code); use "
+                "positions='original'"
             )
 
     def _inputs(self, layer: nn.Module, hidden: torch.Tensor, kw: dict, group: _Group) -> StageInputs:
@@ -472,12 +482,12 @@ class LLMPruner:
 
     def _decode_kwargs(self, index: int, kwargs: dict, queries: int) -> dict:
         out = self._decode_mask(index, kwargs, queries)
-        shift = self.current.layer_shift.get(index, 0)
-        if shift:  # renumbered: the new tokens sit ``shift`` positions earlier in this layer
+        shift = self.current.layer_shift.get(index)
+        if shift is not None:  # renumbered: the new tokens sit ``shift`` positions earlier (per row)
             (cos, sin), (full_cos, full_sin) = compat.rotary_tables(out, index), self.current.rope_full
-            row = slice(shift, shift + 1)
-            out["position_embeddings"] = shift_rope(cos, sin, full_cos[..., row, :], full_sin[..., row, :],
-                                                    full_cos[..., :1, :])
+            rows = shift.view(-1, 1)
+            out["position_embeddings"] = shift_rope(cos, sin, compat.table_rows(full_cos, rows),
+                                                    compat.table_rows(full_sin, rows), full_cos[..., :1, :])
         return out
 
     def _decode_mask(self, index: int, kwargs: dict, queries: int) -> dict:

@@ -46,7 +46,7 @@ class FlowCutConfig:
     LLaVA-NeXT only (its LLM stage): llm_layer, the decoder layer whose q/k/v score the visual tokens and after
     which the top ``keep`` go on (official ``prune_layer = 1``); positions, "official" (the survivors are renumbered
     0..L'-1 after the cut, as the authors' code) or "original" (they keep their prompt positions: vlprune's
-    convention, which also runs batches mixing image sizes)."""
+    convention for the other in-LLM methods)."""
 
     cumulative_weight: float = 0.5
     llm_layer: int = 1
@@ -179,17 +179,11 @@ def llm_scores(inputs: StageInputs) -> torch.Tensor:
     return flow_score(relation, semantic, vis_v.mean(1).norm(p=1, dim=-1))
 
 
-def _in_order(inputs: StageInputs, kept: torch.Tensor) -> torch.Tensor:
-    """Renumbering keeps the survivors in sequence order (the official positions are 0..L'-1)."""
-    return torch.arange(kept.shape[1], device=kept.device).expand_as(kept)
-
-
 def plan_next(keep: int, num_layers: int, cfg: FlowCutConfig) -> list[LLMStage]:
     """The authors' LLaVA-NeXT LLM stage: scored with layer ``llm_layer``'s q/k/v, the top ``keep`` visual tokens go
     on from layer ``llm_layer + 1`` (official: layer 1, from layer 2 on), renumbered unless positions="original"."""
-    renumber = _in_order if cfg.positions == "official" else None
     return [LLMStage(layer=cfg.llm_layer + 1, keep=keep, score=llm_scores, score_layer=cfg.llm_layer,
-                     renumber=renumber)]
+                     compact=cfg.positions == "official")]
 
 
 def encoder_tokens(keep: int, cfg: FlowCutConfig, n: int, tiles: int = 1) -> int:
