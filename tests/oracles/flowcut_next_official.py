@@ -22,25 +22,19 @@ give them what they read from ``self``: the real modules of a transformers 5.x L
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 import types
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-from .flowcut_official import flowcut_llava_features
+from .flowcut_official import flowcut_llava_features, load_modules
 from .holov_next_official import get_anyres_image_grid_shape
 
 IMAGE_TOKEN_INDEX = -200  # llava/constants.py
 
 
 def _load(names: tuple[str, ...]) -> dict[str, types.ModuleType]:
-    spec = importlib.util.find_spec("flowcut")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the FlowCut oracle needs the authors' package: pip install flowcut==1.0.2")
-    root = Path(list(spec.submodule_search_locations)[0])
     stubs = {
         "llava": types.ModuleType("llava"),
         "llava.constants": SimpleNamespace(IGNORE_INDEX=-100, IMAGE_TOKEN_INDEX=IMAGE_TOKEN_INDEX,
@@ -53,19 +47,8 @@ def _load(names: tuple[str, ...]) -> dict[str, types.ModuleType]:
     }
     added = [k for k in stubs if k not in sys.modules]
     sys.modules.update({k: stubs[k] for k in added})
-    sys.modules.setdefault("_flowcut_official", types.ModuleType("_flowcut_official"))
-    sys.modules["_flowcut_official"].__path__ = [str(root)]
     try:
-        out = {}
-        for name in names:
-            full = f"_flowcut_official.{name}"
-            if full not in sys.modules:
-                sub = importlib.util.spec_from_file_location(full, root / f"{name}.py")
-                module = importlib.util.module_from_spec(sub)
-                sys.modules[full] = module
-                sub.loader.exec_module(module)
-            out[name] = sys.modules[full]
-        return out
+        return load_modules(names)
     finally:
         for k in added:
             del sys.modules[k]

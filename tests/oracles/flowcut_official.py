@@ -23,7 +23,9 @@ from pathlib import Path
 import torch
 
 
-def _load_official() -> types.ModuleType:
+def load_modules(names: tuple[str, ...]) -> dict[str, types.ModuleType]:
+    """The installed package's modules ``names`` (``flowcut/<name>.py``), executed unmodified as
+    ``_flowcut_official.<name>`` without the package's LLaVA-importing ``__init__`` (each once)."""
     spec = importlib.util.find_spec("flowcut")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("the FlowCut oracle needs the authors' package: pip install flowcut==1.0.2 "
@@ -32,6 +34,17 @@ def _load_official() -> types.ModuleType:
     package = types.ModuleType("_flowcut_official")
     package.__path__ = [str(root)]
     sys.modules.setdefault("_flowcut_official", package)
+    for name in names:
+        full = f"_flowcut_official.{name}"
+        if full not in sys.modules:
+            sub = importlib.util.spec_from_file_location(full, root / f"{name}.py")
+            module = importlib.util.module_from_spec(sub)
+            sys.modules[full] = module
+            sub.loader.exec_module(module)
+    return {name: sys.modules[f"_flowcut_official.{name}"] for name in names}
+
+
+def _load_official() -> types.ModuleType:
     from transformers.models.clip import modeling_clip
 
     # the module imports transformers 4.x's ``CLIPVisionTransformer`` (unused by the functions run here; transformers
@@ -40,13 +53,7 @@ def _load_official() -> types.ModuleType:
     if missing:
         modeling_clip.CLIPVisionTransformer = type("CLIPVisionTransformer", (), {})
     try:
-        for name in ("utils_flowcut", "modeling_clip_flowcut"):
-            full = f"_flowcut_official.{name}"
-            if full not in sys.modules:
-                sub = importlib.util.spec_from_file_location(full, root / f"{name}.py")
-                module = importlib.util.module_from_spec(sub)
-                sys.modules[full] = module
-                sub.loader.exec_module(module)
+        load_modules(("utils_flowcut", "modeling_clip_flowcut"))
     finally:
         if missing:
             del modeling_clip.CLIPVisionTransformer
