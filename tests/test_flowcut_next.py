@@ -99,3 +99,21 @@ def _two_cached_steps(m, inputs):
     """Prefill logits (B, V) and the logits of generate()'s next two (cached) steps (B, 2, V)."""
     out = m.generate(**inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True)
     return out.logits[0], torch.stack(out.logits[1:], 1)
+
+
+def test_prefill_bound_counts_the_tiles_cut_and_no_newlines():
+    """``vlprune bench``'s prefill bound on a LLaVA-NeXT image: every tile's tower cut to keep // 2 + 1 rows in the
+    feature block, keep // 2 x tiles tokens projected and in LLM layers 0-1 (no newline), keep after layer 1."""
+    from vlprune.methods.flowcut import tower_rows
+    from vlprune.presets import get_preset
+    from vlprune.speed_flops import clip_tower_flops, llm_layer_flops, prefill_flops
+    from vlprune.speed_models import next_layout
+
+    shape = get_preset("llava-next-7b")
+    image = next_layout(shape, (672, 672))
+    assert (image.tiles, image.patches, image.newlines) == (5, 2880, 48)
+    blocks, keep = shape.vision_layers - 1, 320
+    vision = 5 * clip_tower_flops(shape, blocks, tower_rows(keep // 2, 576, blocks))
+    projector = 800 * (shape.vision_hidden * shape.hidden + shape.hidden * shape.hidden)
+    llm = 2 * llm_layer_flops(800 + 10, shape) + 30 * llm_layer_flops(320 + 10, shape)
+    assert prefill_flops(shape, "flowcut", keep, 10, image=image) == pytest.approx(vision + projector + llm)

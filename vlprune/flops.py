@@ -35,7 +35,7 @@ def tokens_per_layer(method: str | None, keep: int | None, shape: ModelShape, n_
     plan = spec.family_plans.get(shape.family, spec.plan)  # FlowCut on LLaVA-NeXT: a cut after LLM layer 1
     if spec.encoder is not None:
         enc = getattr(__import__(spec.encoder.__module__, fromlist=["_"]), "encoder_tokens", None)
-        tiles = {"tiles": n // (shape.image_size // shape.patch_size) ** 2} if shape.family == "llava_next" else {}
+        tiles = {"tiles": -(-n // (shape.image_size // shape.patch_size) ** 2)} if shape.family == "llava_next" else {}
         current = enc(keep, cfg, n, **tiles) if (enc is not None and plan is not None) else min(keep, n)
     else:
         current = n

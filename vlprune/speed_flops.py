@@ -1,10 +1,12 @@
 """FLOPs of a whole prefill (vision tower + projector + LLM) at the depths built, for ``vlprune bench``'s bound."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 from .flops import layer_flops, tokens_per_layer
 from .presets import ModelShape
+from .registry import get_method
 from .speed_models import QWEN_PATCH_IN, ImageLayout, llava_layout
 
 
@@ -68,7 +70,8 @@ def prefill_flops(shape: ModelShape, method: Optional[str], keep: Optional[int],
         if given (the bench passes the count it measured), else one per row, the most there can be; in-LLM
         methods see and prune newlines like any placeholder (their k includes them).
     The vision tower runs on every patch for every method (selection happens at its output), except FlowCut's
-    blocks after its cuts (counted at most: ``methods.flowcut.tower_rows``); HoloV projects every patch. The unpatched
+    blocks after its cuts (counted at most: ``methods.flowcut.tower_rows``; LLaVA-NeXT: ``keep // 2`` per tile, no
+    newline, ``keep`` tokens after LLM layer 1); HoloV projects every patch. The unpatched
     model and in-LLM methods run all L_v blocks; on LLaVA(-NeXT) encoder-side methods stop at the feature layer
     (``hidden_states[-2]``: L_v - 1 blocks), since the last block only feeds outputs LLaVA discards; on Qwen2.5-VL
     they run the whole ViT. The cost of the selection itself is not counted (it is overhead the measured
@@ -87,11 +90,15 @@ def prefill_flops(shape: ModelShape, method: Optional[str], keep: Optional[int],
         tile_patches = (shape.image_size // shape.patch_size) ** 2
         hooks = _method_module(method) if encoder_side else None
         rows = getattr(hooks, "tower_rows", None)  # FlowCut: fewer rows in the blocks after its cuts
-        vision = image.tiles * clip_tower_flops(shape, blocks, rows(keep, tile_patches, blocks) if rows else None)
+        # FlowCut on LLaVA-NeXT: keep // 2 per tile in the tower, no newline, keep after LLM layer 1
+        tiled = encoder_side and image.family in get_method(method).family_plans
+        tower_keep = keep // 2 if tiled else keep
+        vision = image.tiles * clip_tower_flops(shape, blocks, rows(tower_keep, tile_patches, blocks) if rows else None)
         in_llm = stage == "llm"
         # (Video-LLaVA's frame [CLS] tokens are ``shape.fixed_tokens``, added to every layer by tokens_per_layer)
-        counts = tokens_per_layer(method, keep, shape, image.patches + image.newlines if in_llm else image.patches)
-        extra = 0 if in_llm else (image.newlines if newlines is None or not encoder_side else newlines)
+        counts = tokens_per_layer(method, keep, replace(shape, family=image.family) if tiled else shape,
+                                  image.patches + image.newlines if in_llm else image.patches)
+        extra = 0 if in_llm or tiled else (image.newlines if newlines is None or not encoder_side else newlines)
         projected = counts[0] if encoder_side else image.tiles * tile_patches + shape.fixed_tokens
         if getattr(hooks, "PROJECTS_EVERY_PATCH", False):  # HoloV selects among the projected tokens
             projected = image.tiles * tile_patches
