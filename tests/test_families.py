@@ -505,8 +505,8 @@ def test_errors(next_t, qwen_t):
 
 
 def test_family_limited_methods_refuse(next_t, qwen_t, tiny):
-    """HiRED needs LLaVA-NeXT's global image and sub-images, FlowCut and HoloV run on LLaVA-1.5 and LLaVA-NeXT (not
-    per tile): a clear error naming the reason on the other families and per tile."""
+    """HiRED needs LLaVA-NeXT's global image and sub-images, FlowCut runs on LLaVA-1.5 and LLaVA-NeXT, HoloV on those
+    and Qwen2.5-VL (none per tile): a clear error naming the reason on the other families and per tile."""
     limited = [name for name, spec in methods().items() if spec.families is not None]
     assert "hired" in limited
     for method in limited:
