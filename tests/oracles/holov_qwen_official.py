@@ -383,7 +383,8 @@ class VisionTower(nn.Module):
         self.spatial_merge_unit = self.spatial_merge_size * self.spatial_merge_size
         self.patch_embed = visual.patch_embed
         head_dim = config.hidden_size // config.num_heads
-        self.rotary_pos_emb = Qwen2_5_VisionRotaryEmbedding(head_dim // 2, config.rope_parameters["rope_theta"])
+        theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)  # [vlprune] < 5.17: none
+        self.rotary_pos_emb = Qwen2_5_VisionRotaryEmbedding(head_dim // 2, theta)
         self.blocks = nn.ModuleList([VisionBlock(blk) for blk in visual.blocks])
         self.merger = visual.merger
         self.gradient_checkpointing = False
