@@ -91,8 +91,9 @@ def flops_command(
 
 @app.command("eval")
 def eval_command(
-    model: str = typer.Option("testbed", help="`testbed` or a LLaVA checkpoint (hub id / path)."),
-    bench: str = typer.Option("testbed", help="`testbed` (bundled scenes) or NAME:DIR, NAME in pope, gqa, mme, textvqa, vqav2, sqa, mmbench (LLaVA layout), msvd-qa, msrvtt-qa, tgif-qa, activitynet-qa (Video-LLaVA layout)."),
+    model: str = typer.Option("testbed", help="`testbed`, `testbed-video` or a LLaVA checkpoint (hub id / path)."),
+    bench: str = typer.Option("testbed", help="`testbed` (bundled scenes), `testbed-video` (bundled clips; model "
+                              "testbed-video) or NAME:DIR, NAME in pope, gqa, mme, textvqa, vqav2, sqa, mmbench (LLaVA layout), msvd-qa, msrvtt-qa, tgif-qa, activitynet-qa (Video-LLaVA layout)."),
     methods: str = typer.Option("desap,vispruner,visionzip,fastv,random",
                                 help="Comma-separated methods; `all`: every registered method the model's family runs."),
     keep: str = typer.Option("16,32,48", help="Budgets, comma separated."),
@@ -130,7 +131,10 @@ def eval_command(
     if batch_size < 1 or max_new_tokens < 1:
         fail(f"--batch-size {batch_size} / --max-new-tokens {max_new_tokens}: both must be >= 1")
     data = ""
-    if bench != "testbed":
+    testbeds = ("testbed", "testbed-video")
+    if bench == "testbed-video" and model == "testbed":  # the clips need the video testbed
+        model = "testbed-video"
+    if bench not in testbeds:
         from .bench.readers import canonical_bench
 
         bench_name, _, data = bench.partition(":")
@@ -145,6 +149,8 @@ def eval_command(
 
         check_source(clip, "--clip")
     loaded = load_model(model, clip, torch_dtype, device)
+    if bench == "testbed-video" and getattr(loaded.model.config, "video_token_id", None) is None:
+        fail(f"--bench testbed-video: --model {model} takes no videos", "use --model testbed-video")
     if "all" in [m.strip().lower() for m in methods.split(",")]:
         names = _all_for_model(names, loaded.model)
     options = effective_options(loaded, user_options)
@@ -152,7 +158,7 @@ def eval_command(
         if name in options:
             parse_options(name, options[name])
     check_runs(loaded.model, names, keeps, lambda m: {**method_kwargs(m, loaded), **options.get(m, {})})
-    if bench != "testbed":
+    if bench not in testbeds:
         from .bench.readers import read
         from .bench.runner import BenchRunError, run_benchmark
 
@@ -171,9 +177,9 @@ def eval_command(
         print_bench_report(report)
         _write_json(json_path, report)
         return
-    from .testbed import load_split
+    from .testbed import load_split, load_video_split
 
-    samples = load_split(split, limit, seed)
+    samples = (load_video_split if bench == "testbed-video" else load_split)(split, limit, seed)
     record = ReportFile(json_path, {"model": model, "weights": fingerprint(resolve_model(model)), "bench": bench,
                                     "split": split, "seed": seed, "n": len(samples), "dtype": str(torch_dtype),
                                     "batch_size": batch_size, "clip": clip,
@@ -255,7 +261,8 @@ def print_bench_report(report: dict) -> None:
 
 @app.command("show")
 def show_command(
-    model: str = typer.Option("testbed", help="`testbed` (bundled)."),
+    model: str = typer.Option("testbed", help="`testbed` or `testbed-video` (bundled; the video one draws every "
+                              "frame of a clip)."),
     method: str = typer.Option("desap", help="One method."),
     methods: Optional[str] = typer.Option(None, help="Several methods side by side (overrides --method)."),
     keep: int = typer.Option(16, help="Visual-token budget."),
@@ -279,8 +286,14 @@ def show_command(
         fail(f"--index {index}: must be >= 0")
     if output.suffix.lower() not in Image.registered_extensions():
         fail(f"-o {output}: unknown picture type {output.suffix!r}", "end the name in .png (or .jpg)")
-    sample = load_split("test", index + 1, seed)[index]
     loaded = load_model(model, clip)
+    video = type(loaded.processor).__name__ == "VideoTestbedProcessor"  # the video testbed: a clip per sample
+    if video:
+        from .testbed import load_video_split
+
+        sample = load_video_split("test", index + 1, seed)[index]
+    else:
+        sample = load_split("test", index + 1, seed)[index]
     check_runs(loaded.model, names, [keep], lambda m: method_kwargs(m, loaded))
     vc = loaded.model.config.vision_config
     grid = vc.image_size // vc.patch_size
@@ -293,14 +306,33 @@ def show_command(
         pred = answer(loaded, [sample])[0].strip()
         api.remove(loaded.model)
         kept = api.last_selection(loaded.model)
-        img = kept_overlay(sample.image, kept.indices[0], kept.grids[0], boxes=sample.boxes)
+        if video:
+            img = _frames_overlay(sample, kept.indices[0], grid)
+        else:
+            img = kept_overlay(sample.image, kept.indices[0], kept.grids[0], boxes=sample.boxes)
         mark = "ok" if is_correct(pred, sample.answer) else "wrong"
         shown = int((kept.indices[0] >= 0).sum())
         note = "" if shown == keep else f" ({shown} patches: see vlprune methods)"
-        panels.append(captioned(img, [f"{name} keep={keep}/{grid * grid}{note}", sample.question,
+        total = grid * grid * (len(sample.frames) if video else 1)
+        panels.append(captioned(img, [f"{name} keep={keep}/{total}{note}", sample.question,
                                       f"answer: {pred} ({mark}; truth {sample.answer}; full: {full_answer})"]))
         with_legend(side_by_side(panels)).save(output)
     console.print(f"wrote {output}")
+
+
+def _frames_overlay(sample, indices, grid: int, size: int = 192):
+    """A clip's frames side by side, each with its own kept patches (frame-major indices) and object boxes."""
+    from PIL import Image
+
+    from .viz import kept_overlay
+
+    n = grid * grid
+    tiles = [kept_overlay(frame, indices[(indices >= t * n) & (indices < (t + 1) * n)] - t * n, (grid, grid),
+                          size=size, boxes=sample.boxes[t]) for t, frame in enumerate(sample.frames)]
+    out = Image.new("RGB", (size * len(tiles) + 4 * (len(tiles) - 1), size), (255, 255, 255))
+    for t, tile in enumerate(tiles):
+        out.paste(tile, (t * (size + 4), 0))
+    return out
 
 
 def _mount_optional() -> None:

@@ -29,7 +29,15 @@ class LoadedModel:
 
 
 def resolve_model(name: str) -> Path | str:
-    """``testbed`` names the bundled checkpoint; anything else is a hub id or local path."""
+    """``testbed`` / ``testbed-video`` name the bundled checkpoints; anything else is a hub id or local path."""
+    if name == "testbed-video":
+        from .testbed import video_checkpoint_dir
+
+        path = video_checkpoint_dir()
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"the video testbed checkpoint is missing at {path}; reinstall vlprune or "
+                                    "rebuild it with `vlprune testbed build-video --out DIR`")
+        return path
     if name == "testbed":
         from .testbed import checkpoint_dir
 
@@ -55,7 +63,14 @@ def load_model(name: str, clip: str | None = None, dtype: torch.dtype = torch.fl
     model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype).eval()
     if device:
         model.to(device)
-    processor = AutoProcessor.from_pretrained(str(path))
+    if (Path(path) / "video_testbed_processor.json").exists():  # the video testbed: its own small processor
+        from .testbed import clip_dir
+        from .testbed.video_model import VideoTestbedProcessor
+
+        processor = VideoTestbedProcessor.from_pretrained(path)
+        clip = clip if clip is not None else str(clip_dir())  # it shares the image testbed's CLIP
+    else:
+        processor = AutoProcessor.from_pretrained(str(path))
     if clip is None and (Path(path) / "clip" / "config.json").exists():  # testbed layout: CLIP beside the LVLM
         clip = str(Path(path) / "clip")
     options = attach_method_options(model, path)
@@ -111,8 +126,9 @@ def answer(loaded: LoadedModel, samples: list, batch_size: int = 32, max_new_tok
     outs: list[str] = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        inputs = proc(images=[s.image for s in chunk], text=[s.prompt for s in chunk], return_tensors="pt",
-                      padding=True)
+        visual = {"videos": [s.frames for s in chunk]} if hasattr(chunk[0], "frames") else \
+            {"images": [s.image for s in chunk]}
+        inputs = proc(**visual, text=[s.prompt for s in chunk], return_tensors="pt", padding=True)
         gen = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         texts = proc.tokenizer.batch_decode(gen[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         outs.extend(texts)
@@ -131,9 +147,12 @@ def object_recall(samples: list, kept: Any, grid: int, image_size: int) -> tuple
 
     strict, merged = [], []
     for i, s in enumerate(samples):
-        if not s.boxes:
+        if not any(s.boxes):  # no asked-about object (image: no box; video: none in any frame)
             continue
-        on = boxes_to_patch_mask(s.boxes, image_size, grid)
+        if hasattr(s, "frames"):  # a video: per-frame boxes over the frames' patches, frame-major
+            on = torch.cat([boxes_to_patch_mask(b, image_size, grid) for b in s.boxes])
+        else:
+            on = boxes_to_patch_mask(s.boxes, image_size, grid)
         idx = kept.indices[i].cpu()
         keep_mask = torch.zeros_like(on)
         keep_mask[idx[idx >= 0]] = True
@@ -167,7 +186,8 @@ def evaluate(loaded: LoadedModel, samples: list, methods: list[str], keeps: list
     model = loaded.model
     vc = model.config.vision_config
     grid = vc.image_size // vc.patch_size
-    shape = shape_of(model, grid * grid)
+    frames = len(samples[0].frames) if samples and hasattr(samples[0], "frames") else 1
+    shape = shape_of(model, frames * grid * grid)  # a video: keep counts patches over all its frames
     options = options or {}
 
     def score(preds: list[str]) -> tuple[float, dict[str, float]]:

@@ -70,6 +70,36 @@ def build(
     typer.echo(json.dumps(summary, indent=2))
 
 
+@app.command("build-video")
+def build_video(
+    out: Path = typer.Option(..., "--out", help="Output folder of the new video testbed checkpoint."),
+    source: Path = typer.Option(None, "--from", help="Image testbed to start from (default: the bundled one)."),
+    steps: int = typer.Option(None, "--steps", help="Training steps (default: the shipped recipe's)."),
+    pool: int = typer.Option(None, "--pool", help="Training clips whose frozen features are cached."),
+    seed: int = typer.Option(0, "--seed", help="Initialisation seed."),
+    threads: int = typer.Option(2, "--threads", help="torch.set_num_threads (0: leave as is)."),
+    log_file: Path = typer.Option(None, "--log-file", help="Append a plain-text training log here."),
+) -> None:
+    """Fine-tune the video testbed (a Video-LLaVA on 4-frame clips) from the image testbed and save it; writes
+    testbed_video_build.json (settings, wall-clock and CPU seconds, val accuracy) beside the weights."""
+    from dataclasses import replace
+
+    from . import video_checkpoint_dir
+    from .video_train import VideoSpec
+    from .video_train import build_video as _build
+
+    if out.resolve() == video_checkpoint_dir().resolve():
+        raise ValueError(f"--out {out} is the bundled video checkpoint; build elsewhere and copy it over")
+    if source is not None and not (source / "config.json").exists():
+        raise ValueError(f"--from {source}: no config.json there; pass a built image testbed folder")
+    if steps is not None and steps < 1 or pool is not None and pool < 1:
+        raise ValueError("--steps and --pool must be >= 1")
+    spec = VideoSpec()
+    spec = replace(spec, steps=steps or spec.steps, pool=pool or spec.pool)
+    result = _build(out, source, spec, seed, threads or None, log_file)
+    typer.echo(json.dumps({k: v for k, v in result.items() if k != "spec"}, indent=2))
+
+
 @app.command()
 def signals(
     model: str = typer.Option("testbed", "--model", help="`testbed` or a built checkpoint folder (`vlprune testbed build --out DIR`)."),

@@ -23,6 +23,11 @@ def checkpoint_dir() -> Path:
     return Path(__file__).resolve().parent / "checkpoint"
 
 
+def video_checkpoint_dir() -> Path:
+    """Folder of the packaged video testbed checkpoint (a Video-LLaVA; DeSAP uses :func:`clip_dir`)."""
+    return Path(__file__).resolve().parent / "checkpoint_video"
+
+
 def clip_dir(path: str | Path | None = None) -> Path:
     """The testbed's own CLIP (text tower + projections), DeSAP's ``clip=``."""
     return Path(path or checkpoint_dir()) / "clip"
@@ -42,3 +47,20 @@ def load(split: str = "test", n: int | None = 8, seed: int | None = None, *, pat
         raise ValueError(f"split must be test, val or train, got {split!r}")
     loaded = load_model("testbed" if path is None else str(path), None, dtype, device)
     return Testbed(loaded.model, loaded.processor, load_split(split, n, seed))
+
+
+def load_video(split: str = "test", n: int | None = 8, seed: int | None = None, *, path: str | Path | None = None,
+               dtype: torch.dtype = torch.float32, device: str | None = None) -> Testbed:
+    """The video testbed (``VideoLlavaForConditionalGeneration`` + its processor) and ``n`` clips of ``split``.
+
+    Samples carry ``.frames`` (4 PIL frames), ``.prompt`` (with ``<video>``), ``.question``, ``.answer``,
+    ``.family`` and ``.boxes`` (per frame). ``processor(text=[s.prompt], videos=[s.frames])`` gives the model's
+    inputs; DeSAP needs ``processor=processor, clip=vlprune.testbed.clip_dir()`` (the image testbed's CLIP).
+    """
+    from ..evaluation import load_model
+    from .video_scenes import load_video_split
+
+    if split not in ("test", "val", "train"):
+        raise ValueError(f"split must be test, val or train, got {split!r}")
+    loaded = load_model("testbed-video" if path is None else str(path), None, dtype, device)
+    return Testbed(loaded.model, loaded.processor, load_video_split(split, n, seed))
