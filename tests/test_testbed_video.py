@@ -134,18 +134,8 @@ def test_bundled_checkpoint_answers_val_at_full_budget(bundled):
 
 
 def _llm_tokens(model, inputs) -> int:
-    seen = {}
-
-    def hook(module, args, kwargs):
-        seen.setdefault("n", int(kwargs["attention_mask"].sum()) if kwargs.get("attention_mask") is not None
-                        else kwargs["inputs_embeds"].shape[1])
-
-    h = model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        model(**inputs)
-    finally:
-        h.remove()
-    return seen["n"]
+    """Sequence length the language model runs on (its input hidden states)."""
+    return model(**inputs, output_hidden_states=True).hidden_states[0].shape[1]
 
 
 @torch.no_grad()

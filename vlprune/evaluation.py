@@ -30,21 +30,14 @@ class LoadedModel:
 
 def resolve_model(name: str) -> Path | str:
     """``testbed`` / ``testbed-video`` name the bundled checkpoints; anything else is a hub id or local path."""
-    if name == "testbed-video":
-        from .testbed import video_checkpoint_dir
+    if name in ("testbed", "testbed-video"):
+        from .testbed import checkpoint_dir, video_checkpoint_dir
 
-        path = video_checkpoint_dir()
+        path = checkpoint_dir() if name == "testbed" else video_checkpoint_dir()
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"the video testbed checkpoint is missing at {path}; reinstall vlprune or "
-                                    "rebuild it with `vlprune testbed build-video --out DIR`")
-        return path
-    if name == "testbed":
-        from .testbed import checkpoint_dir
-
-        path = checkpoint_dir()
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"the testbed checkpoint is missing at {path}; reinstall vlprune or rebuild it "
-                                    "with `vlprune testbed build --replace-bundled`")
+            build = "build --replace-bundled" if name == "testbed" else "build-video --out DIR (then copy it there)"
+            raise FileNotFoundError(f"the {name} checkpoint is missing at {path}; reinstall vlprune or rebuild it "
+                                    f"with `vlprune testbed {build}`")
         return path
     from .hub import check_source
 

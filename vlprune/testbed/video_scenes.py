@@ -50,8 +50,6 @@ ANSWERS: dict[str, tuple[str, ...]] = {
 NEW_WORDS: tuple[str, ...] = ("appears", "moving", "changes", "frames", "show", "when", "does", "appear",
                               "first", "second", "third", "fourth")
 STEP = 2  # cells the mover moves per frame
-_BLOCK = 1_000_000_000
-_SPLIT_INDEX = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SIZES = {"train": 20000, "val": 500, "test": 1000}
 
 Box = tuple[int, int, int, int]
@@ -307,22 +305,12 @@ def make_video_sample(clip_id: int, family: str, image_size: int = 96) -> VideoS
     return VideoSample(frames, q, a, family, boxes, clip_id, tracks)
 
 
-def _base(split: str, seed: int | None) -> int:
-    if split not in _SPLIT_INDEX:
-        raise ValueError(f"split must be one of {tuple(_SPLIT_INDEX)}, got {split!r}")
-    if seed is None:
-        return _SPLIT_INDEX[split] * _BLOCK
-    if seed < 0:
-        raise ValueError("seed must be >= 0")
-    return (3 + 3 * seed + _SPLIT_INDEX[split]) * _BLOCK
-
-
 def load_video_split(split: str = "test", n: int | None = None, seed: int | None = None,
                      image_size: int = 96) -> list[VideoSample]:
     """Deterministic list of ``n`` clips with one question each (families cycle in ``FAMILIES`` order);
     ``seed=k`` a split of its own, disjoint from the canonical ones and from every other ``(split, seed)``."""
     n = DEFAULT_SIZES[split] if n is None else n
-    base = _base(split, seed)
+    base = scenes._base(split, seed)  # the image testbed's blocks of ids per (split, seed)
     return [make_video_sample(base + i, FAMILIES[i % len(FAMILIES)], image_size) for i in range(n)]
 
 

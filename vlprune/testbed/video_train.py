@@ -38,6 +38,7 @@ class VideoSpec:
     pool: int = 2000              # training clips (frozen features computed once)
     turns: int = 8                # questions per training conversation (every one a clip supports)
     align_loss: float = 1.0       # the image testbed's grounded projector alignment, on every frame's patches
+    event_loss: float = 1.0       # layer-0 output of every video token predicts its event class and its frame
     background_start: float = 0.2  # curriculum: share of background patches shown at step 0 ...
     background_ramp: float = 0.4   # ... rising to all of them over this fraction of the steps
     val_n: int = 200              # val clips scored at the end
@@ -79,7 +80,7 @@ class ClipPool:
     """``n`` training clips: frozen features ``(n, T, 1 + N, d)`` (bf16), per-frame patch targets, tracks."""
 
     def __init__(self, model, processor, n: int, chunk: int = 64):
-        self.samples, feats, targets = [], [], []
+        self.samples, feats, targets, events = [], [], [], []
         grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
         spec = TestbedSpec(grid=grid)
         for i in range(0, n, chunk):
@@ -92,9 +93,11 @@ class ClipPool:
                 targets.append(torch.stack([patch_word_targets(
                     [scenes.SceneObject(tr.shape, tr.colors[t], tr.size, tr.boxes[t]) for tr in s.tracks
                      if tr.boxes[t] is not None], spec) for t in range(video_scenes.FRAMES)]))
+                events.append(event_targets(s.tracks, spec))
                 s.frames = None
             self.samples += part
         self.feats, self.targets = torch.cat(feats), torch.stack(targets)  # (n, T, 1+N, d), (n, T, N, 2)
+        self.events = torch.stack(events)  # (n, T, N)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -104,7 +107,7 @@ class ClipPool:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(step * batch_size // n))
         idx = [int(order[(step * batch_size + k) % n]) for k in range(batch_size)]
         epoch = step * batch_size // n
-        feats, targets = self.feats[idx].float(), self.targets[idx]
+        feats, targets, events = self.feats[idx].float(), self.targets[idx], self.events[idx]
         keep = torch.ones(feats.shape[:3], dtype=torch.bool)  # (B, T, 1 + N)
         if background < 1:
             noise = torch.rand(targets.shape[:3], generator=torch.Generator().manual_seed(7_000_003 + step))
@@ -117,7 +120,44 @@ class ClipPool:
             texts.append(conversation(clip_turns(s.tracks, rng, turns, first), int(k)))
         enc = tokenizer(texts, return_tensors="pt", padding=True)
         labels, first_pos = reply_labels(enc["input_ids"], enc["attention_mask"], tokenizer)
-        return enc["input_ids"], enc["attention_mask"], labels, first_pos, feats, targets, keep
+        return enc["input_ids"], enc["attention_mask"], labels, first_pos, feats, targets, keep, events
+
+
+EVENTS = ("background", "static", "mover", "appearer-new", "appearer", "vanisher", "changer-before", "changer-after")
+
+
+def event_targets(tracks, spec: TestbedSpec) -> torch.Tensor:
+    """``(T, N)`` event class (index in ``EVENTS``) of the object covering each patch of each frame."""
+    from .answer import boxes_to_patch_mask
+
+    out = torch.zeros(video_scenes.FRAMES, spec.grid ** 2, dtype=torch.long)
+    for tr in tracks:
+        first = tr.present()[0]
+        for t, box in enumerate(tr.boxes):
+            if box is None:
+                continue
+            if tr.role == "appearer":
+                name = "appearer-new" if t == first else "appearer"
+            elif tr.role == "changer":
+                name = "changer-before" if tr.colors[t] == tr.colors[0] else "changer-after"
+            else:
+                name = tr.role
+            out[t, boxes_to_patch_mask([box], spec.image_size, spec.grid)] = EVENTS.index(name)
+    return out
+
+
+def event_loss(model, heads, hidden: torch.Tensor, ids: torch.Tensor, events: torch.Tensor,
+               keep: torch.Tensor) -> torch.Tensor:
+    """Dense temporal grounding (the video analogue of the projector alignment): every video token's state after
+    LLM layer 0 predicts, through linear ``heads`` discarded after training, the event class of the object under
+    its patch (``EVENTS``; [CLS] rows: none) and the frame it belongs to."""
+    import torch.nn.functional as F
+
+    h = hidden[ids == model.config.video_token_id]                           # (kept tokens, d), prompt order
+    b, t, n1 = keep.shape
+    ev = torch.cat([torch.full((b, t, 1), -100, dtype=torch.long), events], 2)[keep]
+    frame = torch.arange(t).view(1, t, 1).expand(b, t, n1)[keep]
+    return F.cross_entropy(heads[0](h).float(), ev, ignore_index=-100) + F.cross_entropy(heads[1](h).float(), frame)
 
 
 def _embed(model, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
@@ -163,7 +203,11 @@ def train_video(model, processor, pool: ClipPool, spec: VideoSpec, log) -> dict:
     for tower in (model.model.video_tower, model.model.image_tower):
         tower.eval()
         tower.requires_grad_(False)
+    d = model.config.text_config.hidden_size
+    heads = torch.nn.ModuleList([torch.nn.Linear(d, len(EVENTS)), torch.nn.Linear(d, video_scenes.FRAMES)])
     params = [p for n, p in model.named_parameters() if p.requires_grad]
+    if spec.event_loss > 0:
+        params += list(heads.parameters())
     decay = [p for p in params if p.ndim >= 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
@@ -176,10 +220,13 @@ def train_video(model, processor, pool: ClipPool, spec: VideoSpec, log) -> dict:
             g["lr"] = cosine_lr(step, spec.steps, spec.lr, spec.warmup)
         bg = min(1.0, spec.background_start + (1 - spec.background_start) * step
                  / max(1.0, spec.background_ramp * spec.steps))
-        ids, mask, labels, first, feats, targets, keep = pool.batch(step, spec.batch, tok, spec.turns, bg)
+        ids, mask, labels, first, feats, targets, keep, events = pool.batch(step, spec.batch, tok, spec.turns, bg)
         with bf16_autocast("cpu", spec.bf16):
-            out = model(inputs_embeds=_embed(model, ids, feats[keep]), attention_mask=mask, labels=labels)
+            out = model(inputs_embeds=_embed(model, ids, feats[keep]), attention_mask=mask, labels=labels,
+                        output_hidden_states=spec.event_loss > 0)
             loss = out.loss
+            if spec.event_loss > 0:
+                loss = loss + spec.event_loss * event_loss(model, heads, out.hidden_states[1], ids, events, keep)
             if spec.align_loss > 0:
                 loss = loss + spec.align_loss * alignment_loss(model, feats[:, :, 1:].flatten(0, 1),
                                                                targets.flatten(0, 1), words)
