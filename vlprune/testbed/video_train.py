@@ -35,11 +35,11 @@ BUILD_FILE = "testbed_video_build.json"
 class VideoSpec:
     """Training settings of the video testbed (defaults = the shipped model)."""
 
-    steps: int = 700
+    steps: int = 2400
     batch: int = 16
     lr: float = 2e-3
     warmup: int = 30
-    pool: int = 2000              # training clips (frozen features computed once)
+    pool: int = 6000              # training clips (frozen features computed once)
     turns: int = 8                # questions per training conversation (every one a clip supports)
     align_loss: float = 1.0       # the image testbed's grounded projector alignment, on every frame's patches
     event_loss: float = 1.0       # layer-0 output of every video token predicts its event class and its frame
@@ -48,7 +48,7 @@ class VideoSpec:
     background_jitter: float = 0.7  # after the ramp, each batch shows a share drawn from [1 - jitter, 1]
     val_n: int = 200              # val clips scored at the end
     val_probe: int = 50           # val clips scored every val_every steps (log only)
-    val_every: int = 100
+    val_every: int = 400
     bf16: bool = False            # fp32: on the 2-core CPU as fast as bf16 autocast at this size
 
 
