@@ -76,6 +76,9 @@ def build_video(
     source: Path = typer.Option(None, "--from", help="Image testbed to start from (default: the bundled one)."),
     steps: int = typer.Option(None, "--steps", help="Training steps (default: the shipped recipe's)."),
     pool: int = typer.Option(None, "--pool", help="Training clips whose frozen features are cached."),
+    background_jitter: float = typer.Option(None, "--background-jitter", help="After the background ramp, show "
+                                            "each batch a random share in [1 - J, 1] of the background patches "
+                                            "(0: all of them; docs/testbed.md, video testbed)."),
     seed: int = typer.Option(0, "--seed", help="Initialisation seed."),
     threads: int = typer.Option(2, "--threads", help="torch.set_num_threads (0: leave as is)."),
     log_file: Path = typer.Option(None, "--log-file", help="Append a plain-text training log here."),
@@ -95,7 +98,10 @@ def build_video(
     if steps is not None and steps < 1 or pool is not None and pool < 1:
         raise ValueError("--steps and --pool must be >= 1")
     spec = VideoSpec()
-    spec = replace(spec, steps=steps or spec.steps, pool=pool or spec.pool)
+    if background_jitter is not None and not 0 <= background_jitter < 1:
+        raise ValueError("--background-jitter must be in [0, 1)")
+    spec = replace(spec, steps=steps or spec.steps, pool=pool or spec.pool,
+                   background_jitter=spec.background_jitter if background_jitter is None else background_jitter)
     result = _build(out, source, spec, seed, threads or None, log_file)
     typer.echo(json.dumps({k: v for k, v in result.items() if k != "spec"}, indent=2))
 
