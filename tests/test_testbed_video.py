@@ -159,3 +159,43 @@ def test_encoder_methods_give_the_llm_four_cls_plus_keep(bundled, method):
     assert n == n_text + vs.FRAMES + keep, (method, n - n_text)
     assert len(kept.indices) == 1 and int((kept.indices[0] >= 0).sum()) <= keep
     assert get_method(method).plan is None
+
+
+def test_cli_video_bench_needs_a_video_model():
+    from typer.testing import CliRunner
+
+    from vlprune.cli import app
+    from vlprune.testbed import checkpoint_dir
+
+    res = CliRunner().invoke(app, ["eval", "--model", str(checkpoint_dir()), "--bench", "testbed-video",
+                                   "--methods", "random", "--keep", "64", "--limit", "2"])
+    assert res.exit_code == 2 and "--model testbed-video" in res.output, res.output
+
+
+@pytest.mark.slow
+def test_cli_eval_prints_the_video_table():
+    from typer.testing import CliRunner
+
+    from vlprune.cli import app
+
+    res = CliRunner().invoke(app, ["eval", "--bench", "testbed-video", "--methods", "random", "--keep", "64",
+                                   "--limit", "5", "--split", "val"])
+    assert res.exit_code == 0, res.output
+    for word in ("testbed-video", *vs.FAMILIES, "obj. recall", "TFLOPs", "random"):
+        assert word in res.output
+
+
+@pytest.mark.slow
+def test_build_video_writes_a_loadable_checkpoint_and_its_record(tmp_path):
+    import json
+
+    from vlprune.evaluation import load_model
+    from vlprune.testbed.video_train import BUILD_FILE, VideoSpec, build_video
+
+    spec = VideoSpec(steps=2, pool=8, val_n=5, val_probe=0)
+    result = build_video(tmp_path, spec=spec, threads=1)
+    record = json.loads((tmp_path / BUILD_FILE).read_text())
+    assert record["spec"]["steps"] == 2 and record["val"]["n"] == 5
+    assert record["time_total_s"] > 0 and record["cpu_total_s"] > 0 and result["val"] == record["val"]
+    loaded = load_model(str(tmp_path))
+    assert type(loaded.processor).__name__ == "VideoTestbedProcessor" and loaded.options  # method_options copied
