@@ -223,20 +223,25 @@ def test_batch_equals_per_sample(fam, method):
         assert torch.equal(vlprune.last_selection(m).indices[0], kept.indices[b])
 
 
-def _llm_input(m, inputs):
-    """(inputs_embeds, 2-D attention mask) the language model receives."""
+def _llm_kwargs(m, inputs, *keys):
+    """Copies of the keyword arguments ``keys`` of the language model's first call in one pass of ``m``."""
     seen = {}
 
     def hook(module, args, kwargs):
-        seen.setdefault("h", kwargs["inputs_embeds"].detach().clone())
-        seen.setdefault("mask", kwargs["attention_mask"])
+        if not seen:
+            seen.update((k, kwargs[k].detach().clone()) for k in keys)
 
     handle = m.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         m(**inputs)
     finally:
         handle.remove()
-    return seen["h"], seen["mask"]
+    return tuple(seen[k] for k in keys)
+
+
+def _llm_input(m, inputs):
+    """(inputs_embeds, 2-D attention mask) the language model receives."""
+    return _llm_kwargs(m, inputs, "inputs_embeds", "attention_mask")
 
 
 def _last_layer_len(m, inputs) -> int:

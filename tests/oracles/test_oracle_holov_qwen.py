@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vlprune
+from test_families import _llm_kwargs  # keyword arguments of the language model's first call
 from vlprune.methods.holov import crops_for
 
 from . import holov_qwen_official as official
@@ -38,18 +39,8 @@ def peaked():
 
 def _llm_input(m, inputs):
     """(inputs_embeds (1, L, D), position_ids (3, 1, L)) the language model receives."""
-    seen = {}
-
-    def hook(module, args, kwargs):
-        seen.setdefault("h", kwargs["inputs_embeds"].detach().clone())
-        seen.setdefault("pos", kwargs["position_ids"][-3:].clone())
-
-    handle = m.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        m(**inputs)
-    finally:
-        handle.remove()
-    return seen["h"], seen["pos"]
+    embeds, pos = _llm_kwargs(m, inputs, "inputs_embeds", "position_ids")
+    return embeds, pos[-3:]
 
 
 def run_official(t, inputs, keep, raster_scores=False):
