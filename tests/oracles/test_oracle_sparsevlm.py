@@ -4,7 +4,7 @@ tokens, and the recycled tokens (1e-5) in the official output sequence (kept vis
 import pytest
 import torch
 
-from vlprune.llm_pruning import PromptView, StageInputs
+from vlprune.llm_stage import PromptView, StageInputs
 from vlprune.methods import sparsevlm
 
 from . import sparsevlm_official as official

@@ -5,7 +5,7 @@ whole 8-layer LLM of a tiny LLaVA with ``positions="official"`` (prefill logits 
 import pytest
 import torch
 
-from vlprune.llm_pruning import PromptView, StageInputs
+from vlprune.llm_stage import PromptView, StageInputs
 from vlprune.methods import sparsevlm
 
 from . import sparsevlm_v1_official as official

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vlprune.llm_pruning import StageInputs
+from vlprune.llm_stage import StageInputs
 from vlprune.methods import visiondrop
 
 from .sources import TensorSource, run_tie_free

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import decoder_qk, mask_logits
-from ..llm_pruning import LLMStage, StageInputs
+from ..llm_stage import LLMStage, StageInputs
 from ..ops import descending_order, gather_rows, mask_from_indices, topk_indices
 from ..registry import register_method
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..llm_pruning import LLMStage, StageInputs
+from ..llm_stage import LLMStage, StageInputs
 from ..registry import register_method
 
 

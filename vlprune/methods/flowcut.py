@@ -26,14 +26,13 @@ goes through the schedule above with ``T = keep // 2 + 1`` (:func:`select_tiles`
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..attention import decoder_qk, repeat_kv, split_heads
-from ..llm_pruning import LLMStage, StageInputs
+from ..llm_stage import LLMStage, StageInputs
 from ..ops import descending_order
 from ..registry import register_method
 from .base import Selection, SignalSource

@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from ..llm_pruning import LLMStage, StageInputs
+from ..llm_stage import LLMStage, StageInputs
 from ..registry import register_method
 from . import layer_schedule as ls
 from .fastv import last_token_scores

@@ -28,7 +28,7 @@ from typing import Literal
 
 import torch
 
-from ..llm_pruning import LLMStage, StageInputs
+from ..llm_stage import LLMStage, StageInputs
 from ..ops import descending_order, gather_rows, true_first
 from ..registry import register_method
 from .visiondrop import position_order

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 
 from ..attention import split_heads
-from ..llm_pruning import LLMStage, StageInputs
+from ..llm_stage import LLMStage, StageInputs
 from ..ops import gather_rows, mask_from_indices, topk_indices
 from ..registry import register_method
 from .base import Selection, SignalSource
