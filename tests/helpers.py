@@ -105,23 +105,33 @@ def write_json(path, obj):
     return path
 
 
+def llm_call(model, inputs, *keys, **extra):
+    """One pass ``model(**inputs, **extra)``: (copies of the keyword arguments ``keys`` of the language model's first
+    call, the model's output)."""
+    seen = {}
+
+    def hook(module, args, kwargs):
+        if not seen:
+            seen.update((k, kwargs[k].detach().clone()) for k in keys)
+
+    handle = model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        out = model(**inputs, **extra)
+    finally:
+        handle.remove()
+    return tuple(seen[k] for k in keys), out
+
+
 def llm_positions(model, inputs, method: str, keep: int):
     """(position_ids the language model receives, last_selection) of one pass of ``model`` patched with
     ``method`` at ``keep`` (unpatched again afterwards)."""
     import vlprune
 
-    seen = {}
-
-    def hook(module, args, kwargs):
-        seen.setdefault("pos", kwargs["position_ids"])
-
-    handle = model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
+    vlprune.apply(model, method, keep)
     try:
-        vlprune.apply(model, method, keep)
         with torch.no_grad():
-            model(**inputs)
+            (pos,), _ = llm_call(model, inputs, "position_ids")
         kept = vlprune.last_selection(model)
     finally:
-        handle.remove()
         vlprune.remove(model)
-    return seen["pos"], kept
+    return pos, kept

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vlprune
-from helpers import append_tokens, llm_positions
+from helpers import append_tokens, llm_call, llm_positions
 from vlprune.api import _state
 from vlprune.compat import output_cache
 from vlprune.registry import get_method, methods
@@ -225,18 +225,7 @@ def test_batch_equals_per_sample(fam, method):
 
 def _llm_kwargs(m, inputs, *keys):
     """Copies of the keyword arguments ``keys`` of the language model's first call in one pass of ``m``."""
-    seen = {}
-
-    def hook(module, args, kwargs):
-        if not seen:
-            seen.update((k, kwargs[k].detach().clone()) for k in keys)
-
-    handle = m.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        m(**inputs)
-    finally:
-        handle.remove()
-    return tuple(seen[k] for k in keys)
+    return llm_call(m, inputs, *keys)[0]
 
 
 def _llm_input(m, inputs):

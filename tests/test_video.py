@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vlprune
-from helpers import append_tokens, llm_positions
+from helpers import append_tokens, llm_call, llm_positions
 from vlprune.compat import output_cache
 from vlprune.registry import get_method, methods
 
@@ -185,17 +185,9 @@ def _greedy_cached(m, inputs, steps):
             video_grid_thw=inputs.get("video_grid_thw"), second_per_grid_ts=inputs.get("second_per_grid_ts"),
             attention_mask=inputs["attention_mask"])
         last = last[..., -1:]
-    seen = {}
-
-    def hook(module, args, kwargs):  # the prompt's mask as the LLM gets it (the encoder step may shorten it)
-        seen.setdefault("mask", kwargs["attention_mask"])
-
-    handle = m.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        out = m(**inputs, use_cache=True)
-    finally:
-        handle.remove()
-    ids, mask = inputs["input_ids"], seen["mask"]
+    # the prompt's mask as the LLM gets it (the encoder step may shorten it)
+    (mask,), out = llm_call(m, inputs, "attention_mask", use_cache=True)
+    ids = inputs["input_ids"]
     for i in range(steps):
         logits = out.logits[:, -1]
         logits[:, SPECIAL] = float("-inf")
