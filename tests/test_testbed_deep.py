@@ -112,3 +112,57 @@ def test_build_cli_checks_deepening_before_training(tmp_path):
                     "--llm-layers", "5"])
     assert res.exit_code == 2 and "multiple" in res.output
     assert not (tmp_path / "x").exists()
+
+
+# ------------------------------------------------------------------ the bundled testbed-deep
+def test_bundled_deep_loads_with_its_depth_options_and_the_testbed_clip():
+    from vlprune.evaluation import load_model, resolve_model
+    from vlprune.testbed import checkpoint_dir, clip_dir, deep_checkpoint_dir, load
+
+    assert resolve_model("testbed-deep") == deep_checkpoint_dir() != checkpoint_dir()
+    loaded = load_model("testbed-deep")
+    assert loaded.model.config.text_config.num_hidden_layers == 6
+    assert loaded.options["fastv"] == {"layer": 2} and loaded.options["visiondrop"]["layer_fractions"] == [0.25, 0.5, 0.75]
+    assert loaded.clip == str(clip_dir())  # bundled without clip/: DeSAP reads the testbed's own CLIP
+    bundled = load_model("testbed").model.model.vision_tower.state_dict()
+    for k, v in loaded.model.model.vision_tower.state_dict().items():  # built on the same, frozen, CLIP
+        assert torch.equal(v, bundled[k]), k
+    record = json.loads((deep_checkpoint_dir() / "testbed_build.json").read_text())
+    assert record["clip_from"].endswith("checkpoint/clip") and record["spec"]["llm_layers"] == 6
+    model, _, samples = load(deep=True, n=2)
+    assert model.config.text_config.num_hidden_layers == 6 and len(samples) == 2
+
+
+def test_bundled_deep_runs_in_llm_methods_at_layer_two():
+    import vlprune
+    from vlprune.evaluation import load_model, method_kwargs
+    from vlprune.testbed import load_split
+
+    loaded = load_model("testbed-deep")
+    model, proc = loaded.model, loaded.processor
+    sample = load_split("val", 1)[0]
+    inputs = proc(text=[sample.prompt], images=[sample.image], return_tensors="pt")
+    with torch.no_grad():
+        full = model(**inputs, output_hidden_states=True).hidden_states
+        vlprune.apply(model, "fastv", 16, **method_kwargs("fastv", loaded))
+        try:
+            pruned = model(**inputs, output_hidden_states=True).hidden_states
+        finally:
+            vlprune.remove(model)
+    n_img = 144
+    for layer in (0, 1, 2):  # the inputs of layers 0-2 see every token (FastV prunes after layer 2)
+        assert pruned[layer].shape[1] == full[layer].shape[1], layer
+        torch.testing.assert_close(pruned[layer], full[layer])
+    for layer in range(3, 7):
+        assert pruned[layer].shape[1] == full[layer].shape[1] - (n_img - 16), layer
+
+
+@pytest.mark.slow
+def test_bundled_deep_answers_val_at_full_budget():
+    from vlprune.evaluation import answer, load_model
+    from vlprune.testbed import is_correct, load_split
+
+    loaded = load_model("testbed-deep")
+    samples = load_split("val", 50)
+    preds = answer(loaded, samples, batch_size=25)
+    assert sum(is_correct(p, s.answer) for p, s in zip(preds, samples)) >= 43

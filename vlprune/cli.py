@@ -91,7 +91,8 @@ def flops_command(
 
 @app.command("eval")
 def eval_command(
-    model: str = typer.Option("testbed", help="`testbed`, `testbed-video` or a LLaVA checkpoint (hub id / path)."),
+    model: str = typer.Option("testbed", help="`testbed`, `testbed-deep` (6-layer LLM), `testbed-video` or a LLaVA "
+                              "checkpoint (hub id / path)."),
     bench: str = typer.Option("testbed", help="`testbed` (bundled scenes), `testbed-video` (bundled clips; model "
                               "testbed-video) or NAME:DIR, NAME in pope, gqa, mme, textvqa, vqav2, sqa, mmbench (LLaVA layout), msvd-qa, msrvtt-qa, tgif-qa, activitynet-qa (Video-LLaVA layout)."),
     methods: str = typer.Option("desap,vispruner,visionzip,fastv,random",
@@ -261,8 +262,8 @@ def print_bench_report(report: dict) -> None:
 
 @app.command("show")
 def show_command(
-    model: str = typer.Option("testbed", help="`testbed` or `testbed-video` (bundled; the video one draws every "
-                              "frame of a clip)."),
+    model: str = typer.Option("testbed", help="`testbed`, `testbed-deep` or `testbed-video` (bundled; the video one "
+                              "draws every frame of a clip)."),
     method: str = typer.Option("desap", help="One method."),
     methods: Optional[str] = typer.Option(None, help="Several methods side by side (overrides --method)."),
     keep: int = typer.Option(16, help="Visual-token budget."),

@@ -29,13 +29,15 @@ class LoadedModel:
 
 
 def resolve_model(name: str) -> Path | str:
-    """``testbed`` / ``testbed-video`` name the bundled checkpoints; anything else is a hub id or local path."""
-    if name in ("testbed", "testbed-video"):
-        from .testbed import checkpoint_dir, video_checkpoint_dir
+    """``testbed`` / ``testbed-deep`` / ``testbed-video`` name the bundled checkpoints; anything else is a hub id or
+    local path."""
+    from .testbed import BUNDLED
 
-        path = checkpoint_dir() if name == "testbed" else video_checkpoint_dir()
+    if name in BUNDLED:
+        path = BUNDLED[name]()
         if not (path / "config.json").exists():
-            build = "build --replace-bundled" if name == "testbed" else "build-video --out DIR (then copy it there)"
+            build = {"testbed": "build --replace-bundled", "testbed-deep": "build --out DIR (docs/testbed.md, "
+                     "testbed-deep; then copy it there)"}.get(name, "build-video --out DIR (then copy it there)")
             raise FileNotFoundError(f"the {name} checkpoint is missing at {path}; reinstall vlprune or rebuild it "
                                     f"with `vlprune testbed {build}`")
         return path
@@ -66,6 +68,10 @@ def load_model(name: str, clip: str | None = None, dtype: torch.dtype = torch.fl
         processor = AutoProcessor.from_pretrained(str(path))
     if clip is None and (Path(path) / "clip" / "config.json").exists():  # testbed layout: CLIP beside the LVLM
         clip = str(Path(path) / "clip")
+    if clip is None and name == "testbed-deep":  # bundled without clip/: it was built on the testbed's own CLIP
+        from .testbed import clip_dir
+
+        clip = str(clip_dir())
     options = attach_method_options(model, path)
     return LoadedModel(model, processor, clip, name, options)
 

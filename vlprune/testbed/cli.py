@@ -108,7 +108,7 @@ def build_video(
 
 @app.command()
 def signals(
-    model: str = typer.Option("testbed", "--model", help="`testbed` or a built checkpoint folder (`vlprune testbed build --out DIR`)."),
+    model: str = typer.Option("testbed", "--model", help="`testbed`, `testbed-deep` or a built checkpoint folder (`vlprune testbed build --out DIR`)."),
     split: str = typer.Option("val", "--split", help="Scenes to measure on (val: where choices are made)."),
     n: int = typer.Option(500, "-n", help="Questions of the split (those with an asked-about object count)."),
     batch_size: int = typer.Option(25, "--batch-size"),

@@ -28,14 +28,23 @@ def video_checkpoint_dir() -> Path:
     return Path(__file__).resolve().parent / "checkpoint_video"
 
 
+def deep_checkpoint_dir() -> Path:
+    """Folder of the packaged 6-layer testbed (``--model testbed-deep``; the CLIP is :func:`clip_dir`'s)."""
+    return Path(__file__).resolve().parent / "checkpoint_deep"
+
+
+BUNDLED = {"testbed": checkpoint_dir, "testbed-deep": deep_checkpoint_dir, "testbed-video": video_checkpoint_dir}
+
+
 def clip_dir(path: str | Path | None = None) -> Path:
     """The testbed's own CLIP (text tower + projections), DeSAP's ``clip=``."""
     return Path(path or checkpoint_dir()) / "clip"
 
 
 def load(split: str = "test", n: int | None = 8, seed: int | None = None, *, path: str | Path | None = None,
-         dtype: torch.dtype = torch.float32, device: str | None = None) -> Testbed:
-    """Load the trained testbed (or a rebuilt one at ``path``) and ``n`` samples of ``split`` (None: all).
+         dtype: torch.dtype = torch.float32, device: str | None = None, deep: bool = False) -> Testbed:
+    """Load the trained testbed (``deep``: the 6-layer ``testbed-deep``; or a rebuilt one at ``path``) and ``n``
+    samples of ``split`` (None: all).
 
     The checkpoint's ``method_options.json`` (e.g. FastV's layer for its 2-layer LLM) is attached to the model,
     so ``vlprune.apply(model, "fastv", 16)`` uses it, as ``vlprune eval`` does; explicit options still win.
@@ -45,7 +54,8 @@ def load(split: str = "test", n: int | None = 8, seed: int | None = None, *, pat
 
     if split not in ("test", "val", "train"):
         raise ValueError(f"split must be test, val or train, got {split!r}")
-    loaded = load_model("testbed" if path is None else str(path), None, dtype, device)
+    name = ("testbed-deep" if deep else "testbed") if path is None else str(path)
+    loaded = load_model(name, None, dtype, device)
     return Testbed(loaded.model, loaded.processor, load_split(split, n, seed))
 
 
