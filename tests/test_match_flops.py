@@ -54,6 +54,17 @@ def test_known_cases():
     assert matched_keep("random", 16, shape(6))[0] == 16
 
 
+@pytest.mark.filterwarnings("ignore:PyramidDrop")
+def test_unmatched_floor_is_the_least_any_keep_costs():
+    """PDrop reads an unreachable average keep (keep 1 on 6 layers) as the last stage's count, which costs more than
+    a reachable average: the floor reported for an unmatched budget is the minimum over every keep, not keep 1's."""
+    s = shape(6)
+    costs = {k: method_tflops("pdrop", k, s, 144) for k in range(1, 145)}
+    keep, tflops, target = matched_keep("pdrop", 16, s)
+    assert keep is None and tflops > target
+    assert tflops == pytest.approx(min(costs.values())) and tflops < costs[1]
+
+
 def test_eval_match_flops_rows(tmp_path):
     out = tmp_path / "m.json"
     res = CliRunner().invoke(app, ["eval", "--limit", "4", "--batch-size", "4", "--json", str(out), "--methods",

@@ -236,7 +236,7 @@ def print_report(report: dict) -> None:
     console.print(table)
     for u in report.get("unmatched", []):
         console.print(f"{u['method']}@{u['keep']}: not run, no budget matches {u['target_tflops']:.3g} TFLOPs "
-                      f"(its floor, keep 1: {u['min_tflops']:.3g}; its unpruned layers alone cost more)")
+                      f"(its floor, the least any keep costs: {u['min_tflops']:.3g})")
 
 
 def print_bench_report(report: dict) -> None:

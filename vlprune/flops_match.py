@@ -23,12 +23,14 @@ def matched_keep(method: str, keep: int, shape: ModelShape, n_tokens: int | None
     throughout); the TFLOPs are then those of keep' = 1, the method's floor."""
     n = n_tokens or shape.visual_tokens
     target = method_tflops("random", keep, shape, n)
-    best: tuple[int | None, float] = (None, method_tflops(method, 1, shape, n, **options))
-    for k in range(1, n + 1):  # FLOPs grow with keep; a scan is cheap arithmetic and needs no monotone proof
+    best: int | None = None
+    best_t = floor = float("inf")
+    for k in range(1, n + 1):  # FLOPs need not grow with keep (PDrop): a scan is cheap arithmetic and proves nothing
         try:
             t = method_tflops(method, k, shape, n, **options)
         except ValueError:  # a budget the method's schedule cannot take (e.g. more tokens than the image has)
             continue
+        floor = min(floor, t)
         if t <= target * (1 + 1e-9):
-            best = (k, t)
-    return best[0], best[1], target
+            best, best_t = k, t
+    return best, (best_t if best is not None else floor), target
