@@ -431,3 +431,36 @@ def test_clip_position_term_trains_the_blocks_below_the_feature_layer():
     assert head.weight.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layers[0].parameters())
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in layers[-1].parameters())
+
+
+def test_clip_decoupled_term_trains_the_decoupled_qq_patches():
+    """The issue-22 experiment: ``decoupled_weight`` adds a token-wise term on DeSAP's decoupled q-q patches of the
+    last block (eq. 2): the loss grows by exactly that term, and its gradient reaches the block's q and v
+    projections but not its k projection or MLP (the q-q map uses no keys, and eq. 2 has no MLP)."""
+    from vlprune.models.clip_signals import decoupled_joint
+    from vlprune.testbed.train import (TestbedSpec, clip_losses, content_word_ids, make_clip, make_clip_tokenizer,
+                                       make_tokenizer)
+
+    spec = TestbedSpec(**TINY, grid=4)
+    torch.manual_seed(0)
+    clip = make_clip(spec, len(make_tokenizer()))
+    tok = make_clip_tokenizer()
+    text = tok(["a red circle", "a blue square", "a red square", "a blue circle"], padding=True,
+               return_tensors="pt")
+    pix = torch.randn(2, 3, spec.image_size, spec.image_size)
+    args = (clip, pix, text["input_ids"], text["attention_mask"], content_word_ids(tok))
+    plain, _ = clip_losses(*args, 0.0)
+    with_decoupled, _ = clip_losses(*args, 0.0, decoupled_weight=1.0)
+    both, _ = clip_losses(*args, 1.0, decoupled_weight=1.0)
+    assert with_decoupled > plain and both > with_decoupled
+    clip.zero_grad()
+    (with_decoupled - plain).backward()
+    last = clip.vision_model.encoder.layers[-1]
+    q_grad = last.self_attn.q_proj.weight.grad.abs().sum()
+    assert q_grad > 0 and last.self_attn.v_proj.weight.grad.abs().sum() > 0
+    for module in (last.self_attn.k_proj, last.mlp):  # the shared terms cancel in the difference (float noise at most)
+        assert all(p.grad is None or p.grad.abs().sum() <= 1e-6 * q_grad for p in module.parameters())
+    hs = clip.vision_model(pixel_values=pix, output_hidden_states=True).hidden_states
+    joint = decoupled_joint(hs[-2], block=last, post_layernorm=clip.vision_model.post_layernorm,
+                            projection=clip.visual_projection, mode="qq")
+    assert joint.shape == (2, 1 + spec.grid ** 2, spec.projection_dim)

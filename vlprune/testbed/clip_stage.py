@@ -83,7 +83,7 @@ def position_loss(patches: torch.Tensor, head: torch.nn.Module, grid: int) -> to
 
 def clip_losses(clip, pix, ids, mask, content: torch.Tensor, token_weight: float,
                 position_head: torch.nn.Module | None = None, position_weight: float = 0.0,
-                feature_layer: int = -2):
+                feature_layer: int = -2, decoupled_weight: float = 0.0):
     """Contrastive losses of one batch: B images against their B captions and B hard negatives.
 
     Global: InfoNCE on the [CLS] / EOS embeddings (CLIP). Token-wise (FILIP, Yao et al.
@@ -91,9 +91,12 @@ def clip_losses(clip, pix, ids, mask, content: torch.Tensor, token_weight: float
     best-matching patch, ``mean_w max_p <patch_p, word_w>``, so that individual patches
     (not only [CLS]) align with the words that describe them. With ``position_weight`` > 0,
     plus :func:`position_loss` on the patches of hidden state ``feature_layer`` (what LLaVA takes).
+    With ``decoupled_weight`` > 0, plus the same token-wise term on the last block's *decoupled* q-q patches
+    (DeSAP eq. 2 on the block's input ``feature_layer``, post-LN, visual projection: the patches DeSAP's task cue
+    compares with the question; an experiment, off in the shipped recipe).
     """
     use_position = position_head is not None and position_weight > 0
-    vis = clip.vision_model(pixel_values=pix, output_hidden_states=use_position)
+    vis = clip.vision_model(pixel_values=pix, output_hidden_states=use_position or decoupled_weight > 0)
     txt = clip.text_model(input_ids=ids, attention_mask=mask)
     img = F.normalize(clip.visual_projection(vis.pooler_output), dim=-1)
     cap = F.normalize(clip.text_projection(txt.pooler_output), dim=-1)
@@ -106,14 +109,23 @@ def clip_losses(clip, pix, ids, mask, content: torch.Tensor, token_weight: float
 
     logits = scale * img @ cap.T
     loss = nce(logits)
+    words = F.normalize(clip.text_projection(txt.last_hidden_state), dim=-1)
+    keep = torch.isin(ids, content.to(ids.device)) & mask.bool()                 # [2b, T]
+
+    def token_wise(patches: torch.Tensor) -> torch.Tensor:  # FILIP: mean over content words of the best patch
+        best = torch.einsum("ipd,jtd->ijtp", F.normalize(patches, dim=-1), words).amax(-1)  # [b, 2b, T]
+        return nce(scale * (best * keep).sum(-1) / keep.sum(-1).clamp(min=1))
+
     if token_weight > 0:
-        patches = F.normalize(clip.visual_projection(clip.vision_model.post_layernorm(vis.last_hidden_state[:, 1:])),
-                              dim=-1)
-        words = F.normalize(clip.text_projection(txt.last_hidden_state), dim=-1)
-        keep = torch.isin(ids, content.to(ids.device)) & mask.bool()             # [2b, T]
-        best = torch.einsum("ipd,jtd->ijtp", patches, words).amax(-1)           # [b, 2b, T]
-        tok = (best * keep).sum(-1) / keep.sum(-1).clamp(min=1)
-        loss = loss + token_weight * nce(scale * tok)
+        loss = loss + token_weight * token_wise(
+            clip.visual_projection(clip.vision_model.post_layernorm(vis.last_hidden_state[:, 1:])))
+    if decoupled_weight > 0:
+        from ..models.clip_signals import decoupled_joint
+
+        joint = decoupled_joint(vis.hidden_states[feature_layer], block=clip.vision_model.encoder.layers[-1],
+                                post_layernorm=clip.vision_model.post_layernorm,
+                                projection=clip.visual_projection, mode="qq")
+        loss = loss + decoupled_weight * token_wise(joint[:, 1:])
     if use_position:
         patches = vis.hidden_states[feature_layer][:, 1:]
         loss = loss + position_weight * position_loss(patches, position_head, int(math.isqrt(patches.shape[1])))
@@ -138,7 +150,8 @@ def train_clip(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, 
             pix, ids, mask = (t.to(dev) for t in _clip_batch(step, spec, image_processor, tokenizer, seed,
                                                              _complexity(step, steps, spec.curriculum)))
             with bf16_autocast(dev, spec.bf16):
-                loss, acc = clip_losses(clip, pix, ids, mask, content, spec.token_loss, head, spec.position_loss)
+                loss, acc = clip_losses(clip, pix, ids, mask, content, spec.token_loss, head, spec.position_loss,
+                                        decoupled_weight=spec.decoupled_token_loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

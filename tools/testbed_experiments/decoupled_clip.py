@@ -1,0 +1,50 @@
+"""Issue 22 item 4: does training the testbed CLIP's *decoupled* patches on the caption words (a FILIP term on the
+last block's q-q attention output, DeSAP eq. 2) make DeSAP's task cue localise, as the papers say it does on real
+CLIP? Stage 1 only (the shipped recipe plus ``decoupled_token_loss=W``), then the CLIP rows of
+``vlprune testbed signals`` on val, the new CLIP's vision tower put into the bundled LLaVA (its LLM rows are
+meaningless here and not printed). Decide on val; adopting it means rebuilding both testbeds.
+    python tools/testbed_experiments/decoupled_clip.py W [N_VAL] [THREADS]     # W = 0 reproduces the shipped stage 1"""
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from vlprune.evaluation import load_model
+from vlprune.testbed import load_split
+from vlprune.testbed.clip_stage import train_clip
+from vlprune.testbed.signals import KS, compute_signals, signal_report
+from vlprune.testbed.train import TestbedSpec, make_clip, make_clip_tokenizer, make_processor, make_tokenizer
+
+weight = float(sys.argv[1])
+n_val = int(sys.argv[2]) if len(sys.argv) > 2 else 500
+torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 2)
+out = Path(f"/tmp/decoupled_clip/w{weight:g}")
+out.mkdir(parents=True, exist_ok=True)
+spec = replace(TestbedSpec(), decoupled_token_loss=weight)
+torch.manual_seed(0)
+tok, clip_tok = make_tokenizer(), make_clip_tokenizer()
+processor = make_processor(spec, tok)
+clip = make_clip(spec, len(tok))
+t0 = time.perf_counter()
+summary = train_clip(clip, spec, clip_tok, processor.image_processor, spec.clip_steps, 0, progress=False,
+                     log=lambda m: print(m, flush=True))
+print(f"stage 1 in {time.perf_counter() - t0:.0f} s: {summary}", flush=True)
+clip.save_pretrained(out)
+clip_tok.save_pretrained(out)
+
+loaded = load_model("testbed")
+vis = {k[len("vision_model."):]: v for k, v in clip.state_dict().items() if k.startswith("vision_model.")}
+loaded.model.model.vision_tower.load_state_dict(vis)
+loaded.clip = str(out)
+scores, target = compute_signals(loaded, load_split("val", n_val), 25)
+blocks = loaded.model.config.vision_config.num_hidden_layers
+report = signal_report(scores, target, KS, loaded.model.config.vision_feature_layer % (blocks + 1) - 1)
+rows = [r for r in report["rows"] if not r["signal"].startswith("llm.")]
+(out / "signals_val.json").write_text(json.dumps({"weight": weight, "summary": summary, "n": report["n"],
+                                                  "rows": rows}, indent=2) + "\n")
+print(f"decoupled_token_loss={weight:g}: CLIP signals on {report['n']} val questions")
+for r in rows:
+    print(f"{r['signal']:<20} AUC {r['auc']:.3f}  " + "  ".join(f"R@{k} {r[f'recall@{k}']:.3f}" for k in KS))
