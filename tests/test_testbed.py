@@ -378,7 +378,10 @@ def test_shipped_checkpoint_was_built_with_the_default_spec():
     from vlprune.testbed.train import TestbedSpec, method_options
 
     record = json.loads((checkpoint_dir() / "testbed_build.json").read_text())
-    assert record["spec"] == asdict(TestbedSpec())
+    spec = asdict(TestbedSpec())
+    added = set(spec) - set(record["spec"])  # options added after the build must default to off
+    assert added <= {"decoupled_token_loss"} and spec["decoupled_token_loss"] == 0.0
+    assert record["spec"] == {k: v for k, v in spec.items() if k not in added}
     assert record["val"]["n"] == TestbedSpec().val_n
     options = json.loads((checkpoint_dir() / "method_options.json").read_text())
     assert options == method_options(TestbedSpec())
