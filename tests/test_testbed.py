@@ -406,11 +406,9 @@ def test_position_loss_reads_rows_and_columns():
     assert position_loss(features(p % grid, p // grid), head, grid) > 5
 
 
-def test_clip_position_term_trains_the_blocks_below_the_feature_layer():
-    """clip_losses adds the position term on hidden state -2 (what LLaVA takes): it raises the loss, and its
-    gradient reaches the head and every block below that layer but not the last block."""
-    from vlprune.testbed.train import (TestbedSpec, clip_losses, content_word_ids, make_clip, make_clip_tokenizer,
-                                       make_tokenizer, position_loss)
+def _tiny_clip_batch():
+    """A tiny untrained CLIP, its tokenizer, four captions and two random images (the clip_losses tests)."""
+    from vlprune.testbed.train import TestbedSpec, make_clip, make_clip_tokenizer, make_tokenizer
 
     spec = TestbedSpec(**TINY, grid=4)
     torch.manual_seed(0)
@@ -418,7 +416,15 @@ def test_clip_position_term_trains_the_blocks_below_the_feature_layer():
     tok = make_clip_tokenizer()
     text = tok(["a red circle", "a blue square", "a red square", "a blue circle"], padding=True,
                return_tensors="pt")
-    pix = torch.randn(2, 3, spec.image_size, spec.image_size)
+    return spec, clip, tok, text, torch.randn(2, 3, spec.image_size, spec.image_size)
+
+
+def test_clip_position_term_trains_the_blocks_below_the_feature_layer():
+    """clip_losses adds the position term on hidden state -2 (what LLaVA takes): it raises the loss, and its
+    gradient reaches the head and every block below that layer but not the last block."""
+    from vlprune.testbed.train import clip_losses, content_word_ids, position_loss
+
+    spec, clip, tok, text, pix = _tiny_clip_batch()
     head = torch.nn.Linear(spec.vision_width, 2 * spec.grid)
     content = content_word_ids(tok)
     args = (clip, pix, text["input_ids"], text["attention_mask"], content, 1.0)
@@ -441,16 +447,9 @@ def test_clip_decoupled_term_trains_the_decoupled_qq_patches():
     last block (eq. 2): the loss grows by exactly that term, and its gradient reaches the block's q and v
     projections but not its k projection or MLP (the q-q map uses no keys, and eq. 2 has no MLP)."""
     from vlprune.models.clip_signals import decoupled_joint
-    from vlprune.testbed.train import (TestbedSpec, clip_losses, content_word_ids, make_clip, make_clip_tokenizer,
-                                       make_tokenizer)
+    from vlprune.testbed.train import clip_losses, content_word_ids
 
-    spec = TestbedSpec(**TINY, grid=4)
-    torch.manual_seed(0)
-    clip = make_clip(spec, len(make_tokenizer()))
-    tok = make_clip_tokenizer()
-    text = tok(["a red circle", "a blue square", "a red square", "a blue circle"], padding=True,
-               return_tensors="pt")
-    pix = torch.randn(2, 3, spec.image_size, spec.image_size)
+    spec, clip, tok, text, pix = _tiny_clip_batch()
     args = (clip, pix, text["input_ids"], text["attention_mask"], content_word_ids(tok))
     plain, _ = clip_losses(*args, 0.0)
     with_decoupled, _ = clip_losses(*args, 0.0, decoupled_weight=1.0)
