@@ -58,8 +58,9 @@ def load_model(name: str, clip: str | None = None, dtype: torch.dtype = torch.fl
     model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype).eval()
     if device:
         model.to(device)
+    from .testbed import BUNDLED, clip_dir
+
     if (Path(path) / "video_testbed_processor.json").exists():  # the video testbed: its own small processor
-        from .testbed import clip_dir
         from .testbed.video_model import VideoTestbedProcessor
 
         processor = VideoTestbedProcessor.from_pretrained(path)
@@ -68,9 +69,7 @@ def load_model(name: str, clip: str | None = None, dtype: torch.dtype = torch.fl
         processor = AutoProcessor.from_pretrained(str(path))
     if clip is None and (Path(path) / "clip" / "config.json").exists():  # testbed layout: CLIP beside the LVLM
         clip = str(Path(path) / "clip")
-    if clip is None and name == "testbed-deep":  # bundled without clip/: it was built on the testbed's own CLIP
-        from .testbed import clip_dir
-
+    if clip is None and name in BUNDLED:  # a bundled testbed without clip/ (testbed-deep) shares the testbed's CLIP
         clip = str(clip_dir())
     options = attach_method_options(model, path)
     return LoadedModel(model, processor, clip, name, options)
