@@ -380,7 +380,8 @@ def test_shipped_checkpoint_was_built_with_the_default_spec():
     record = json.loads((checkpoint_dir() / "testbed_build.json").read_text())
     spec = asdict(TestbedSpec())
     added = set(spec) - set(record["spec"])  # options added after the build must default to off
-    assert added <= {"decoupled_token_loss"} and spec["decoupled_token_loss"] == 0.0
+    assert added <= {"decoupled_token_loss", "decoupled_global_loss"}
+    assert all(spec[k] == 0.0 for k in added)
     assert record["spec"] == {k: v for k, v in spec.items() if k not in added}
     assert record["val"]["n"] == TestbedSpec().val_n
     options = json.loads((checkpoint_dir() / "method_options.json").read_text())
@@ -466,3 +467,82 @@ def test_clip_decoupled_term_trains_the_decoupled_qq_patches():
     joint = decoupled_joint(hs[-2], block=last, post_layernorm=clip.vision_model.post_layernorm,
                             projection=clip.visual_projection, mode="qq")
     assert joint.shape == (2, 1 + spec.grid ** 2, spec.projection_dim)
+
+
+def _tiny_clip_and_llava():
+    from vlprune.testbed.train import make_llava, make_tokenizer
+
+    spec, clip, tok, text, pix = _tiny_clip_batch()
+    model = make_llava(spec, len(make_tokenizer()), clip.config.vision_config).eval()
+    vis = {k[len("vision_model."):]: v for k, v in clip.state_dict().items() if k.startswith("vision_model.")}
+    model.model.vision_tower.load_state_dict(vis)
+    return spec, clip, tok, pix, model
+
+
+def test_stage_1b_trains_only_the_last_block_and_keeps_layer_minus_2():
+    """retune_last_block changes the last block, post-LN and visual projection (and the text tower only when
+    asked), never the blocks below: the hidden state LLaVA reads (-2) stays bit-identical."""
+    from dataclasses import replace
+
+    from vlprune.testbed.clip_stage import retune_last_block
+    from vlprune.testbed.train import make_processor, make_tokenizer
+
+    spec, clip, tok, pix, _ = _tiny_clip_and_llava()
+    spec = replace(spec, clip_batch=4, warmup=1)
+    before = {k: v.clone() for k, v in clip.state_dict().items()}
+    with torch.no_grad():
+        feats = clip.vision_model(pixel_values=pix, output_hidden_states=True).hidden_states[-2]
+    out = retune_last_block(clip, spec, tok, make_processor(spec, make_tokenizer()).image_processor, 2, 1e-2, 1.0)
+    assert out["retune_loss"] is not None
+    last = f"vision_model.encoder.layers.{spec.vision_layers - 1}."
+    moved = {k for k, v in clip.state_dict().items() if not torch.equal(v, before[k])}
+    trained = (last, "vision_model.post_layernorm.", "visual_projection.")
+    assert moved and all(k.startswith(trained) for k in moved)
+    assert any(k.startswith(last + "self_attn.q_proj") for k in moved)
+    with torch.no_grad():
+        assert torch.equal(clip.vision_model(pixel_values=pix, output_hidden_states=True).hidden_states[-2], feats)
+    assert all(p.requires_grad for p in clip.parameters())  # restored for whoever trains it next
+
+
+def test_bundled_towers_are_the_bundled_clip():
+    """Every bundled LLaVA (testbed, testbed-deep, both towers of testbed-video) carries exactly the bundled CLIP's
+    vision model, the one DeSAP's text side (``clip_dir()``) was trained with."""
+    from safetensors.torch import load_file
+
+    from vlprune.testbed import checkpoint_dir, clip_dir, deep_checkpoint_dir, video_checkpoint_dir
+
+    clip = {k[len("vision_model."):]: v for k, v in load_file(clip_dir() / "model.safetensors").items()
+            if k.startswith("vision_model.")}
+    towers = [(checkpoint_dir(), "vision_tower."), (deep_checkpoint_dir(), "vision_tower."),
+              (video_checkpoint_dir(), "image_tower."), (video_checkpoint_dir(), "video_tower.")]
+    for folder, prefix in towers:
+        weights = load_file(folder / "model.safetensors")
+        tower = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        assert tower.keys() == clip.keys(), folder
+        assert all(torch.equal(tower[k], clip[k]) for k in clip), (folder, prefix)
+
+
+
+def test_clip_decoupled_global_term_is_infonce_of_the_decoupled_cls_row():
+    """``decoupled_global`` adds exactly the global InfoNCE of the last block's decoupled [CLS] row (DeSAP's v_s)
+    against the B captions and B hard negatives."""
+    import torch.nn.functional as F
+
+    from vlprune.models.clip_signals import decoupled_joint
+    from vlprune.testbed.train import clip_losses, content_word_ids
+
+    spec, clip, tok, text, pix = _tiny_clip_batch()
+    args = (clip, pix, text["input_ids"], text["attention_mask"], content_word_ids(tok), 0.0)
+    with torch.no_grad():
+        plain, _ = clip_losses(*args)
+        with_global, _ = clip_losses(*args, decoupled_global=0.5)
+        hs = clip.vision_model(pixel_values=pix, output_hidden_states=True).hidden_states
+        v_s = decoupled_joint(hs[-2], block=clip.vision_model.encoder.layers[-1],
+                              post_layernorm=clip.vision_model.post_layernorm, projection=clip.visual_projection,
+                              mode="qq")[:, 0]
+        cap = clip.text_projection(clip.text_model(input_ids=text["input_ids"],
+                                                   attention_mask=text["attention_mask"]).pooler_output)
+        logits = clip.logit_scale.exp().clamp(max=100) * F.normalize(v_s, dim=-1) @ F.normalize(cap, dim=-1).T
+        target = torch.arange(2)
+        nce = (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :2].T, target)) / 2
+    torch.testing.assert_close(with_global, plain + 0.5 * nce)

@@ -3,7 +3,8 @@ last block's q-q attention output, DeSAP eq. 2) make DeSAP's task cue localise, 
 CLIP? Stage 1 only (the shipped recipe plus ``decoupled_token_loss=W``), then the CLIP rows of
 ``vlprune testbed signals`` on val, the new CLIP's vision tower put into the bundled LLaVA (its LLM rows are
 meaningless here and not printed). Decide on val; adopting it means rebuilding both testbeds.
-    python tools/testbed_experiments/decoupled_clip.py W [N_VAL] [THREADS]     # W = 0 reproduces the shipped stage 1"""
+    python tools/testbed_experiments/decoupled_clip.py W [N_VAL] [THREADS] [G]   # W = G = 0: the shipped stage 1
+G weights the global InfoNCE of the decoupled [CLS] row (DeSAP's v_s) against the captions."""
 import json
 import sys
 import time
@@ -21,9 +22,10 @@ from vlprune.testbed.train import TestbedSpec, make_clip, make_clip_tokenizer, m
 weight = float(sys.argv[1])
 n_val = int(sys.argv[2]) if len(sys.argv) > 2 else 500
 torch.set_num_threads(int(sys.argv[3]) if len(sys.argv) > 3 else 2)
-out = Path(f"/tmp/decoupled_clip/w{weight:g}")
+global_weight = float(sys.argv[4]) if len(sys.argv) > 4 else 0.0
+out = Path(f"/tmp/decoupled_clip/w{weight:g}" + (f"_g{global_weight:g}" if global_weight else ""))
 out.mkdir(parents=True, exist_ok=True)
-spec = replace(TestbedSpec(), decoupled_token_loss=weight)
+spec = replace(TestbedSpec(), decoupled_token_loss=weight, decoupled_global_loss=global_weight)
 torch.manual_seed(0)
 tok, clip_tok = make_tokenizer(), make_clip_tokenizer()
 processor = make_processor(spec, tok)
@@ -43,7 +45,7 @@ scores, target = compute_signals(loaded, load_split("val", n_val), 25)
 blocks = loaded.model.config.vision_config.num_hidden_layers
 report = signal_report(scores, target, KS, loaded.model.config.vision_feature_layer % (blocks + 1) - 1)
 rows = [r for r in report["rows"] if not r["signal"].startswith("llm.")]
-(out / "signals_val.json").write_text(json.dumps({"weight": weight, "summary": summary, "n": report["n"],
+(out / "signals_val.json").write_text(json.dumps({"weight": weight, "global_weight": global_weight, "summary": summary, "n": report["n"],
                                                   "rows": rows}, indent=2) + "\n")
 print(f"decoupled_token_loss={weight:g}: CLIP signals on {report['n']} val questions")
 for r in rows:

@@ -83,7 +83,7 @@ def position_loss(patches: torch.Tensor, head: torch.nn.Module, grid: int) -> to
 
 def clip_losses(clip, pix, ids, mask, content: torch.Tensor, token_weight: float,
                 position_head: torch.nn.Module | None = None, position_weight: float = 0.0,
-                feature_layer: int = -2, decoupled_weight: float = 0.0):
+                feature_layer: int = -2, decoupled_weight: float = 0.0, decoupled_global: float = 0.0):
     """Contrastive losses of one batch: B images against their B captions and B hard negatives.
 
     Global: InfoNCE on the [CLS] / EOS embeddings (CLIP). Token-wise (FILIP, Yao et al.
@@ -93,10 +93,12 @@ def clip_losses(clip, pix, ids, mask, content: torch.Tensor, token_weight: float
     plus :func:`position_loss` on the patches of hidden state ``feature_layer`` (what LLaVA takes).
     With ``decoupled_weight`` > 0, plus the same token-wise term on the last block's *decoupled* q-q patches
     (DeSAP eq. 2 on the block's input ``feature_layer``, post-LN, visual projection: the patches DeSAP's task cue
-    compares with the question; an experiment, off in the shipped recipe).
+    compares with the question; an experiment, off in the shipped recipe). With ``decoupled_global`` > 0, plus the
+    global InfoNCE on that decoupled [CLS] row (DeSAP's v_s) against the captions (experiment, off).
     """
     use_position = position_head is not None and position_weight > 0
-    vis = clip.vision_model(pixel_values=pix, output_hidden_states=use_position or decoupled_weight > 0)
+    vis = clip.vision_model(pixel_values=pix,
+                            output_hidden_states=use_position or decoupled_weight > 0 or decoupled_global > 0)
     txt = clip.text_model(input_ids=ids, attention_mask=mask)
     img = F.normalize(clip.visual_projection(vis.pooler_output), dim=-1)
     cap = F.normalize(clip.text_projection(txt.pooler_output), dim=-1)
@@ -119,13 +121,16 @@ def clip_losses(clip, pix, ids, mask, content: torch.Tensor, token_weight: float
     if token_weight > 0:
         loss = loss + token_weight * token_wise(
             clip.visual_projection(clip.vision_model.post_layernorm(vis.last_hidden_state[:, 1:])))
-    if decoupled_weight > 0:
+    if decoupled_weight > 0 or decoupled_global > 0:
         from ..models.clip_signals import decoupled_joint
 
         joint = decoupled_joint(vis.hidden_states[feature_layer], block=clip.vision_model.encoder.layers[-1],
                                 post_layernorm=clip.vision_model.post_layernorm,
                                 projection=clip.visual_projection, mode="qq")
-        loss = loss + decoupled_weight * token_wise(joint[:, 1:])
+        if decoupled_weight > 0:
+            loss = loss + decoupled_weight * token_wise(joint[:, 1:])
+        if decoupled_global > 0:
+            loss = loss + decoupled_global * nce(scale * F.normalize(joint[:, 0], dim=-1) @ cap.T)
     if use_position:
         patches = vis.hidden_states[feature_layer][:, 1:]
         loss = loss + position_weight * position_loss(patches, position_head, int(math.isqrt(patches.shape[1])))
@@ -151,7 +156,8 @@ def train_clip(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, 
                                                              _complexity(step, steps, spec.curriculum)))
             with bf16_autocast(dev, spec.bf16):
                 loss, acc = clip_losses(clip, pix, ids, mask, content, spec.token_loss, head, spec.position_loss,
-                                        decoupled_weight=spec.decoupled_token_loss)
+                                        decoupled_weight=spec.decoupled_token_loss,
+                                        decoupled_global=spec.decoupled_global_loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -163,3 +169,48 @@ def train_clip(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, 
                 log(f"clip step {step} loss {ema[0]:.4f} acc {ema[1]:.3f}")
     clip.eval()
     return {"clip_loss": ema[0] if ema else None, "clip_i2t_acc": ema[1] if ema else None}
+
+
+def retune_last_block(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, lr: float,
+                      decoupled_weight: float, seed: int = 0, train_text: bool = False, log=None) -> dict:
+    """Stage 1b: train only the tower's LAST block (+ post-LN, visual projection; the text tower too with
+    ``train_text``) on stage 1's losses plus the token-wise term on its decoupled q-q patches (``decoupled_weight``).
+
+    LLaVA reads hidden state -2, the input of that block, so every LLaVA built on this tower sees the same features
+    before and after: only the signals read from the last block change (DeSAP's A_t and A_s, PruMerge's [CLS]
+    attention). Scenes continue after stage 1's (``spec.clip_steps`` on), captions from their own seed.
+    An experiment of issue 22 (tools/testbed_experiments/retune_last_block.py), not part of the recipe: it did not
+    make the decoupled cue localise (docs/testbed.md)."""
+    vision = clip.vision_model
+    clip.requires_grad_(False)
+    trained = [vision.encoder.layers[-1], vision.post_layernorm, clip.visual_projection]
+    if train_text:
+        trained += [clip.text_model, clip.text_projection]
+    params = [p for m in trained for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    clip.train()
+    content = content_word_ids(tokenizer)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05, betas=(0.9, 0.98))
+    ema = None
+    warmup = min(spec.warmup, steps // 5)
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr, warmup)
+        pix, ids, mask = (t.to(clip.device) for t in _clip_batch(spec.clip_steps + step, spec, image_processor,
+                                                                 tokenizer, seed + 1))
+        with bf16_autocast(clip.device, spec.bf16):
+            loss, acc = clip_losses(clip, pix, ids, mask, content, spec.token_loss,
+                                    decoupled_weight=decoupled_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema = (loss.item(), acc.item()) if ema is None else (0.95 * ema[0] + 0.05 * loss.item(),
+                                                             0.95 * ema[1] + 0.05 * acc.item())
+        if log and (step % 50 == 0 or step == steps - 1):
+            log(f"retune step {step} loss {ema[0]:.4f} acc {ema[1]:.3f}")
+    clip.requires_grad_(True)
+    clip.eval()
+    return {"retune_loss": ema[0] if ema else None, "retune_i2t_acc": ema[1] if ema else None}
+

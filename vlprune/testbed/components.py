@@ -57,6 +57,7 @@ class TestbedSpec:
     token_loss: float = 1.0       # weight of CLIP's token-wise (FILIP) loss beside the global one
     position_loss: float = 1.0    # CLIP: weight of the patch-position term (layer -2 patches name their row/column)
     decoupled_token_loss: float = 0.0  # CLIP: FILIP term on the last block's decoupled q-q patches (experiment, off)
+    decoupled_global_loss: float = 0.0  # CLIP: InfoNCE of that block's decoupled [CLS] row (experiment, off)
     describe_prob: float = 0.0    # share of conversations with a dense "Describe the image ." turn
     bf16: bool = True             # bf16 autocast for both stages
     align_loss: float = 1.0       # stage 2: projected patches predict their object's colour/shape words
