@@ -2,7 +2,7 @@
 last block's q-q attention output, DeSAP eq. 2) make DeSAP's task cue localise, as the papers say it does on real
 CLIP? Stage 1 only (the shipped recipe plus ``decoupled_token_loss=W``), then the CLIP rows of
 ``vlprune testbed signals`` on val, the new CLIP's vision tower put into the bundled LLaVA (its LLM rows are
-meaningless here and not printed). Decide on val; adopting it means rebuilding both testbeds.
+meaningless here and not printed). Decide on val; adopting it means rebuilding all three testbeds.
     python tools/testbed_experiments/decoupled_clip.py W [N_VAL] [THREADS] [G]   # W = G = 0: the shipped stage 1
 G weights the global InfoNCE of the decoupled [CLS] row (DeSAP's v_s) against the captions."""
 import json
@@ -12,11 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from clip_signals import clip_rows, print_rows
 
-from vlprune.evaluation import load_model
-from vlprune.testbed import load_split
 from vlprune.testbed.clip_stage import train_clip
-from vlprune.testbed.signals import KS, compute_signals, signal_report
 from vlprune.testbed.train import TestbedSpec, make_clip, make_clip_tokenizer, make_processor, make_tokenizer
 
 weight = float(sys.argv[1])
@@ -36,17 +34,7 @@ summary = train_clip(clip, spec, clip_tok, processor.image_processor, spec.clip_
 print(f"stage 1 in {time.perf_counter() - t0:.0f} s: {summary}", flush=True)
 clip.save_pretrained(out)
 clip_tok.save_pretrained(out)
-
-loaded = load_model("testbed")
-vis = {k[len("vision_model."):]: v for k, v in clip.state_dict().items() if k.startswith("vision_model.")}
-loaded.model.model.vision_tower.load_state_dict(vis)
-loaded.clip = str(out)
-scores, target = compute_signals(loaded, load_split("val", n_val), 25)
-blocks = loaded.model.config.vision_config.num_hidden_layers
-report = signal_report(scores, target, KS, loaded.model.config.vision_feature_layer % (blocks + 1) - 1)
-rows = [r for r in report["rows"] if not r["signal"].startswith("llm.")]
-(out / "signals_val.json").write_text(json.dumps({"weight": weight, "global_weight": global_weight, "summary": summary, "n": report["n"],
-                                                  "rows": rows}, indent=2) + "\n")
-print(f"decoupled_token_loss={weight:g}: CLIP signals on {report['n']} val questions")
-for r in rows:
-    print(f"{r['signal']:<20} AUC {r['auc']:.3f}  " + "  ".join(f"R@{k} {r[f'recall@{k}']:.3f}" for k in KS))
+result = clip_rows(str(out), n_val)
+(out / "signals_val.json").write_text(json.dumps({"weight": weight, "global_weight": global_weight,
+                                                  "summary": summary, **result}, indent=2) + "\n")
+print_rows(f"decoupled_token_loss={weight:g} decoupled_global_loss={global_weight:g}", result)

@@ -10,9 +10,9 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from transformers import CLIPModel
+from clip_signals import bundled_with_clip
 
-from vlprune.evaluation import load_model, method_kwargs
+from vlprune.evaluation import method_kwargs
 from vlprune.methods.desap import fine_grained_alignment, plain_alignment
 from vlprune.models.clip_signals import ClipVisionSignals
 from vlprune.testbed import load_split
@@ -23,12 +23,7 @@ from vlprune.text import questions_from_ids
 clip_path = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] != "-" else None
 n_val = int(sys.argv[2]) if len(sys.argv) > 2 else 500
 torch.set_num_threads(2)
-loaded = load_model("testbed")
-if clip_path:  # its vision tower into the bundled LLaVA; only the CLIP-side signals below are read
-    clip = CLIPModel.from_pretrained(clip_path)
-    vis = {k[len("vision_model."):]: v for k, v in clip.state_dict().items() if k.startswith("vision_model.")}
-    loaded.model.model.vision_tower.load_state_dict(vis)
-    loaded.clip = clip_path
+loaded = bundled_with_clip(clip_path)  # only the CLIP-side signals below are read
 model, proc = loaded.model, loaded.processor
 clip_text = method_kwargs("desap", loaded)["clip"]
 samples = [s for s in load_split("val", n_val) if s.boxes]

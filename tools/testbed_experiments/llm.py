@@ -26,8 +26,7 @@ from transformers import CLIPModel
 clip = CLIPModel.from_pretrained(a.clip) if a.clip else train.make_clip(spec, len(tok))
 clip.eval()
 model = train.make_llava(spec, len(tok), clip.config.vision_config)
-vis = {k[len("vision_model."):]: v for k, v in clip.state_dict().items() if k.startswith("vision_model.")}
-model.model.vision_tower.load_state_dict(vis)
+model.model.vision_tower.load_state_dict(train.vision_weights(clip))
 t0 = time.time()
 convs = []
 for i in range(a.n):

@@ -138,6 +138,22 @@ def clip_losses(clip, pix, ids, mask, content: torch.Tensor, token_weight: float
     return loss, acc
 
 
+def vision_weights(clip) -> dict[str, torch.Tensor]:
+    """The CLIP's vision-model weights, named as a LLaVA ``vision_tower`` holds them (what stage 2 starts from)."""
+    return {k[len("vision_model."):]: v for k, v in clip.state_dict().items() if k.startswith("vision_model.")}
+
+
+def _optimise(opt, params, loss, acc, ema):
+    """One AdamW step (gradients clipped at norm 1); returns the running (loss, acc) EMA."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    if ema is None:
+        return loss.item(), acc.item()
+    return 0.95 * ema[0] + 0.05 * loss.item(), 0.95 * ema[1] + 0.05 * acc.item()
+
+
 def train_clip(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, seed: int = 0,
                progress: bool = True, log=None):
     clip.train()
@@ -158,12 +174,7 @@ def train_clip(clip, spec: TestbedSpec, tokenizer, image_processor, steps: int, 
                 loss, acc = clip_losses(clip, pix, ids, mask, content, spec.token_loss, head, spec.position_loss,
                                         decoupled_weight=spec.decoupled_token_loss,
                                         decoupled_global=spec.decoupled_global_loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            ema = (loss.item(), acc.item()) if ema is None else (0.95 * ema[0] + 0.05 * loss.item(),
-                                                                 0.95 * ema[1] + 0.05 * acc.item())
+            ema = _optimise(opt, params, loss, acc, ema)
             bar.update(task, advance=1, info=f"loss {ema[0]:.3f} i2t acc {ema[1]:.2f}")
             if log and (step % 100 == 0 or step == steps - 1):
                 log(f"clip step {step} loss {ema[0]:.4f} acc {ema[1]:.3f}")
@@ -202,12 +213,7 @@ def retune_last_block(clip, spec: TestbedSpec, tokenizer, image_processor, steps
         with bf16_autocast(clip.device, spec.bf16):
             loss, acc = clip_losses(clip, pix, ids, mask, content, spec.token_loss,
                                     decoupled_weight=decoupled_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        ema = (loss.item(), acc.item()) if ema is None else (0.95 * ema[0] + 0.05 * loss.item(),
-                                                             0.95 * ema[1] + 0.05 * acc.item())
+        ema = _optimise(opt, params, loss, acc, ema)
         if log and (step % 50 == 0 or step == steps - 1):
             log(f"retune step {step} loss {ema[0]:.4f} acc {ema[1]:.3f}")
     clip.requires_grad_(True)

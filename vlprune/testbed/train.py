@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from . import scenes
-from .clip_stage import clip_losses, content_word_ids, position_loss, train_clip  # noqa: F401  (re-exported)
+from .clip_stage import (clip_losses, content_word_ids, position_loss, train_clip,  # noqa: F401 (re-exported)
+                         vision_weights)
 from .components import (  # noqa: F401  (re-exported: the tools and tests build parts of the recipe from here)
     CHAT_TEMPLATE, EOS_ID, IMAGE_ID, SPECIALS, TestbedSpec, bf16_autocast, cosine_lr, progress_bar, make_clip,
     make_clip_tokenizer, make_image_processor, make_llava, make_processor, make_tokenizer, pixels)
@@ -357,8 +358,7 @@ def build(out_dir: str | Path | None = None, grid: int = 12, seed: int = 0, clip
 
     torch.manual_seed(seed + 1)
     model = make_llava(spec, len(tokenizer), clip.config.vision_config)
-    vis = {k[len("vision_model."):]: v for k, v in clip.state_dict().items() if k.startswith("vision_model.")}
-    model.model.vision_tower.load_state_dict(vis)
+    model.model.vision_tower.load_state_dict(vision_weights(clip))
     if llm_init is not None:
         from transformers import LlavaForConditionalGeneration
 
