@@ -5,7 +5,7 @@ tie-break; a question about no object keeps DeSAP's own cue): the accuracy DeSAP
 its task half gets the cue the papers describe for real CLIP. Same test questions, budgets and options as
 README's table; DeSAP unmodified is rerun through the same path as a check against that table, and the oracle
 once more without DeSAP's merge (``merge=False``).
-    python tools/testbed_experiments/desap_oracle_cue.py [KEEPS] [N] [OUT_JSON]    # default 16,32,48 1000"""
+    python tools/testbed_experiments/desap_oracle_cue.py [KEEPS] [N] [OUT_JSON|-] [MODEL]  # 16,32,48 1000 - testbed"""
 import json
 import sys
 from pathlib import Path
@@ -21,9 +21,10 @@ desap = import_module("vlprune.methods.desap")  # (vlprune.methods is also a fun
 
 keeps = [int(k) for k in (sys.argv[1] if len(sys.argv) > 1 else "16,32,48").split(",")]
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-out_path = Path(sys.argv[3]) if len(sys.argv) > 3 else None
+out_path = Path(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3] != "-" else None
+model_name = sys.argv[4] if len(sys.argv) > 4 else "testbed"
 torch.set_num_threads(2)
-loaded = load_model("testbed")
+loaded = load_model(model_name)
 samples = load_split("test", n)
 vc = loaded.model.config.vision_config
 grid = vc.image_size // vc.patch_size
@@ -62,7 +63,7 @@ def run(oracle: bool, keep: int, **extra) -> dict:
 
 
 rows = [run(oracle, k) for oracle in (False, True) for k in keeps] + [run(True, k, merge=False) for k in keeps]
-report = {"model": "testbed", "split": "test", "n": len(samples), "options": options, "rows": rows}
+report = {"model": model_name, "split": "test", "n": len(samples), "options": options, "rows": rows}
 if out_path:
     out_path.write_text(json.dumps(report, indent=2) + "\n")
 for r in rows:
