@@ -219,4 +219,3 @@ def retune_last_block(clip, spec: TestbedSpec, tokenizer, image_processor, steps
     clip.requires_grad_(True)
     clip.eval()
     return {"retune_loss": ema[0] if ema else None, "retune_i2t_acc": ema[1] if ema else None}
-
