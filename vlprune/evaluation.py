@@ -60,16 +60,16 @@ def load_model(name: str, clip: str | None = None, dtype: torch.dtype = torch.fl
         model.to(device)
     from .testbed import BUNDLED, clip_dir
 
-    if (Path(path) / "video_testbed_processor.json").exists():  # the video testbed: its own small processor
+    video = (Path(path) / "video_testbed_processor.json").exists()  # the video testbed: its own small processor
+    if video:
         from .testbed.video_model import VideoTestbedProcessor
 
         processor = VideoTestbedProcessor.from_pretrained(path)
-        clip = clip if clip is not None else str(clip_dir())  # it shares the image testbed's CLIP
     else:
         processor = AutoProcessor.from_pretrained(str(path))
     if clip is None and (Path(path) / "clip" / "config.json").exists():  # testbed layout: CLIP beside the LVLM
         clip = str(Path(path) / "clip")
-    if clip is None and name in BUNDLED:  # a bundled testbed without clip/ (testbed-deep) shares the testbed's CLIP
+    if clip is None and (video or name in BUNDLED):  # a testbed without clip/ (deep, video) shares the testbed's CLIP
         clip = str(clip_dir())
     options = attach_method_options(model, path)
     return LoadedModel(model, processor, clip, name, options)

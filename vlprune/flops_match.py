@@ -20,7 +20,7 @@ def matched_keep(method: str, keep: int, shape: ModelShape, n_tokens: int | None
     """``(keep', its TFLOPs, target TFLOPs)``: the largest keep' whose TFLOPs under ``method`` do not exceed the
     target, an encoder-side method's at ``keep``. keep' is None when even keep' = 1 costs more (e.g. FastV's
     first K layers see every token: on a 2-layer LLM pruning after layer 1 can never be as cheap as 16 tokens
-    throughout); the TFLOPs are then those of keep' = 1, the method's floor."""
+    throughout); the TFLOPs are then the method's floor, the least any keep costs (not always keep 1's: PDrop)."""
     n = n_tokens or shape.visual_tokens
     target = method_tflops("random", keep, shape, n)
     best: int | None = None

@@ -13,11 +13,11 @@ in-LLM methods at the papers' relative depth; docs/testbed.md).
 from __future__ import annotations
 
 from .answer import boxes_to_patch_mask, is_correct, normalize_answer
-from .loader import BUNDLED, Testbed, checkpoint_dir, clip_dir, deep_checkpoint_dir, load, load_video, video_checkpoint_dir
+from .loader import (BUNDLED, Testbed, checkpoint_dir, clip_dir, deep_checkpoint_dir, load, load_video,
+                     video_checkpoint_dir)
 from .scenes import FAMILIES, Sample, load_split, prompt_for
 from .video_scenes import VideoSample, load_video_split
 
 __all__ = ["BUNDLED", "FAMILIES", "Sample", "Testbed", "boxes_to_patch_mask", "checkpoint_dir", "clip_dir",
-           "deep_checkpoint_dir", "is_correct",
-           "load", "load_split", "load_video", "load_video_split", "normalize_answer", "prompt_for",
-           "video_checkpoint_dir", "VideoSample"]
+           "deep_checkpoint_dir", "is_correct", "load", "load_split", "load_video", "load_video_split",
+           "normalize_answer", "prompt_for", "video_checkpoint_dir", "VideoSample"]
