@@ -469,16 +469,6 @@ def test_clip_decoupled_term_trains_the_decoupled_qq_patches():
     assert joint.shape == (2, 1 + spec.grid ** 2, spec.projection_dim)
 
 
-def _tiny_clip_and_llava():
-    from vlprune.testbed.train import make_llava, make_tokenizer
-
-    spec, clip, tok, text, pix = _tiny_clip_batch()
-    model = make_llava(spec, len(make_tokenizer()), clip.config.vision_config).eval()
-    vis = {k[len("vision_model."):]: v for k, v in clip.state_dict().items() if k.startswith("vision_model.")}
-    model.model.vision_tower.load_state_dict(vis)
-    return spec, clip, tok, pix, model
-
-
 def test_stage_1b_trains_only_the_last_block_and_keeps_layer_minus_2():
     """retune_last_block changes the last block, post-LN and visual projection (and the text tower only when
     asked), never the blocks below: the hidden state LLaVA reads (-2) stays bit-identical."""
@@ -487,7 +477,7 @@ def test_stage_1b_trains_only_the_last_block_and_keeps_layer_minus_2():
     from vlprune.testbed.clip_stage import retune_last_block
     from vlprune.testbed.train import make_processor, make_tokenizer
 
-    spec, clip, tok, pix, _ = _tiny_clip_and_llava()
+    spec, clip, tok, _, pix = _tiny_clip_batch()
     spec = replace(spec, clip_batch=4, warmup=1)
     before = {k: v.clone() for k, v in clip.state_dict().items()}
     with torch.no_grad():
@@ -520,7 +510,6 @@ def test_bundled_towers_are_the_bundled_clip():
         tower = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
         assert tower.keys() == clip.keys(), folder
         assert all(torch.equal(tower[k], clip[k]) for k in clip), (folder, prefix)
-
 
 
 def test_clip_decoupled_global_term_is_infonce_of_the_decoupled_cls_row():

@@ -123,6 +123,21 @@ def test_object_recall_counts_patches_over_frames():
     assert object_recall([empty], kept, 12, 96) == ([], [])
 
 
+def test_video_testbed_shares_the_testbed_clip(bundled, tmp_path):
+    """A video testbed has no clip/ of its own: DeSAP reads the image testbed's CLIP, bundled or rebuilt (a copy
+    at another path), unless --clip names another."""
+    import shutil
+
+    from vlprune.evaluation import load_model
+    from vlprune.testbed import clip_dir, video_checkpoint_dir
+
+    assert bundled.clip == str(clip_dir())
+    copy = tmp_path / "video"
+    shutil.copytree(video_checkpoint_dir(), copy)
+    assert load_model(str(copy)).clip == str(clip_dir())
+    assert load_model(str(copy), clip="some/clip").clip == "some/clip"
+
+
 @pytest.mark.slow
 def test_bundled_checkpoint_answers_val_at_full_budget(bundled):
     from vlprune.evaluation import answer
